@@ -1,0 +1,42 @@
+# Two commands matter: `make run` and `make check`. Both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+WORKERS ?= 2
+
+.PHONY: run check lint typecheck test soak bench bench-peers clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/unicornish --app examples/testapp.py --workers $(WORKERS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check unicornish tests examples bench/*.py
+	$(VENV)/bin/ruff format --check unicornish tests examples
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+check: lint typecheck test
+
+soak: $(STAMP)
+	$(PY) -m pytest -q tests/chaos --soak
+
+bench: $(STAMP)
+	bash bench/setup.sh
+	bench/.venv/bin/python bench/run.py $(if $(QUICK),--quick)
+
+bench-peers:
+	bash bench/peers.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,229 @@
+"""Real processes, real signals: start bin/unicornish, read its log, look at its children.
+
+Every master is started in a session of its own; at the end of each test every
+process of that session (and every pid we ever saw as one of its workers) is
+SIGKILLed, so a failing test cannot leak a worker into the next one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / "bin" / "unicornish"
+EXAMPLES = ROOT / "examples"
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> object:
+    """Poll a condition with a deadline (never a bare sleep)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.1)
+
+
+class Run:
+    """One master started from bin/unicornish."""
+
+    def __init__(self, tmp: Path, args: list[str], env: dict[str, str] | None, log_file: bool):
+        self.tmp = tmp
+        self.log_path = tmp / "unicornish.log"
+        self.out_path = tmp / "stdout.txt"
+        self.err_path = tmp / "stderr.txt"
+        cmd = [str(BIN), *args]
+        if log_file:
+            cmd += ["--log-file", str(self.log_path)]
+        self.cmd = cmd
+        full_env = dict(os.environ)
+        full_env.pop("NOTIFY_SOCKET", None)
+        full_env.update(env or {})
+        self._out = open(self.out_path, "wb")
+        self._err = open(self.err_path, "wb")
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=self._out,
+            stderr=self._err,
+            cwd=str(tmp),
+            env=full_env,
+            start_new_session=True,
+        )
+        self.pid = self.proc.pid
+        self.sid = self.pid
+        self.seen: set[int] = set()
+
+    # -- reading ---------------------------------------------------------------
+
+    def log(self) -> str:
+        text = ""
+        for path in (self.log_path, self.err_path):
+            try:
+                text += path.read_text(errors="replace")
+            except FileNotFoundError:
+                pass
+        return text
+
+    def stdout(self) -> str:
+        return self.out_path.read_text(errors="replace")
+
+    def count(self, pattern: str) -> int:
+        return len(re.findall(pattern, self.log()))
+
+    def wait_log(self, pattern: str, count: int = 1, timeout: float = 10.0) -> str:
+        wait_until(
+            lambda: self.count(pattern) >= count,
+            timeout,
+            f"{count} x {pattern!r} in log:\n{self.log()[-3000:]}",
+        )
+        return self.log()
+
+    def workers(self) -> list[psutil.Process]:
+        """Live (non-zombie) worker processes of this master, by title."""
+        found = []
+        try:
+            children = psutil.Process(self.pid).children()
+        except psutil.NoSuchProcess:
+            return []
+        for child in children:
+            try:
+                if child.status() == psutil.STATUS_ZOMBIE:
+                    continue
+                if child.name().startswith("worker["):
+                    found.append(child)
+                    self.seen.add(child.pid)
+            except psutil.NoSuchProcess:
+                continue
+        return found
+
+    def worker_pids(self) -> dict[int, int]:
+        """nr -> pid of the live workers."""
+        result = {}
+        for proc in self.workers():
+            try:
+                nr = int(proc.name()[7:-1])
+            except (ValueError, psutil.NoSuchProcess):
+                continue
+            result[nr] = proc.pid
+        return result
+
+    def wait_workers(self, n: int, timeout: float = 10.0) -> dict[int, int]:
+        wait_until(
+            lambda: len(self.workers()) == n and len(self.worker_pids()) == n,
+            timeout,
+            f"{n} workers (have {self.worker_pids()}); log:\n{self.log()[-3000:]}",
+        )
+        return self.worker_pids()
+
+    def wait_ready(self, n: int, timeout: float = 10.0) -> dict[int, int]:
+        self.wait_log(r"worker\[\d+\] ready", n, timeout)
+        return self.wait_workers(n, timeout)
+
+    # -- acting ------------------------------------------------------------------
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.pid, signum)
+
+    def wait_exit(self, timeout: float = 10.0) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            tail = self.log()[-3000:]
+            raise AssertionError(f"master still running after {timeout}s:\n{tail}") from None
+
+    def session_pids(self) -> list[int]:
+        pids = []
+        for proc in psutil.process_iter(["pid"]):
+            try:
+                if os.getsid(proc.pid) == self.sid:
+                    pids.append(proc.pid)
+            except OSError:
+                continue
+        return pids
+
+    def cleanup(self) -> list[int]:
+        """Kill everything this run started; return what was still alive."""
+        leaked = []
+        for pid in set(self.session_pids()) | self.seen | {self.pid}:
+            try:
+                proc = psutil.Process(pid)
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    continue
+                if pid != self.pid and os.getsid(pid) != self.sid and pid not in self.seen:
+                    continue
+                leaked.append(pid)
+                os.kill(pid, signal.SIGKILL)
+            except (psutil.NoSuchProcess, ProcessLookupError, OSError):
+                continue
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+        self._out.close()
+        self._err.close()
+        return leaked
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Callable[..., Run]]:
+    runs: list[Run] = []
+
+    def _start(*args: str, env: dict[str, str] | None = None, log_file: bool = True) -> Run:
+        run = Run(tmp_path, list(args), env, log_file)
+        runs.append(run)
+        return run
+
+    yield _start
+    for run in runs:
+        run.cleanup()
+
+
+def write_app(tmp: Path, source: str, name: str = "app.py") -> Path:
+    path = tmp / name
+    path.write_text(textwrap.dedent(source))
+    return path
+
+
+@pytest.fixture
+def app_file(tmp_path: Path) -> Callable[..., Path]:
+    def _make(source: str, name: str = "app.py") -> Path:
+        return write_app(tmp_path, source, name)
+
+    return _make
+
+
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 20.0, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run bin/unicornish to completion (for bad-input cases)."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run(
+        [str(BIN), *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=str(cwd) if cwd else None,
+        env=full_env,
+        start_new_session=True,
+    )
+
+
+PY = sys.executable

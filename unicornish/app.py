@@ -1,0 +1,146 @@
+"""Loading the user's app: a .py file or a dotted module, always into a fresh module.
+
+A fresh module object (never importlib.reload) means a failed reload leaves
+the running app untouched, and a successful one replaces it whole.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from unicornish.config import HOOK_NAMES
+
+_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+class AppError(Exception):
+    """The app cannot be loaded; the message is one line for the user."""
+
+
+def is_path(spec: str) -> bool:
+    return spec.endswith(".py") or os.sep in spec
+
+
+def describe(spec: str) -> str:
+    """The short name shown in process titles and status: `app.py` or `pkg.tasks`."""
+    return os.path.basename(spec) if is_path(spec) else spec
+
+
+@dataclass
+class App:
+    spec: str
+    module: ModuleType
+    worker_start: Callable[[Any], Any]
+    hooks: dict[str, Callable[..., Any]] = field(default_factory=dict)
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, SyntaxError):
+        where = f" ({exc.filename}, line {exc.lineno})" if exc.filename else ""
+        return f"SyntaxError: {exc.msg}{where}"
+    text = str(exc).strip().splitlines()
+    detail = f": {text[0]}" if text else ""
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {os.path.basename(tb[-1].filename)}:{tb[-1].lineno})" if tb else ""
+    return f"{type(exc).__name__}{detail}{where}"
+
+
+def _module_name_for(path: str) -> str:
+    stem = os.path.splitext(os.path.basename(path))[0]
+    name = stem if stem.isidentifier() else "unicornish_app"
+    existing = sys.modules.get(name)
+    if existing is not None and getattr(existing, "__unicornish_app__", None) != path:
+        # Never shadow a real module (an app called http.py or test.py).
+        name = f"unicornish_app_{name}"
+    return name
+
+
+def _exec_path(path: str) -> ModuleType:
+    absolute = os.path.abspath(path)
+    if not os.path.exists(absolute):
+        raise AppError(f"app file not found: {path}")
+    if os.path.isdir(absolute):
+        raise AppError(f"app is a directory, not a .py file: {path}")
+    if not os.access(absolute, os.R_OK):
+        raise AppError(f"app file is not readable: {path}")
+    directory = os.path.dirname(absolute)
+    if directory not in sys.path:
+        # Like `python app.py`: the app can import modules that sit beside it.
+        sys.path.insert(0, directory)
+    name = _module_name_for(absolute)
+    spec = importlib.util.spec_from_file_location(name, absolute)
+    if spec is None or spec.loader is None:
+        raise AppError(f"cannot load app file: {path}")
+    module = importlib.util.module_from_spec(spec)
+    module.__unicornish_app__ = absolute  # type: ignore[attr-defined]
+    previous = sys.modules.get(name)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        if previous is not None:
+            sys.modules[name] = previous
+        else:
+            sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def _exec_dotted(name: str) -> ModuleType:
+    if not _DOTTED.match(name):
+        raise AppError(f"app must be a .py file or a dotted module name, got {name!r}")
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    parent = name.rpartition(".")[0]
+    try:
+        if parent:
+            importlib.import_module(parent)
+        spec = importlib.util.find_spec(name)
+    except ModuleNotFoundError as exc:
+        raise AppError(f"app module not found: {exc.name or name}") from None
+    if spec is None or spec.loader is None:
+        raise AppError(f"app module not found: {name}")
+    module = importlib.util.module_from_spec(spec)
+    previous = sys.modules.get(name)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        if previous is not None:
+            sys.modules[name] = previous
+        else:
+            sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def load_app(spec: str) -> App:
+    """Load the app afresh. Raises AppError with a one-line reason."""
+    try:
+        module = _exec_path(spec) if is_path(spec) else _exec_dotted(spec)
+    except AppError:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the user's import can raise anything
+        raise AppError(f"cannot load app {spec}: {_one_line(exc)}") from exc
+    worker_start = getattr(module, "worker_start", None)
+    if worker_start is None:
+        raise AppError(f"app {spec} has no worker_start(worker) function")
+    if not callable(worker_start):
+        raise AppError(f"app {spec}: worker_start is not a function")
+    hooks = {}
+    for name in HOOK_NAMES:
+        hook = getattr(module, name, None)
+        if hook is not None:
+            if not callable(hook):
+                raise AppError(f"app {spec}: {name} is not a function")
+            hooks[name] = hook
+    return App(spec=spec, module=module, worker_start=worker_start, hooks=hooks)

@@ -1,0 +1,222 @@
+"""The command line: parse, check everything before forking, then become the master.
+
+Bad input ends here with one line on stderr and exit 2 (the command line is
+wrong) or 1 (what it names is wrong), before any worker exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, NoReturn
+
+from unicornish import __version__, log, pidfile
+from unicornish import app as app_module
+from unicornish import sockets as sockets_module
+from unicornish.config import OPTIONS, Settings, build_settings
+from unicornish.errors import StartupError, UsageError
+
+PROG = "unicornish"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line, not the usage block plus a line."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _argparse_type(option: Any) -> Any:
+    def convert(value: str) -> Any:
+        try:
+            return option.convert(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = option.name
+    return convert
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(
+        prog=PROG,
+        description="A Unicorn-style master: keeps N workers running your app's worker_start().",
+        epilog="Signals: TTIN/TTOU +/-1 worker, HUP reload, QUIT graceful stop, "
+        "INT/TERM quick stop, USR1 reopen logs, USR2 re-exec, WINCH stop workers. "
+        "Also: unicornish status | unicornish ctl (see README).",
+        argument_default=argparse.SUPPRESS,
+        allow_abbrev=False,
+    )
+    for option in OPTIONS:
+        names = [option.flag_name] + ([option.short] if option.short else [])
+        if option.is_flag:
+            parser.add_argument(*names, dest=option.name, action="store_true", help=option.help)
+        elif option.repeatable:
+            parser.add_argument(
+                *names,
+                dest=option.name,
+                action="append",
+                metavar=option.metavar,
+                help=option.help,
+            )
+        else:
+            parser.add_argument(
+                *names,
+                dest=option.name,
+                type=_argparse_type(option),
+                metavar=option.metavar,
+                help=option.help,
+            )
+    parser.add_argument(
+        "-c", "--config", dest="config", metavar="FILE", help="a Python config file"
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    return parser
+
+
+def parse_cli(argv: list[str]) -> dict[str, Any]:
+    values = vars(build_parser().parse_args(argv))
+    if "listen" in values:
+        values["listen"] = [item for item in values["listen"]]
+        for spec in values["listen"]:
+            sockets_module.parse_address(spec)  # a bad address is a usage error
+    if "app" not in values and "config" not in values:
+        raise UsageError("the following arguments are required: --app")
+    return values
+
+
+# The terminal's stderr, kept before --log-file takes fd 2 over, so that an
+# error at start-up is seen by whoever started us, not only in the log.
+_startup_stderr = 2
+
+
+def _die(message: str, code: int) -> NoReturn:
+    line = f"{PROG}: error: {message}\n".encode("utf-8", "replace")
+    try:
+        os.write(_startup_stderr, line)
+    except OSError:
+        pass
+    if _startup_stderr != 2 and not _same_file(_startup_stderr, 2):
+        try:
+            os.write(2, line)  # the log file gets it too
+        except OSError:
+            pass
+    raise SystemExit(code)
+
+
+def _same_file(fd_a: int, fd_b: int) -> bool:
+    try:
+        a, b = os.fstat(fd_a), os.fstat(fd_b)
+    except OSError:
+        return True
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def probe_app(spec: str) -> None:
+    """Load the app once in a throwaway child, so that a broken app stops us
+    before any worker is forked, without running the app's code in the master."""
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.close(read_fd)
+            app_module.load_app(spec)
+        except app_module.AppError as exc:
+            os.write(write_fd, str(exc).encode("utf-8", "replace")[:4000])
+            code = 1
+        except BaseException as exc:  # noqa: BLE001 - anything else is still one line
+            os.write(write_fd, f"cannot load app {spec}: {exc!r}".encode()[:4000])
+            code = 1
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            except BaseException:  # noqa: BLE001
+                pass
+            os._exit(code)
+    os.close(write_fd)
+    chunks = []
+    while True:
+        data = os.read(read_fd, 4096)
+        if not data:
+            break
+        chunks.append(data)
+    os.close(read_fd)
+    _pid, status = os.waitpid(pid, 0)
+    message = b"".join(chunks).decode("utf-8", "replace").strip()
+    if message:
+        raise StartupError(message)
+    if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
+        raise StartupError(f"cannot load app {spec}: loading it ended the process")
+
+
+def prepare(settings: Settings) -> app_module.App | None:
+    """Everything that can fail before the master starts, in order."""
+    spec = settings.app or ""
+    if settings.pid:
+        warning = pidfile.check(settings.pid)
+        if warning:
+            log.get_logger().warning("%s", warning)
+    if settings.log_file:
+        try:
+            log.open_log_file(settings.log_file)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot open log file {settings.log_file}: {exc.strerror or exc}"
+            ) from None
+    if settings.preload:
+        try:
+            return app_module.load_app(spec)
+        except app_module.AppError as exc:
+            raise StartupError(str(exc)) from None
+    probe_app(spec)
+    return None
+
+
+def run_master(argv: list[str]) -> int:
+    from unicornish.listeners import setup_listeners
+    from unicornish.master import Master
+
+    try:
+        cli_values = parse_cli(argv)
+    except UsageError as exc:
+        _die(str(exc), 2)
+    try:
+        settings, warnings = build_settings(cli_values)
+    except StartupError as exc:
+        _die(str(exc), 1)
+    global _startup_stderr
+    log.setup()
+    try:
+        _startup_stderr = os.dup(2)
+        os.set_inheritable(_startup_stderr, False)
+    except OSError:
+        _startup_stderr = 2
+    try:
+        app = prepare(settings)
+        listeners = setup_listeners(settings.listen)
+    except (StartupError, UsageError) as exc:
+        _die(str(exc), exc.exit_code)
+    if _startup_stderr != 2:
+        os.close(_startup_stderr)
+        _startup_stderr = 2
+    master = Master(settings, cli_values, app, listeners, warnings)
+    return master.run()
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        if args and args[0] in ("status", "ctl"):
+            from unicornish import ops
+
+            code = ops.main(args)
+        else:
+            code = run_master(args)
+    except KeyboardInterrupt:
+        code = 130
+    raise SystemExit(code)

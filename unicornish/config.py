@@ -1,0 +1,261 @@
+"""Settings: one table of options serves the command line and the config file.
+
+Precedence is defaults < config file < command line, and HUP re-reads the
+file while keeping the command line's values on top.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import types
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from unicornish.errors import StartupError
+
+HOOK_NAMES = ("before_fork", "after_fork", "worker_exit", "before_exec")
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"must be {what}, got {value!r}")
+    if isinstance(value, (int, float)):
+        number = float(value)
+    else:
+        try:
+            number = float(str(value).strip())
+        except ValueError:
+            raise ValueError(f"must be {what}, got {value!r}") from None
+    if math.isnan(number) or math.isinf(number):
+        raise ValueError(f"must be {what}, got {value!r}")
+    return number
+
+
+def count(value: Any) -> int:
+    """A whole number >= 0 (a worker count, a task count)."""
+    what = "a whole number >= 0"
+    if isinstance(value, bool):
+        raise ValueError(f"must be {what}, got {value!r}")
+    if isinstance(value, int):
+        number = value
+    else:
+        try:
+            number = int(str(value).strip(), 10)
+        except ValueError:
+            raise ValueError(f"must be {what}, got {value!r}") from None
+    if number < 0:
+        raise ValueError(f"must be {what}, got {value!r}")
+    return number
+
+
+def positive_count(value: Any) -> int:
+    number = count(value)
+    if number == 0:
+        raise ValueError("must be a whole number > 0, got 0")
+    return number
+
+
+def positive_seconds(value: Any) -> float:
+    number = _number(value, "a number of seconds > 0")
+    if number <= 0:
+        raise ValueError(f"must be a number of seconds > 0, got {value!r}")
+    return number
+
+
+def seconds(value: Any) -> float:
+    number = _number(value, "a number of seconds >= 0")
+    if number < 0:
+        raise ValueError(f"must be a number of seconds >= 0, got {value!r}")
+    return number
+
+
+def optional_positive_seconds(value: Any) -> float | None:
+    if value is None or value is False:
+        return None
+    return positive_seconds(value)
+
+
+def text(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"must be a non-empty string, got {value!r}")
+    return value
+
+
+def optional_text(value: Any) -> str | None:
+    return None if value is None else text(value)
+
+
+def flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be True or False, got {value!r}")
+    return value
+
+
+def text_list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"must be a list of strings, got {value!r}")
+    return [text(item) for item in value]
+
+
+def term_meaning(value: Any) -> str:
+    if value not in ("graceful", "quick"):
+        raise ValueError(f"must be 'graceful' or 'quick', got {value!r}")
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its long option, its parser, and how argparse shows it."""
+
+    name: str
+    convert: Callable[[Any], Any]
+    help: str
+    metavar: str | None = None
+    is_flag: bool = False
+    repeatable: bool = False
+    short: str | None = None
+
+    @property
+    def flag_name(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("app", text, "a .py file path or a dotted module name (pkg.tasks)", "APP"),
+    Option("workers", count, "workers to keep alive, 0 allowed (default 1)", "N"),
+    Option(
+        "poll",
+        positive_seconds,
+        "longest the master sleeps before re-checking its workers (default 30)",
+        "SECONDS",
+    ),
+    Option("preload", flag, "load the app once in the master, before forking", is_flag=True),
+    Option(
+        "timeout",
+        optional_positive_seconds,
+        "SIGKILL a worker whose current task has run longer than this (default off)",
+        "SECONDS",
+    ),
+    Option(
+        "graceful_timeout",
+        seconds,
+        "how long QUIT/WINCH/HUP/TTOU wait for a worker before SIGKILL (default 30)",
+        "SECONDS",
+    ),
+    Option("pid", optional_text, "pid file of the master", "FILE"),
+    Option(
+        "log_file", optional_text, "append logs here instead of stderr; reopened on USR1", "FILE"
+    ),
+    Option(
+        "listen",
+        text_list,
+        "HOST:PORT, [V6]:PORT or unix:/path; repeatable; bound by the master",
+        "ADDR",
+        repeatable=True,
+    ),
+)
+
+OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    app: str | None = None
+    workers: int = 1
+    poll: float = 30.0
+    preload: bool = False
+    timeout: float | None = None
+    graceful_timeout: float = 30.0
+    pid: str | None = None
+    log_file: str | None = None
+    listen: tuple[str, ...] = ()
+    config: str | None = None
+    hooks: dict[str, Callable[..., Any]] = field(default_factory=dict, compare=False)
+
+    def with_values(self, values: dict[str, Any]) -> Settings:
+        known = {f.name for f in fields(self)}
+        clean: dict[str, Any] = {
+            k: (tuple(v) if k == "listen" else v) for k, v in values.items() if k in known
+        }
+        return replace(self, **clean)
+
+
+def convert_option(name: str, value: Any) -> Any:
+    return OPTIONS_BY_NAME[name].convert(value)
+
+
+def _is_plain_setting(name: str, value: Any) -> bool:
+    """Names a config file may define without them being settings: helpers."""
+    if name.startswith("_"):
+        return False
+    return not isinstance(value, (types.ModuleType, type)) and not callable(value)
+
+
+def read_config_file(path: str) -> tuple[dict[str, Any], dict[str, Callable[..., Any]], list[str]]:
+    """Run a config file; return its settings, its hooks and warnings.
+
+    Raises StartupError with one line of explanation for anything wrong.
+    """
+    try:
+        with open(path, "rb") as handle:
+            source = handle.read()
+    except FileNotFoundError:
+        raise StartupError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise StartupError(f"config file is a directory: {path}") from None
+    except OSError as exc:
+        raise StartupError(f"cannot read config file {path}: {exc.strerror}") from None
+    namespace: dict[str, Any] = {"__file__": os.path.abspath(path), "__name__": "__config__"}
+    try:
+        code = compile(source, path, "exec")
+        exec(code, namespace)
+    except SyntaxError as exc:
+        raise StartupError(
+            f"config file {path}: SyntaxError: {exc.msg} (line {exc.lineno})"
+        ) from None
+    except BaseException as exc:  # noqa: BLE001 - any failure of user code is reported in one line
+        raise StartupError(f"config file {path}: {type(exc).__name__}: {exc}") from None
+    values: dict[str, Any] = {}
+    hooks: dict[str, Callable[..., Any]] = {}
+    warnings: list[str] = []
+    for name, value in namespace.items():
+        if name in HOOK_NAMES:
+            if not callable(value):
+                raise StartupError(f"config file {path}: {name} must be a function")
+            hooks[name] = value
+        elif name in OPTIONS_BY_NAME:
+            try:
+                values[name] = convert_option(name, value)
+            except ValueError as exc:
+                raise StartupError(f"config file {path}: {name} {exc}") from None
+        elif name == "config":
+            raise StartupError(f"config file {path}: 'config' cannot be set in a config file")
+        elif _is_plain_setting(name, value) and name not in ("__file__", "__name__"):
+            warnings.append(f"config file {path}: unknown setting {name!r} ignored")
+    return values, hooks, warnings
+
+
+def build_settings(cli_values: dict[str, Any]) -> tuple[Settings, list[str]]:
+    """Merge defaults, the config file named on the command line, and the command line."""
+    config_path = cli_values.get("config")
+    file_values: dict[str, Any] = {}
+    hooks: dict[str, Callable[..., Any]] = {}
+    warnings: list[str] = []
+    if config_path:
+        file_values, hooks, warnings = read_config_file(config_path)
+    merged = {**file_values, **cli_values}
+    settings = Settings().with_values(merged)
+    settings = replace(settings, hooks=hooks)
+    if not settings.app:
+        if config_path:
+            raise StartupError(f"no app: give --app or set app in {config_path}")
+        raise StartupError("no app: give --app")
+    return settings, warnings
+
+
+def settings_fields(settings: Settings, names: Iterable[str]) -> dict[str, Any]:
+    return {name: getattr(settings, name) for name in names}

@@ -1,0 +1,106 @@
+"""Where the master's listeners come from: inherited (USR2, systemd) or bound anew.
+
+An inherited socket whose address matches a --listen address is reused, so
+an upgrade never closes a listening socket and no connection is refused.
+Inherited sockets that match nothing are kept too (systemd socket units,
+listeners dropped from the config take effect only after a restart).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+
+from unicornish import sockets as sockets_module
+from unicornish.errors import StartupError
+from unicornish.reexec import FD_ENV
+from unicornish.systemd import SD_LISTEN_FDS_START
+
+
+def _socket_from_fd(fd: int, source: str) -> socket.socket:
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        raise StartupError(f"{source}: fd {fd} is not open") from None
+    if not stat.S_ISSOCK(mode):
+        raise StartupError(f"{source}: fd {fd} is not a socket")
+    sock = socket.socket(fileno=fd)
+    try:
+        listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    except OSError:
+        listening = 0
+    if sock.type != socket.SOCK_STREAM or not listening:
+        sock.detach()
+        raise StartupError(f"{source}: fd {fd} is not a listening stream socket")
+    sock.set_inheritable(False)
+    return sock
+
+
+def _parse_fd_list(text: str, source: str) -> list[int]:
+    fds = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if not part.isdigit():
+            raise StartupError(f"{source}={text!r}: expected comma-separated fd numbers")
+        fd = int(part)
+        if fd < 3:
+            raise StartupError(f"{source}={text!r}: fd {fd} is stdin/stdout/stderr")
+        fds.append(fd)
+    return fds
+
+
+def inherited_sockets() -> list[socket.socket]:
+    """Sockets passed by an old master (UNICORNISH_FD) or systemd (LISTEN_FDS)."""
+    found: list[socket.socket] = []
+    text = os.environ.pop(FD_ENV, None)
+    if text is not None:
+        for fd in _parse_fd_list(text, FD_ENV):
+            found.append(_socket_from_fd(fd, FD_ENV))
+    count = os.environ.pop("LISTEN_FDS", None)
+    pid = os.environ.pop("LISTEN_PID", None)
+    os.environ.pop("LISTEN_FDNAMES", None)
+    if count is not None:
+        if not count.isdigit():
+            raise StartupError(f"LISTEN_FDS={count!r} is not a number")
+        if pid is None or not pid.isdigit():
+            raise StartupError(f"LISTEN_PID={pid!r} is not a pid (LISTEN_FDS is set)")
+        if int(pid) == os.getpid():
+            have = {s.fileno() for s in found}
+            for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + int(count)):
+                if fd not in have:
+                    found.append(_socket_from_fd(fd, "LISTEN_FDS"))
+    return found
+
+
+def _same_address(sock: socket.socket, address: sockets_module.Address) -> bool:
+    if sock.family != address.family:
+        return False
+    name = sock.getsockname()
+    if address.family == socket.AF_UNIX:
+        return bool(name == address.path)
+    try:
+        infos = socket.getaddrinfo(address.host, address.port, address.family, socket.SOCK_STREAM)
+    except socket.gaierror:
+        return False
+    return any(info[4][:2] == name[:2] for info in infos)
+
+
+def setup_listeners(specs: tuple[str, ...] | list[str]) -> list[socket.socket]:
+    inherited = inherited_sockets()
+    listeners: list[socket.socket] = []
+    for spec in specs:
+        address = sockets_module.parse_address(spec)
+        match = next((s for s in inherited if _same_address(s, address)), None)
+        if match is not None:
+            inherited.remove(match)
+            listeners.append(match)
+        else:
+            try:
+                listeners.append(sockets_module.bind(address))
+            except StartupError:
+                sockets_module.close_all(listeners + inherited)
+                raise
+    return listeners + inherited

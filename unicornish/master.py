@@ -1,0 +1,722 @@
+"""The master: one loop, woken by signals, worker reports and deadlines.
+
+Signal handlers do nothing but wake the loop: CPython's C-level handler
+writes each signal's number to our self-pipe (signal.set_wakeup_fd), and the
+loop reads those bytes as its queue of signals, in order. Everything else -
+reaping, spawning, killing, reloading, re-exec - happens here, in
+`run()`. The loop sleeps in one epoll_wait until a signal, a worker report,
+a control request or the earliest deadline (a timeout, a graceful-stop
+SIGKILL, a crash-loop respawn) or --poll: no busy loop, no fixed tick.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import random
+import selectors
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from unicornish import app as app_module
+from unicornish import linux, log, pidfile, proctitle
+from unicornish import sockets as sockets_module
+from unicornish.app import App, AppError, load_app
+from unicornish.backoff import CrashBackoff
+from unicornish.config import Settings, build_settings
+from unicornish.errors import StartupError
+from unicornish.scoreboard import BOOTING, Scoreboard
+from unicornish.systemd import Notifier, watchdog_interval
+from unicornish.worker import (
+    EXIT_BOOT_FAILED,
+    REPORT_READY,
+    TRACEBACK_SIGNAL,
+    Worker,
+    decode_reports,
+)
+
+# Quick stop (TERM/INT): how long workers get to exit before SIGKILL, at most.
+QUICK_STOP_WAIT = 5.0
+# After the traceback signal, how long a stuck worker gets to dump its stack.
+TRACEBACK_GRACE = 0.2
+# A master that woke this much later than it meant to was suspended.
+OVERSLEEP = 1.0
+
+HANDLED_SIGNALS = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGWINCH,
+    signal.SIGCHLD,
+    signal.SIGCONT,
+)
+
+
+def _ignore(signum: int, frame: object) -> None:
+    """The loop reads the signal from the wake-up pipe; nothing to do here."""
+
+
+def describe_status(status: int) -> tuple[str, int | None, int | None]:
+    """`exit 0` / `killed by SIGKILL`, with the exit code or the signal number."""
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        return f"killed by {name}", None, signum
+    code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else status
+    return f"exit {code}", code, None
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+@dataclass(eq=False)
+class WorkerProc:
+    """The master's record of one worker process."""
+
+    nr: int
+    pid: int
+    generation: int
+    board: Scoreboard
+    spawned_at: float
+    spawned_wall: float
+    ready_at: float | None = None
+    stop_signal: str | None = None
+    kill_at: float | None = None
+    killed: bool = False
+    timed_out: bool = False
+    max_tasks: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"worker[{self.nr}]"
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_signal is not None
+
+
+class Master:
+    def __init__(
+        self,
+        settings: Settings,
+        cli_values: dict[str, Any],
+        app: App | None,
+        listeners: list[socket.socket],
+        warnings: list[str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.cli_values = cli_values
+        self.app = app  # set only with --preload
+        self.listeners = listeners
+        self.pid = os.getpid()
+        self.create_time = psutil.Process(self.pid).create_time()
+        self.log = log.get_logger()
+        self.started_at = time.monotonic()
+        self.app_name = app_module.describe(settings.app or "")
+        self.workers: dict[int, WorkerProc] = {}
+        self.wanted = settings.workers
+        self.generation = 0
+        self.previous_app: App | None = None
+        self.reloading = False
+        self.stopping: str | None = None
+        self.backoff = CrashBackoff()
+        self.signal_queue: list[int] = []
+        self.grace_from = 0.0
+        self.reexec_pid: int | None = None
+        self.is_old = False
+        self.notifier = Notifier()
+        self.announced_ready = False
+        self.watchdog = watchdog_interval()
+        self.next_watchdog = 0.0
+        self.selector = selectors.DefaultSelector()
+        self._startup_warnings = list(warnings or [])
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._report_r, self._report_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        # Extra fds (control socket, its clients) that a forked worker must close.
+        self.child_closes: list[Callable[[], None]] = []
+        self.timers: list[Callable[[float], float | None]] = []
+
+    # -- start ----------------------------------------------------------------
+
+    def install_signals(self) -> None:
+        for signum in HANDLED_SIGNALS:
+            signal.signal(signum, _ignore)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, self._read_signals)
+        self.selector.register(self._report_r, selectors.EVENT_READ, self._read_reports)
+
+    def run(self) -> int:
+        linux.load()
+        self.install_signals()
+        proctitle.set_master_title(self.app_name)
+        for warning in self._startup_warnings:
+            self.log.warning("%s", warning)
+        if self.notifier.error:
+            self.log.warning("%s", self.notifier.error)
+        self.log.info("master process ready pid=%d", self.pid)
+        if self.settings.pid:
+            self._write_pid_file(self.settings.pid)
+        while True:
+            self.process_signals()
+            self.reap_all_workers()
+            if self.stopping:
+                self.kill_workers_past_deadline()
+                if not self.workers:
+                    break
+            else:
+                self.maintain_worker_count()
+                self.kill_stuck_workers()
+                self.kill_workers_past_deadline()
+                self.announce()
+            self.sleep()
+        return self.finish()
+
+    def _write_pid_file(self, path: str) -> None:
+        try:
+            pidfile.write(path, self.pid)
+        except OSError as exc:
+            self.log.error("cannot write pid file %s: %s", path, exc.strerror or exc)
+
+    # -- sleeping and waking --------------------------------------------------
+
+    def next_deadline(self, now: float) -> float:
+        deadline = now + self.settings.poll
+        if self.signal_queue:
+            return now
+        for w in self.workers.values():
+            if w.kill_at is not None and not w.killed:
+                deadline = min(deadline, w.kill_at)
+        timeout = self.settings.timeout
+        if timeout and not self.stopping:
+            for w in self.workers.values():
+                if w.timed_out or w.killed:
+                    continue
+                beat = w.board.beat[0]
+                if beat:
+                    deadline = min(deadline, max(beat, self.grace_from) + timeout)
+        if not self.stopping:
+            for nr in self.missing_slots():
+                deadline = min(deadline, self.backoff.not_before(nr))
+        if self.watchdog is not None:
+            deadline = min(deadline, self.next_watchdog)
+        for timer in self.timers:
+            when = timer(now)
+            if when is not None:
+                deadline = min(deadline, when)
+        return deadline
+
+    def sleep(self) -> None:
+        now = time.monotonic()
+        deadline = self.next_deadline(now)
+        # Round up a little: waking a hair early would only mean sleeping again.
+        wait = max(0.0, deadline - now)
+        if wait:
+            wait = math.ceil(wait * 1000) / 1000
+        events = self.selector.select(wait)
+        woke = time.monotonic()
+        if woke - (now + wait) > OVERSLEEP:
+            self.grace_from = woke
+            self.log.warning(
+                "master was suspended for %.1fs; busy workers get a fresh --timeout",
+                woke - now - wait,
+            )
+        for key, _mask in events:
+            callback = key.data
+            callback(key.fileobj)
+
+    def _read_signals(self, fileobj: Any) -> None:
+        try:
+            while True:
+                data = os.read(self._wake_r, 4096)
+                if not data:
+                    break
+                self.signal_queue.extend(data)
+        except BlockingIOError:
+            pass
+
+    def _read_reports(self, fileobj: Any = None) -> None:
+        try:
+            data = os.read(self._report_r, 65536)
+        except BlockingIOError:
+            return
+        now = time.monotonic()
+        for pid, event in decode_reports(data):
+            w = self.workers.get(pid)
+            if w is not None and event == REPORT_READY and w.ready_at is None:
+                w.ready_at = now
+
+    # -- signals ----------------------------------------------------------------
+
+    def process_signals(self) -> None:
+        queue, self.signal_queue = self.signal_queue, []
+        for signum in queue:
+            if signum == signal.SIGCHLD:
+                continue  # reap_all_workers runs on every turn of the loop
+            if signum == signal.SIGCONT:
+                self.grace_from = time.monotonic()
+                continue
+            handler = self.signal_handlers().get(signum)
+            if handler is not None:
+                handler()
+
+    def signal_handlers(self) -> dict[int, Callable[[], None]]:
+        return {
+            signal.SIGINT: lambda: self.stop(quick=True, why="INT"),
+            signal.SIGTERM: lambda: self.stop(quick=True, why="TERM"),
+            signal.SIGQUIT: lambda: self.stop(quick=False, why="QUIT"),
+            signal.SIGHUP: self.reload,
+            signal.SIGTTIN: lambda: self.scale(self.wanted + 1, "TTIN"),
+            signal.SIGTTOU: lambda: self.scale(self.wanted - 1, "TTOU"),
+            signal.SIGUSR1: self.reopen_logs,
+            signal.SIGUSR2: self.reexec,
+            signal.SIGWINCH: self.winch,
+        }
+
+    def scale(self, wanted: int, why: str) -> None:
+        if self.stopping:
+            self.log.info("%s ignored: master is stopping", why)
+            return
+        self.wanted = max(0, wanted)
+        self.log.info("%s: %d workers wanted", why, self.wanted)
+
+    def winch(self) -> None:
+        try:
+            on_tty = os.isatty(0)
+        except OSError:
+            on_tty = False
+        if on_tty:
+            self.log.info("WINCH ignored: stdin is a terminal (it sends WINCH on resize)")
+            return
+        self.scale(0, "WINCH")
+
+    def reopen_logs(self) -> None:
+        error = log.reopen(self.settings.log_file)
+        if error:
+            self.log.error("%s", error)
+        else:
+            self.log.info("reopened log files")
+        for w in self.workers.values():
+            self._signal(w, signal.SIGUSR1)
+
+    def stop(self, quick: bool, why: str) -> None:
+        if self.stopping == "quick" or (self.stopping == "graceful" and not quick):
+            return
+        self.stopping = "quick" if quick else "graceful"
+        self.log.info("%s received: %s stop", why, self.stopping)
+        self.notifier.send("STOPPING=1")
+        now = time.monotonic()
+        for w in list(self.workers.values()):
+            if quick:
+                self.stop_worker(
+                    w, signal.SIGTERM, now, min(QUICK_STOP_WAIT, self.settings.graceful_timeout)
+                )
+            elif not w.stopping:
+                self.stop_worker(w, signal.SIGQUIT, now, self.settings.graceful_timeout)
+
+    # -- reaping -------------------------------------------------------------------
+
+    def reap_all_workers(self) -> None:
+        self._read_reports()  # a ready report may sit in the pipe behind an exit
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            except InterruptedError:
+                continue
+            if pid == 0:
+                return
+            text, code, signum = describe_status(status)
+            if pid == self.reexec_pid:
+                self.new_master_exited(text)
+                continue
+            w = self.workers.pop(pid, None)
+            if w is None:
+                # Not ours: an orphan handed to us as subreaper or pid 1.
+                self.on_orphan_reaped(pid, text)
+                continue
+            self.log.info("reaped pid=%d %s status=%s", pid, w.label, text)
+            self.worker_reaped(w, code, signum)
+
+    def on_orphan_reaped(self, pid: int, text: str) -> None:
+        self.log.info("reaped orphan pid=%d status=%s", pid, text)
+
+    def worker_reaped(self, w: WorkerProc, code: int | None, signum: int | None) -> None:
+        now = time.monotonic()
+        was_ready = w.ready_at is not None or w.board.state[0] != BOOTING
+        ready_at = w.ready_at if w.ready_at is not None else (now if was_ready else None)
+        w.board.close()
+        if w.stopping or w.timed_out or self.stopping:
+            return
+        if not was_ready and self.reloading and w.generation == self.generation:
+            self.abort_reload(w, code)
+            return
+        delay = self.backoff.record_exit(w.nr, now, ready_at, code, signum)
+        if delay > 0:
+            crashes = self.backoff.crashes(w.nr)
+            why = "could not boot" if code == EXIT_BOOT_FAILED else "died soon after spawning"
+            self.log.warning(
+                "%s %s (%d times in a row): crash loop, respawning in %.2fs",
+                w.label,
+                why,
+                crashes,
+                delay,
+            )
+
+    # -- keeping the count -------------------------------------------------------
+
+    def live_workers(self) -> list[WorkerProc]:
+        return [w for w in self.workers.values() if not w.stopping]
+
+    def missing_slots(self) -> list[int]:
+        have = {w.nr for w in self.live_workers() if w.generation == self.generation}
+        return [nr for nr in range(self.wanted) if nr not in have]
+
+    def maintain_worker_count(self) -> None:
+        now = time.monotonic()
+        current = [w for w in self.live_workers() if w.generation == self.generation]
+        old = [w for w in self.live_workers() if w.generation < self.generation]
+        ready_slots = {w.nr for w in current if w.ready_at is not None}
+        for w in current:
+            if w.nr >= self.wanted:
+                self.stop_worker(w, signal.SIGQUIT, now, self.settings.graceful_timeout)
+        old_slots = set()
+        for w in old:
+            if w.nr >= self.wanted or w.nr in ready_slots:
+                self.stop_worker(w, signal.SIGQUIT, now, self.settings.graceful_timeout)
+            else:
+                old_slots.add(w.nr)
+        if self.reloading and not old:
+            self.reloading = False
+            self.previous_app = None
+            self.log.info("reload done: %d workers run the new app", len(current))
+        missing = [nr for nr in self.missing_slots() if self.backoff.not_before(nr) <= now]
+        if not missing:
+            return
+        # Replacing a running old worker waits for the new one to be ready
+        # (a few at a time): a broken reload must never cost a serving worker.
+        booting_replacements = sum(1 for w in current if w.ready_at is None and w.nr in old_slots)
+        batch = max(1, math.ceil(self.wanted / 4))
+        to_spawn = []
+        for nr in missing:
+            if nr in old_slots:
+                if booting_replacements >= batch:
+                    continue
+                booting_replacements += 1
+            to_spawn.append(nr)
+        if to_spawn:
+            self.spawn_missing_workers(to_spawn)
+
+    def spawn_missing_workers(self, nrs: list[int]) -> None:
+        self.log.info("spawning %d missing workers:", len(nrs))
+        for nr in nrs:
+            if self.stopping:
+                return
+            self.spawn_worker(nr)
+
+    def spawn_worker(self, nr: int) -> WorkerProc | None:
+        self.log.info("worker[%d] spawning..", nr)
+        board = Scoreboard()
+        max_tasks = self.worker_max_tasks()
+        record = WorkerProc(
+            nr=nr,
+            pid=0,
+            generation=self.generation,
+            board=board,
+            spawned_at=time.monotonic(),
+            spawned_wall=time.time(),
+            max_tasks=max_tasks,
+        )
+        probe = Worker(
+            nr, self.pid, self.create_time, self.listeners, board, self.app_name, max_tasks
+        )
+        for hook in self.hooks("before_fork"):
+            try:
+                hook(probe)
+            except Exception:  # noqa: BLE001 - the user's hook must not kill the master
+                self.log.exception("worker[%d] before_fork failed", nr)
+        _flush_stdio()
+        if self.app is not None:
+            gc.freeze()  # keep the preloaded app's pages shared after fork
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            board.close()
+            self.log.error("worker[%d] fork failed: %s; retrying", nr, exc.strerror or exc)
+            self.backoff.record_exit(nr, time.monotonic(), None, 1, None)
+            return None
+        if pid == 0:
+            self._become_worker(probe)
+        try:
+            os.setpgid(pid, pid)  # also done by the child; whoever runs first wins the race
+        except OSError:
+            pass
+        record.pid = pid
+        self.workers[pid] = record
+        self.log.info("worker[%d] spawned pid=%d", nr, pid)
+        return record
+
+    def worker_max_tasks(self) -> int | None:
+        limit: int | None = getattr(self.settings, "max_tasks", None)
+        if not limit:
+            return None
+        # Jitter, so workers started together are not all recycled together.
+        return max(1, limit + random.randint(0, max(0, limit // 10)))
+
+    def hooks(self, name: str) -> list[Callable[..., Any]]:
+        found = []
+        config_hook = self.settings.hooks.get(name)
+        if config_hook is not None:
+            found.append(config_hook)
+        if self.app is not None and name in self.app.hooks:
+            found.append(self.app.hooks[name])
+        return found
+
+    def _become_worker(self, worker: Worker) -> None:
+        """In the child: drop the master's machinery, run the worker, never return."""
+        code = 1
+        try:
+            signal.set_wakeup_fd(-1)
+            try:
+                os.setpgid(0, 0)
+            except OSError:
+                pass
+            self.selector.close()
+            for close in self.child_closes:
+                close()
+            linux.set_parent_death_signal(signal.SIGQUIT)
+            worker.install_signals(
+                self.settings.log_file, (self._wake_r, self._wake_w, self._report_r)
+            )
+            worker.pid = os.getpid()
+            code = worker.run(
+                self.app, self.settings.app or "", self.settings.hooks, self._report_w
+            )
+        except BaseException:  # noqa: BLE001 - the child must never return into the master's loop
+            try:
+                self.log.exception("worker[%d] failed", worker.nr)
+            except BaseException:  # noqa: BLE001
+                pass
+        finally:
+            _flush_stdio()
+            os._exit(code)
+
+    # -- stopping workers --------------------------------------------------------
+
+    def _signal(self, w: WorkerProc, signum: int, group: bool = False) -> None:
+        try:
+            if group:
+                os.killpg(w.pid, signum)
+            else:
+                os.kill(w.pid, signum)
+        except ProcessLookupError:
+            if group:
+                try:
+                    os.kill(w.pid, signum)
+                except OSError:
+                    pass
+        except PermissionError as exc:
+            self.log.error("cannot signal %s pid=%d: %s", w.label, w.pid, exc.strerror)
+
+    def stop_worker(self, w: WorkerProc, signum: int, now: float, wait: float) -> None:
+        """Ask a worker to stop; SIGKILL its process group once `wait` has passed."""
+        self._signal(w, signum, group=signum == signal.SIGTERM)
+        w.stop_signal = signal_name(signum)
+        deadline = now + wait
+        w.kill_at = deadline if w.kill_at is None else min(w.kill_at, deadline)
+
+    def kill_workers_past_deadline(self) -> None:
+        now = time.monotonic()
+        for w in list(self.workers.values()):
+            if w.kill_at is not None and not w.killed and now >= w.kill_at:
+                if w.timed_out:
+                    self.log.error("%s pid=%d killed after its task timed out", w.label, w.pid)
+                elif w.stopping:
+                    self.log.warning(
+                        "%s pid=%d did not stop after %s; sending SIGKILL",
+                        w.label,
+                        w.pid,
+                        w.stop_signal,
+                    )
+                self._signal(w, signal.SIGKILL, group=True)
+                w.killed = True
+
+    def kill_stuck_workers(self) -> None:
+        timeout = self.settings.timeout
+        if not timeout:
+            return
+        now = time.monotonic()
+        for w in self.workers.values():
+            if w.timed_out or w.killed:
+                continue
+            beat = w.board.beat[0]
+            if not beat:
+                continue
+            started = max(beat, self.grace_from)
+            if now - started >= timeout:
+                w.timed_out = True
+                self.log.error(
+                    "%s pid=%d timed out: task running for %.1fs (--timeout %gs); "
+                    "dumping its traceback, then SIGKILL",
+                    w.label,
+                    w.pid,
+                    now - beat,
+                    timeout,
+                )
+                self._signal(w, TRACEBACK_SIGNAL)
+                w.kill_at = now + TRACEBACK_GRACE
+
+    # -- reload (HUP) --------------------------------------------------------------
+
+    def reload(self) -> None:
+        if self.stopping:
+            return
+        self.log.info("HUP received: reloading config and app")
+        self.notifier.send("RELOADING=1")
+        try:
+            settings, warnings = build_settings(self.cli_values)
+        except StartupError as exc:
+            self.log.error("reload failed: %s; old settings and workers kept", exc)
+            self.notifier.send("READY=1")
+            return
+        for warning in warnings:
+            self.log.warning("%s", warning)
+        new_app: App | None = None
+        try:
+            if settings.preload:
+                new_app = load_app(settings.app or "")
+            else:
+                precheck_app(settings.app or "")
+        except AppError as exc:
+            self.log.error("reload failed: %s; old workers kept", exc)
+            self.notifier.send("READY=1")
+            return
+        self.apply_settings(settings)
+        self.previous_app = self.app
+        self.app = new_app
+        self.wanted = settings.workers
+        self.generation += 1
+        self.reloading = True
+        self.announced_ready = False
+
+    def apply_settings(self, settings: Settings) -> None:
+        old = self.settings
+        self.settings = settings
+        if settings.log_file != old.log_file and settings.log_file:
+            error = log.reopen(settings.log_file)
+            if error:
+                self.log.error("%s", error)
+        if settings.pid != old.pid:
+            if old.pid:
+                pidfile.remove_if_ours(old.pid, self.pid)
+            if settings.pid:
+                self._write_pid_file(settings.pid)
+        if settings.listen != old.listen:
+            self.log.warning("listen addresses changed: they take effect on USR2 (re-exec)")
+
+    def abort_reload(self, failed: WorkerProc, code: int | None) -> None:
+        self.log.error(
+            "reload failed: new %s exited before it was ready (status %s); old workers kept",
+            failed.label,
+            code,
+        )
+        now = time.monotonic()
+        for w in self.live_workers():
+            if w.generation == self.generation and w.ready_at is None:
+                self.stop_worker(w, signal.SIGTERM, now, QUICK_STOP_WAIT)
+        for w in self.workers.values():
+            w.generation = self.generation
+        if self.settings.preload and self.previous_app is not None:
+            self.app = self.previous_app
+        self.previous_app = None
+        self.reloading = False
+        self.notifier.send("READY=1")
+
+    # -- re-exec (USR2) -----------------------------------------------------------
+
+    def reexec(self) -> None:
+        from unicornish import reexec
+
+        reexec.start_new_master(self)
+
+    def new_master_exited(self, text: str) -> None:
+        from unicornish import reexec
+
+        reexec.new_master_exited(self, text)
+
+    # -- systemd --------------------------------------------------------------------
+
+    def announce(self) -> None:
+        now = time.monotonic()
+        if self.watchdog is not None and now >= self.next_watchdog:
+            self.notifier.send("WATCHDOG=1")
+            self.next_watchdog = now + self.watchdog
+        if self.announced_ready or self.reloading:
+            return
+        ready = [w for w in self.live_workers() if w.ready_at is not None]
+        if len(ready) >= self.wanted:
+            self.announced_ready = True
+            self.on_ready(len(ready))
+
+    def on_ready(self, count: int) -> None:
+        self.notifier.send("READY=1", f"STATUS={count} workers running, master pid={self.pid}")
+
+    # -- exit -------------------------------------------------------------------------
+
+    def finish(self) -> int:
+        if self.settings.pid:
+            pidfile.remove_if_ours(self.settings.pid, self.pid)
+            pidfile.remove_if_ours(self.settings.pid + ".oldbin", self.pid)
+        handed_over = self.reexec_pid is not None
+        sockets_module.close_all(self.listeners, unlink_unix=not handed_over)
+        self.log.info("master exited")
+        return 0
+
+
+def precheck_app(spec: str) -> None:
+    """Catch a syntax error in the master, without running the app's code."""
+    if not app_module.is_path(spec):
+        return
+    try:
+        with open(spec, "rb") as handle:
+            source = handle.read()
+    except OSError as exc:
+        raise AppError(f"cannot read app file {spec}: {exc.strerror}") from None
+    try:
+        compile(source, spec, "exec")
+    except SyntaxError as exc:
+        raise AppError(
+            f"cannot load app {spec}: SyntaxError: {exc.msg} (line {exc.lineno})"
+        ) from None
+    except ValueError as exc:
+        raise AppError(f"cannot load app {spec}: {exc}") from None
+
+
+def _flush_stdio() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:  # noqa: BLE001 - a closed stdout must not stop a fork
+            pass

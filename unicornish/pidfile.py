@@ -1,0 +1,105 @@
+"""The master's pid file: atomic, never through a planted symlink, never someone else's."""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+
+from unicornish.errors import StartupError
+
+
+def read_pid(path: str) -> int | None:
+    """The pid a pid file names, or None (missing, garbage, not a regular file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not _is_regular(fd):
+            return None
+        data = os.read(fd, 64)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        pid = int(data.strip() or b"x")
+    except ValueError:
+        return None
+    return pid if pid > 0 else None
+
+
+def _is_regular(fd: int) -> bool:
+    import stat
+
+    return stat.S_ISREG(os.fstat(fd).st_mode)
+
+
+def is_unicornish_master(pid: int) -> bool:
+    """True when pid is alive and is a unicornish process (not a reused pid)."""
+    if pid == os.getpid():
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        words = " ".join(proc.cmdline()) + " " + proc.name()
+    except psutil.AccessDenied:
+        return True  # alive and not ours to read: play safe, do not steal its file
+    except psutil.Error:
+        return False
+    return "unicornish" in words
+
+
+def check(path: str) -> str | None:
+    """Refuse to start beside a live master; return a warning for a stale file."""
+    if os.path.isdir(path):
+        raise StartupError(f"pid file {path} is a directory")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise StartupError(f"pid file directory does not exist: {directory}")
+    if not os.access(directory, os.W_OK):
+        raise StartupError(f"pid file directory is not writable: {directory}")
+    if not os.path.lexists(path):
+        return None
+    pid = read_pid(path)
+    if pid is not None and is_unicornish_master(pid):
+        raise StartupError(f"already running: pid file {path} names live master pid={pid}")
+    return f"replacing stale pid file {path}" + (f" (pid={pid} is not running)" if pid else "")
+
+
+def write(path: str, pid: int) -> None:
+    """Write atomically: a new file beside it, then rename over (which replaces a
+    symlink itself instead of following it)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{pid}.tmp")
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, 0o644)
+    try:
+        os.write(fd, f"{pid}\n".encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.rename(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def remove_if_ours(path: str, pid: int) -> bool:
+    if read_pid(path) != pid:
+        return False
+    try:
+        os.unlink(path)
+    except OSError:
+        return False
+    return True

@@ -1,0 +1,49 @@
+"""A worker's heartbeat, in memory shared with the master.
+
+Each worker gets one anonymous shared page, mapped by the master before the
+fork. A beat is a plain store into it: no file on disk, no system call, so
+the worker loop can beat on every task. The master only reads.
+
+Layout (native order, 8-byte aligned):
+    0  float64  beat: CLOCK_MONOTONIC at the start of the current task (or
+                 the last notify()); 0.0 while the worker is not in a task
+    8  uint64   tasks completed
+    16 uint8    state: booting, idle, busy
+"""
+
+from __future__ import annotations
+
+import mmap
+
+BOOTING = 0
+IDLE = 1
+BUSY = 2
+STATE_NAMES = {BOOTING: "booting", IDLE: "idle", BUSY: "busy"}
+
+_SIZE = 64
+
+
+class Scoreboard:
+    __slots__ = ("_map", "beat", "tasks", "state")
+
+    def __init__(self) -> None:
+        self._map = mmap.mmap(-1, _SIZE, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+        view = memoryview(self._map)
+        # One-element typed views: `board.beat[0] = t` is a single store.
+        self.beat = view[0:8].cast("d")
+        self.tasks = view[8:16].cast("Q")
+        self.state = view[16:17].cast("B")
+
+    def beat_time(self) -> float:
+        return float(self.beat[0])
+
+    def task_count(self) -> int:
+        return int(self.tasks[0])
+
+    def state_name(self) -> str:
+        return STATE_NAMES.get(int(self.state[0]), "unknown")
+
+    def close(self) -> None:
+        for view in (self.beat, self.tasks, self.state):
+            view.release()
+        self._map.close()

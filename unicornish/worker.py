@@ -1,0 +1,309 @@
+"""The worker side: the object the app sees, and the loop that runs its tasks.
+
+Everything here runs in the forked child. `Worker.run()` never returns into
+the master's code: the caller turns its result into os._exit().
+"""
+
+from __future__ import annotations
+
+import errno
+import faulthandler
+import logging
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import psutil
+
+from unicornish import log, proctitle
+from unicornish.app import App, AppError, load_app
+from unicornish.scoreboard import BUSY, IDLE, Scoreboard
+
+# Exit codes a worker uses to tell the master why it stopped.
+EXIT_OK = 0
+EXIT_TASK_FAILED = 1
+EXIT_BOOT_FAILED = 3
+
+# Sent by the master before a timeout SIGKILL: faulthandler dumps the stack.
+TRACEBACK_SIGNAL = signal.SIGUSR2
+
+_REPORT = struct.Struct("=ii")
+REPORT_READY = 1
+REPORT_SIZE = _REPORT.size
+
+# How often an idle worker in accept() re-checks its master by itself, in case
+# an app replaced our QUIT handler (the parent-death signal then goes unseen).
+_ACCEPT_CHECK_SECONDS = 1.0
+
+
+def encode_report(pid: int, event: int) -> bytes:
+    return _REPORT.pack(pid, event)
+
+
+def decode_reports(data: bytes) -> list[tuple[int, int]]:
+    usable = len(data) - len(data) % REPORT_SIZE
+    return [_REPORT.unpack_from(data, i) for i in range(0, usable, REPORT_SIZE)]
+
+
+class Worker:
+    """What `worker_start(worker)` receives."""
+
+    def __init__(
+        self,
+        nr: int,
+        master_pid: int,
+        master_create_time: float,
+        sockets: Sequence[socket.socket],
+        scoreboard: Scoreboard,
+        app_name: str,
+        max_tasks: int | None = None,
+    ) -> None:
+        self.nr = nr
+        self.pid = os.getpid()
+        self.master_pid = master_pid
+        self.sockets: list[socket.socket] = list(sockets)
+        self.log: logging.Logger = log.get_logger(f"worker{nr}")
+        self.app: App | None = None
+        self.max_tasks = max_tasks
+        self._master_create_time = master_create_time
+        self._board = scoreboard
+        self._app_name = app_name
+        self._stopping = False
+        self._master_gone = False
+        self._wake_r = -1
+        self._wake_w = -1
+        self._poller: select.epoll | None = None
+
+    # -- the app's API -------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        """False once a stop was asked for, or the master is gone."""
+        return not self._stopping
+
+    @property
+    def tasks(self) -> int:
+        return int(self._board.tasks[0])
+
+    def notify(self) -> None:
+        """A heartbeat for long tasks: restarts the --timeout clock."""
+        self._board.beat[0] = time.monotonic()
+
+    def accept(self, timeout: float | None = None) -> tuple[socket.socket, Any] | None:
+        """Wait for a connection on any listener; None on stop, master death or timeout.
+
+        The wait is not timed by --timeout; the task clock starts when a
+        connection arrives.
+        """
+        if not self.sockets:
+            raise RuntimeError("worker.accept() needs at least one --listen address")
+        board = self._board
+        board.state[0] = IDLE
+        board.beat[0] = 0.0
+        poller = self._ensure_poller()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        by_fd = {sock.fileno(): sock for sock in self.sockets}
+        while not self._stopping:
+            wait = _ACCEPT_CHECK_SECONDS
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+                if wait <= 0:
+                    break
+            for fd, _events in poller.poll(wait):
+                sock = by_fd.get(fd)
+                if sock is None:
+                    self._drain_wake()
+                    continue
+                try:
+                    conn, addr = sock.accept()
+                except (BlockingIOError, InterruptedError):
+                    continue  # another worker got it first
+                except OSError as exc:
+                    if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EMFILE, errno.ENFILE):
+                        continue
+                    raise
+                board.state[0] = BUSY
+                board.beat[0] = time.monotonic()
+                return conn, addr
+            if not self._stopping:
+                self._check_master()
+        board.state[0] = BUSY
+        board.beat[0] = time.monotonic()
+        return None
+
+    def __repr__(self) -> str:
+        return f"<Worker nr={self.nr} pid={self.pid} alive={self.alive}>"
+
+    # -- set-up after fork --------------------------------------------------
+
+    def _ensure_poller(self) -> select.epoll:
+        if self._poller is None:
+            poller = select.epoll()
+            for sock in self.sockets:
+                sock.setblocking(False)
+                # EPOLLEXCLUSIVE: one connection wakes one idle worker, not all.
+                poller.register(sock.fileno(), select.EPOLLIN | select.EPOLLEXCLUSIVE)
+            poller.register(self._wake_r, select.EPOLLIN)
+            self._poller = poller
+        return self._poller
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 512):
+                pass
+        except OSError:
+            pass
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"!")
+        except OSError:
+            pass
+
+    def _on_quit(self, signum: int, frame: object) -> None:
+        # QUIT is also our parent-death signal: tell the two apart by parent.
+        if os.getppid() != self.master_pid:
+            self._master_gone = True
+        self._stopping = True
+        self._wake()
+
+    def _on_term(self, signum: int, frame: object) -> None:
+        # Quick stop: exit now, as Unicorn's workers do.
+        _flush_stdio()
+        os._exit(EXIT_OK)
+
+    def _on_usr1(self, signum: int, frame: object) -> None:
+        error = log.reopen(self._log_file)
+        if error:
+            self.log.error("worker[%d] %s", self.nr, error)
+
+    def install_signals(self, log_file: str | None, inherited: Sequence[int]) -> None:
+        self._log_file = log_file
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        for signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH):
+            signal.signal(signum, signal.SIG_DFL)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGCONT, signal.SIG_DFL)
+        signal.signal(signal.SIGQUIT, self._on_quit)
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+        signal.signal(signal.SIGUSR1, self._on_usr1)
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        try:
+            faulthandler.register(TRACEBACK_SIGNAL, file=sys.stderr, all_threads=True, chain=False)
+        except (AttributeError, ValueError, OSError, RuntimeError):
+            pass  # no usable stderr: the timeout kill still works, without a dump
+        for fd in inherited:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _check_master(self) -> None:
+        if os.getppid() != self.master_pid and self._master_is_gone():
+            self._master_gone = True
+            self._stopping = True
+
+    def _master_is_gone(self) -> bool:
+        """Confirm with the process table, so a reused pid cannot fool us."""
+        try:
+            return psutil.Process(self.master_pid).create_time() != self._master_create_time
+        except psutil.Error:
+            return True
+
+    # -- the loop -------------------------------------------------------------
+
+    def run(
+        self,
+        app: App | None,
+        app_spec: str,
+        config_hooks: dict[str, Callable[..., Any]],
+        report_fd: int,
+    ) -> int:
+        proctitle.set_worker_title(self.nr, self._app_name)
+        if self.master_pid != os.getppid():
+            # The master died between fork and here; the death signal was set too late.
+            self._master_gone = True
+            self._stopping = True
+        if app is None:
+            try:
+                app = load_app(app_spec)
+            except AppError as exc:
+                self.log.error("worker[%d] cannot load app: %s", self.nr, exc)
+                return EXIT_BOOT_FAILED
+        self.app = app
+        for hook in _hooks(config_hooks, app.hooks, "after_fork"):
+            try:
+                hook(self)
+            except BaseException:  # noqa: BLE001 - report the user's error, then stop
+                self.log.exception("worker[%d] after_fork failed", self.nr)
+                return EXIT_BOOT_FAILED
+        self.log.info("worker[%d] ready", self.nr)
+        try:
+            os.write(report_fd, encode_report(self.pid, REPORT_READY))
+        except OSError:
+            pass
+        code = self._loop(app.worker_start)
+        if code == EXIT_OK:
+            if self._master_gone:
+                self.log.info("worker[%d] master pid=%d is gone", self.nr, self.master_pid)
+            for hook in _hooks(config_hooks, app.hooks, "worker_exit"):
+                try:
+                    hook(self)
+                except BaseException:  # noqa: BLE001
+                    self.log.exception("worker[%d] worker_exit failed", self.nr)
+            self.log.info("worker[%d] exited", self.nr)
+        return code
+
+    def _loop(self, worker_start: Callable[[Any], Any]) -> int:
+        # Locals, not attributes: this loop runs hundreds of thousands of times a second.
+        board = self._board
+        beat = board.beat
+        tasks = board.tasks
+        clock = time.monotonic
+        getppid = os.getppid
+        master_pid = self.master_pid
+        limit = self.max_tasks or 0
+        done = int(tasks[0])
+        board.state[0] = BUSY
+        try:
+            while not self._stopping:
+                beat[0] = clock()
+                worker_start(self)
+                done += 1
+                tasks[0] = done
+                if getppid() != master_pid:
+                    self._check_master()
+                if done == limit:
+                    self.log.info("worker[%d] reached --max-tasks after %d tasks", self.nr, done)
+                    break
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            self.log.info("worker[%d] worker_start called exit(%s)", self.nr, exc.code)
+            return code
+        except BaseException:  # noqa: BLE001 - any escape ends this worker; the master replaces it
+            self.log.exception("worker[%d] worker_start raised; exiting", self.nr)
+            return EXIT_TASK_FAILED
+        return EXIT_OK
+
+
+def _hooks(
+    config_hooks: dict[str, Callable[..., Any]], app_hooks: dict[str, Callable[..., Any]], name: str
+) -> list[Callable[..., Any]]:
+    """The config file's hook runs first, then the app's."""
+    return [h for h in (config_hooks.get(name), app_hooks.get(name)) if h is not None]
+
+
+def _flush_stdio() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:  # noqa: BLE001 - exiting anyway
+            pass
