@@ -17,7 +17,7 @@ run: $(STAMP)
 	$(VENV)/bin/unicornish --app examples/testapp.py --workers $(WORKERS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check unicornish tests examples bench/*.py
+	$(VENV)/bin/ruff check unicornish tests examples bench
 	$(VENV)/bin/ruff format --check unicornish tests examples
 
 typecheck: $(STAMP)
