@@ -215,6 +215,11 @@ class Master:
                 beat = w.board.beat[0]
                 if beat:
                     deadline = min(deadline, max(beat, self.grace_from) + timeout)
+                else:
+                    # Not in a task (booting, idle in accept()): nothing wakes us when
+                    # one starts, so look again within `timeout`. A task starting at
+                    # b is then seen by b + timeout, and killed at b + timeout.
+                    deadline = min(deadline, now + timeout)
         if not self.stopping:
             for nr in self.missing_slots():
                 deadline = min(deadline, self.backoff.not_before(nr))
