@@ -27,8 +27,8 @@ from typing import Any
 import psutil
 
 from unicornish import app as app_module
-from unicornish import linux, log, pidfile, proctitle
-from unicornish import sockets as sockets_module
+from unicornish import linux, log, pidfile, proctitle, reexec
+from unicornish import listeners as listeners_module
 from unicornish.app import App, AppError, load_app
 from unicornish.backoff import CrashBackoff
 from unicornish.config import Settings, build_settings
@@ -145,7 +145,12 @@ class Master:
         self.grace_from = 0.0
         self.reexec_pid: int | None = None
         self.is_old = False
+        # Set in a master started by USR2: the old master (our parent) and
+        # whether this one has finished that upgrade (reexec.take_over).
+        self.old_master_pid = reexec.old_master_from_env()
+        self.took_over = False
         self.notifier = Notifier()
+        self.last_status = ""
         self.announced_ready = False
         self.watchdog = watchdog_interval()
         self.next_watchdog = 0.0
@@ -156,6 +161,7 @@ class Master:
         # Extra fds (control socket, its clients) that a forked worker must close.
         self.child_closes: list[Callable[[], None]] = []
         self.timers: list[Callable[[float], float | None]] = []
+        self._fork_mask: set[signal.Signals] = set()
 
     # -- start ----------------------------------------------------------------
 
@@ -174,6 +180,8 @@ class Master:
             self.log.warning("%s", warning)
         if self.notifier.error:
             self.log.warning("%s", self.notifier.error)
+        for sock in self.listeners:
+            self.log.info("listening on %s", listeners_module.describe(sock))
         self.log.info("master process ready pid=%d", self.pid)
         if self.settings.pid:
             self._write_pid_file(self.settings.pid)
@@ -223,7 +231,7 @@ class Master:
         if not self.stopping:
             for nr in self.missing_slots():
                 deadline = min(deadline, self.backoff.not_before(nr))
-        if self.watchdog is not None:
+        if self.watchdog is not None and not self.stopping:  # announce() pings: not when stopping
             deadline = min(deadline, self.next_watchdog)
         for timer in self.timers:
             when = timer(now)
@@ -464,15 +472,20 @@ class Master:
         _flush_stdio()
         if self.app is not None:
             gc.freeze()  # keep the preloaded app's pages shared after fork
+        # Signals wait (blocked) until the child has its own handlers: a signal
+        # caught in between would go to our wake-up pipe, as if sent to us.
+        self._fork_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         try:
             pid = os.fork()
         except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._fork_mask)
             board.close()
             self.log.error("worker[%d] fork failed: %s; retrying", nr, exc.strerror or exc)
             self.backoff.record_exit(nr, time.monotonic(), None, 1, None)
             return None
         if pid == 0:
             self._become_worker(probe)
+        signal.pthread_sigmask(signal.SIG_SETMASK, self._fork_mask)
         try:
             os.setpgid(pid, pid)  # also done by the child; whoever runs first wins the race
         except OSError:
@@ -514,6 +527,7 @@ class Master:
             worker.install_signals(
                 self.settings.log_file, (self._wake_r, self._wake_w, self._report_r)
             )
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._fork_mask)
             worker.pid = os.getpid()
             code = worker.run(
                 self.app, self.settings.app or "", self.settings.hooks, self._report_w
@@ -661,13 +675,9 @@ class Master:
     # -- re-exec (USR2) -----------------------------------------------------------
 
     def reexec(self) -> None:
-        from unicornish import reexec
-
         reexec.start_new_master(self)
 
     def new_master_exited(self, text: str) -> None:
-        from unicornish import reexec
-
         reexec.new_master_exited(self, text)
 
     # -- systemd --------------------------------------------------------------------
@@ -677,15 +687,31 @@ class Master:
         if self.watchdog is not None and now >= self.next_watchdog:
             self.notifier.send("WATCHDOG=1")
             self.next_watchdog = now + self.watchdog
-        if self.announced_ready or self.reloading:
+        if self.announced_ready:
+            if self.notifier.enabled:
+                status = self.status_line()
+                if status != self.last_status:  # the worker count changed (TTIN/TTOU, a crash)
+                    self.last_status = status
+                    self.notifier.send(status)
+            return
+        if self.reloading:
             return
         ready = [w for w in self.live_workers() if w.ready_at is not None]
         if len(ready) >= self.wanted:
             self.announced_ready = True
             self.on_ready(len(ready))
 
+    def status_line(self) -> str:
+        count = sum(1 for w in self.live_workers() if w.ready_at is not None)
+        return f"STATUS={count} workers running, master pid={self.pid}"
+
     def on_ready(self, count: int) -> None:
-        self.notifier.send("READY=1", f"STATUS={count} workers running, master pid={self.pid}")
+        self.last_status = self.status_line()
+        lines = ["READY=1", self.last_status]
+        if self.old_master_pid is not None and not self.took_over:
+            reexec.take_over(self, lines)  # MAINPID= under systemd, then QUIT the old master
+        else:
+            self.notifier.send(*lines)
 
     # -- exit -------------------------------------------------------------------------
 
@@ -693,8 +719,10 @@ class Master:
         if self.settings.pid:
             pidfile.remove_if_ours(self.settings.pid, self.pid)
             pidfile.remove_if_ours(self.settings.pid + ".oldbin", self.pid)
-        handed_over = self.reexec_pid is not None
-        sockets_module.close_all(self.listeners, unlink_unix=not handed_over)
+        # A unix socket file stays while another master serves it: our successor
+        # (USR2), or the old master that started us (the back-out procedure).
+        shared = self.reexec_pid is not None or reexec.predecessor_alive(self)
+        listeners_module.close_all(self.listeners, unlink_unix=not shared)
         self.log.info("master exited")
         return 0
 

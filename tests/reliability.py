@@ -1,0 +1,259 @@
+"""Helpers for the reliability suites (issue 7): looking at a live master from
+outside through /proc, running it as a throwaway user, and writing the figures
+the suites measure into docs/RELIABILITY.md.
+
+Nothing here mocks anything: every number comes from a real process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import re
+import secrets
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from conftest import BIN, ROOT, Run
+
+DOCS = ROOT / "docs"
+RESULTS = DOCS / "reliability"
+RELIABILITY_MD = DOCS / "RELIABILITY.md"
+
+
+# -- looking at a process from outside ----------------------------------------------
+
+
+def _stat_fields(pid: int) -> tuple[str, str, int] | None:
+    """(comm, state, ppid) from /proc/PID/stat, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            data = handle.read().decode(errors="replace")
+    except OSError:
+        return None
+    head, _, tail = data.rpartition(")")
+    comm = head.partition("(")[2]
+    parts = tail.split()
+    if len(parts) < 2:
+        return None
+    return comm, parts[0], int(parts[1])
+
+
+def children(pid: int) -> list[tuple[int, str, str]]:
+    """[(child pid, comm, state)] of pid, zombies included, straight from /proc."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        fields = _stat_fields(int(name))
+        if fields is not None and fields[2] == pid:
+            found.append((int(name), fields[0], fields[1]))
+    return found
+
+
+def worker_children(pid: int) -> list[int]:
+    return [c for c, comm, state in children(pid) if comm.startswith("worker[") and state != "Z"]
+
+
+def zombies(pid: int) -> list[int]:
+    return [c for c, _comm, state in children(pid) if state == "Z"]
+
+
+def fd_targets(pid: int) -> list[str]:
+    """What each open fd of pid points at, sorted (fd numbers dropped)."""
+    targets = []
+    base = f"/proc/{pid}/fd"
+    for name in os.listdir(base):
+        try:
+            target = os.readlink(f"{base}/{name}")
+        except OSError:
+            continue
+        # pipe:[123] / socket:[456] inode numbers identify the object: keep them.
+        targets.append(target)
+    return sorted(targets)
+
+
+def thread_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def snapshot(pid: int) -> dict[str, Any]:
+    fds = fd_targets(pid)
+    return {
+        "fds": len(fds),
+        "fd_targets": fds,
+        "threads": thread_count(pid),
+        "rss": rss_bytes(pid),
+    }
+
+
+def log_tracebacks(text: str) -> list[str]:
+    """Each traceback in a log, with the line before it (who logged it)."""
+    lines = text.splitlines()
+    return [
+        "\n".join(lines[max(0, i - 1) : i + 4])
+        for i, line in enumerate(lines)
+        if "Traceback (most recent call last)" in line
+    ]
+
+
+def wait_for(predicate: Any, timeout: float, what: str, step: float = 0.02) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(step)
+
+
+# -- running the master some other way ------------------------------------------------
+
+
+class PrefixedRun(Run):
+    """A Run whose command is `PREFIX... bin/unicornish ARGS` (setpriv, prlimit, env...).
+
+    The prefix programs exec, so the started pid is still the master's.
+    """
+
+    def __init__(
+        self,
+        tmp: Path,
+        prefix: list[str],
+        args: list[str],
+        env: dict[str, str] | None = None,
+        log_file: bool = True,
+        stderr: Any = None,
+    ) -> None:
+        self.tmp = tmp
+        self.log_path = tmp / "unicornish.log"
+        self.out_path = tmp / "stdout.txt"
+        self.err_path = tmp / "stderr.txt"
+        cmd = [*prefix, str(BIN), *args]
+        if log_file:
+            cmd += ["--log-file", str(self.log_path)]
+        self.cmd = cmd
+        full_env = dict(os.environ)
+        full_env.pop("NOTIFY_SOCKET", None)
+        full_env.update(env or {})
+        self._out = open(self.out_path, "wb")
+        self._err = open(self.err_path, "wb")
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=self._out,
+            stderr=self._err if stderr is None else stderr,
+            cwd=str(tmp),
+            env=full_env,
+            start_new_session=True,
+        )
+        self.pid = self.proc.pid
+        self.sid = self.pid
+        self.seen: set[int] = set()
+
+
+class ScratchUser:
+    """A throwaway system user (root bypasses process limits and permissions)."""
+
+    def __init__(self) -> None:
+        self.name = "unitest" + secrets.token_hex(3)
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", self.name],
+            check=True,
+            capture_output=True,
+        )
+        entry = pwd.getpwnam(self.name)
+        self.uid = entry.pw_uid
+        self.gid = entry.pw_gid
+
+    def setpriv(self) -> list[str]:
+        return [
+            "setpriv",
+            f"--reuid={self.uid}",
+            f"--regid={self.gid}",
+            "--clear-groups",
+            "--reset-env",
+        ]
+
+    def remove(self) -> None:
+        for _ in range(50):
+            # Kill whatever still runs as this user, by pid, then remove it.
+            for name in os.listdir("/proc"):
+                if name.isdigit():
+                    try:
+                        if os.stat(f"/proc/{name}").st_uid == self.uid:
+                            os.kill(int(name), signal.SIGKILL)
+                    except OSError:
+                        pass
+            done = subprocess.run(["userdel", self.name], capture_output=True)
+            if done.returncode == 0:
+                return
+            time.sleep(0.1)
+
+
+def scratch_user() -> Iterator[ScratchUser]:
+    """For a fixture: `yield from scratch_user()`."""
+    user = ScratchUser()
+    try:
+        yield user
+    finally:
+        user.remove()
+
+
+def shared_dir(tmp_path: Path, owner: ScratchUser | None = None) -> Path:
+    """A directory a test user can use: pytest's tmp dirs are root-only (0700)."""
+    base = Path("/tmp") / f"unicornish-rel-{os.getpid()}-{secrets.token_hex(4)}"
+    base.mkdir(mode=0o755)
+    os.chmod(base, 0o755)
+    if owner is not None:
+        os.chown(base, owner.uid, owner.gid)
+    (tmp_path / "shared-dir").write_text(str(base))
+    return base
+
+
+# -- figures into docs/RELIABILITY.md --------------------------------------------------
+
+
+def normalise(text: str, *paths: Path | str) -> str:
+    """Make a message stable across runs: tmp paths and pids become placeholders."""
+    for path in sorted((str(p) for p in paths), key=len, reverse=True):
+        text = text.replace(path, "DIR")
+    text = re.sub(r"pid=\d+", "pid=N", text)
+    text = re.sub(r"/tmp/[\w./-]+", "/tmp/...", text)
+    return text
+
+
+def record(name: str, data: Any) -> Path:
+    """Write one suite's results (JSON) and re-render docs/RELIABILITY.md."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    import render_reliability
+
+    render_reliability.render()
+    return path
+
+
+def record_part(name: str, key: str, data: Any) -> Path:
+    """Update one entry of a results file (a suite that writes in several tests)."""
+    path = RESULTS / f"{name}.json"
+    try:
+        current = json.loads(path.read_text())
+    except (OSError, ValueError):
+        current = {}
+    current[key] = data
+    return record(name, current)
