@@ -161,7 +161,7 @@ class Master:
         # Extra fds (control socket, its clients) that a forked worker must close.
         self.child_closes: list[Callable[[], None]] = []
         self.timers: list[Callable[[float], float | None]] = []
-        self._fork_mask: set[signal.Signals] = set()
+        self._fork_mask: set[int | signal.Signals] = set()
 
     # -- start ----------------------------------------------------------------
 
