@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""unicornish against gunicorn and Ruby's Unicorn, side by side, in one run.
+
+    bench/.venv/bin/python bench/run.py [--quick] [--only respawn,idle,...] [--out DIR]
+
+`make bench` (and `make bench QUICK=1`) run this after bench/setup.sh. It
+prints a table, writes bench/results/latest.json, latest.md and respawn.png.
+A peer that is not installed gets "not installed" in its column; nothing
+else changes. Every process started here is killed when it ends, also on
+Ctrl-C. See bench/README.md for what each scenario measures and how.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from harness import become_subreaper  # noqa: E402
+from report import markdown_table, plot_respawn, text_table, write_json  # noqa: E402
+from scenarios import ALL, Ctx, Row  # noqa: E402
+from servers import BENCH, ROOT, Launcher, availability, versions  # noqa: E402
+
+
+def _git_rev() -> str:
+    try:
+        r = subprocess.run(
+            ["git", "-C", ROOT, "describe", "--always", "--dirty"],
+            capture_output=True, text=True, timeout=10,
+        )
+        return r.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repeats, shorter windows (< 2 min)")
+    names = [n for n, _ in ALL]
+    ap.add_argument("--only", default="", help="comma-separated subset of: " + ",".join(names))
+    ap.add_argument("--out", default=os.path.join(BENCH, "results"), help="results directory")
+    ap.add_argument("-v", "--verbose", action="store_true", help="show each master's command")
+    args = ap.parse_args(argv)
+    only = [s for s in args.only.split(",") if s]
+    for s in only:
+        if s not in names:
+            ap.error(f"unknown scenario {s!r}; choose from {','.join(names)}")
+
+    # Ctrl-C and TERM both end up in the finally below, which kills everything we started.
+    def _term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)
+    signal.signal(signal.SIGHUP, _term)
+    if not become_subreaper():
+        print("bench: warning: could not become a child subreaper", file=sys.stderr)
+
+    avail = availability()
+    vers = versions()
+    started = time.monotonic()
+    workdir = tempfile.mkdtemp(prefix="unicornish-bench-")
+    launcher = Launcher(workdir, verbose=args.verbose)
+
+    def log(msg: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    for peer, why in avail.items():
+        log(f"{peer}: {why or vers.get(peer, '')}")
+    ctx = Ctx(launcher, avail, args.quick, log)
+    rows: list[Row] = []
+    failures: list[str] = []
+    interrupted = False
+    try:
+        for name, fn in ALL:
+            if only and name not in only:
+                continue
+            try:
+                rows += fn(ctx)
+            except Exception as exc:  # noqa: BLE001 - one broken scenario must not stop the rest
+                failures.append(f"{name}: {exc}")
+                log(f"!! scenario {name} failed: {exc}\n{traceback.format_exc()}")
+    except KeyboardInterrupt:
+        interrupted = True
+        log("interrupted: stopping everything the bench started")
+    finally:
+        launcher.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    elapsed = time.monotonic() - started
+    cmd = "make bench" + (" QUICK=1" if args.quick else "")
+    if only:
+        cmd = f"bench/.venv/bin/python bench/run.py {'--quick ' if args.quick else ''}--only {args.only}"
+    meta = {
+        "command": cmd,
+        "quick": args.quick,
+        "only": only or None,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "elapsed_s": round(elapsed, 1),
+        "host": {
+            "cpus": os.cpu_count(),
+            "cpu": _cpu_model(),
+            "kernel": platform.release(),
+            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        },
+        "versions": vers,
+        "unicornish_rev": _git_rev(),
+        "availability": {k: (v or "installed") for k, v in avail.items()},
+        "failures": failures,
+        "interrupted": interrupted,
+    }
+    print()
+    print(f"unicornish bench ({cmd}; {os.cpu_count()} CPUs, {meta['host']['cpu']}; "
+          f"{elapsed:.0f} s)")
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()))
+    print("ratio = unicornish / the better peer (lower is better for times, syscalls, memory;")
+    print("        higher for tasks/s, where the ratio is against a bare Python loop)")
+    print()
+    print(text_table(rows))
+    if interrupted:
+        print("\n(interrupted: results are partial and were not written)")
+        return 130
+    if only and args.out == os.path.join(BENCH, "results"):
+        args.out = os.path.join(BENCH, "results", "partial")  # a subset never replaces latest
+    os.makedirs(args.out, exist_ok=True)
+    write_json(os.path.join(args.out, "latest.json"), meta, rows, ctx.raw)
+    with open(os.path.join(args.out, "latest.md"), "w") as f:
+        f.write(f"`{cmd}` on {meta['date']}, {os.cpu_count()} CPUs ({meta['host']['cpu']}), "
+                f"unicornish {meta['unicornish_rev']}, "
+                + ", ".join(f"{k} {v}" for k, v in vers.items() if k != "unicornish") + "\n\n")
+        f.write(markdown_table(rows) + "\n")
+    why = None
+    if "respawn" in ctx.raw:
+        why = plot_respawn(
+            os.path.join(args.out, "respawn.png"), ctx.raw,
+            f"{cmd} - {meta['date']} - {os.cpu_count()} CPUs",
+        )
+    print()
+    print(f"wrote {os.path.relpath(os.path.join(args.out, 'latest.json'))}, "
+          f"{os.path.relpath(os.path.join(args.out, 'latest.md'))}"
+          + (f"; no plot: {why}" if why else ", " + os.path.relpath(
+              os.path.join(args.out, "respawn.png"))))
+    if failures:
+        print("scenarios that failed: " + "; ".join(failures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

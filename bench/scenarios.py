@@ -1,0 +1,790 @@
+"""The nine scenarios of issue 6. Each returns a list of table rows plus raw data.
+
+A row compares one figure across the peers: `values` maps a peer to a number,
+or to a string saying why there is none ("n/a: ...", "not installed",
+"error: ..."). All timings come from the workers' own readiness messages
+(their CLOCK_MONOTONIC) and time.monotonic() here, or from pidfds turning
+readable when a process exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness import (
+    BenchError,
+    children_of,
+    cpu_seconds,
+    pidfd,
+    ready_pids,
+    summary,
+    wait_exits,
+)
+from servers import APPS, GRACEFUL, PEERS, Launcher, Master, base_env
+
+Value = float | str
+
+
+@dataclass
+class Row:
+    scenario: str
+    metric: str
+    unit: str
+    values: dict[str, Value]
+    better: str = "lower"  # or "higher"
+    target: str = ""
+    met: bool | None = None
+    # The ratio is unicornish / the better peer, unless this names a baseline column.
+    baseline: str | None = None
+    note: str = ""
+
+    def ratio(self) -> float | None:
+        mine = self.values.get("unicornish")
+        if not isinstance(mine, (int, float)):
+            return None
+        if self.baseline:
+            other = self.values.get(self.baseline)
+            others = [other] if isinstance(other, (int, float)) else []
+        else:
+            others = [v for p, v in self.values.items() if p != "unicornish" and _num(v)]
+        if not others:
+            return None
+        best = min(others) if self.better == "lower" else max(others)
+        if best == 0:
+            return None if mine else 1.0
+        return mine / best
+
+    def best_peer(self) -> float | None:
+        others = [v for p, v in self.values.items() if p != "unicornish" and _num(v)]
+        if not others:
+            return None
+        return min(others) if self.better == "lower" else max(others)
+
+
+def _num(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+@dataclass
+class Ctx:
+    launcher: Launcher
+    avail: dict[str, str | None]
+    quick: bool
+    log: Callable[[str], None]
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def peers(self, *which: str) -> list[str]:
+        return [p for p in (which or PEERS) if self.avail.get(p) is None]
+
+    def missing(self, peer: str) -> str | None:
+        return self.avail.get(peer)
+
+
+def _err(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return "error: " + text[:60]
+
+
+def _report_error(ctx: Ctx, what: str, exc: BaseException) -> None:
+    ctx.log(f"  !! {what}: {exc}")
+    if not isinstance(exc, BenchError):
+        ctx.log(traceback.format_exc())
+
+
+def _fill_missing(ctx: Ctx, values: dict[str, Value], na: dict[str, str] | None = None) -> None:
+    for p in PEERS:
+        if p in values:
+            continue
+        if na and p in na:
+            values[p] = "n/a: " + na[p]
+        elif ctx.missing(p):
+            values[p] = "not installed"
+
+
+def _stat_rows(
+    scenario: str, label: str, unit: str, samples: dict[str, list[float] | str], scale: float
+) -> list[Row]:
+    """Three rows (p50, p90, max) from per-peer samples (or a reason string)."""
+    rows = []
+    for stat in ("p50", "p90", "max"):
+        vals: dict[str, Value] = {}
+        for peer, xs in samples.items():
+            if isinstance(xs, str):
+                vals[peer] = xs
+            elif xs:
+                vals[peer] = summary(xs)[stat] * scale
+            else:
+                vals[peer] = "error: no samples"
+        rows.append(Row(scenario, f"{label} {stat}", unit, vals))
+    return rows
+
+
+def _settle(seconds: float = 0.3) -> None:
+    time.sleep(seconds)
+
+
+# -- 1. respawn ------------------------------------------------------------------------------
+
+
+def respawn_once(ctx: Ctx, peer: str, preload: bool, kills: int) -> list[float]:
+    L = ctx.launcher
+    m = L.start(peer, 4, preload=preload)
+    try:
+        live = set(L.wait_ready(m, 4, timeout=60))
+        seen = set(live)
+        _settle(0.5)
+        lat = []
+        for i in range(kills):
+            victim = sorted(live)[i % len(live)]
+            idx = len(m.msgs())
+            t0 = time.monotonic()
+            os.kill(victim, signal.SIGKILL)
+            got = L.wait_ready(m, 1, since=idx, timeout=30)
+            new = [(t, p) for p, t in got.items() if p not in seen]
+            if not new:
+                raise BenchError(f"{peer}: a known pid announced again")
+            t, pid = min(new)
+            lat.append(t - t0)
+            live.discard(victim)
+            live.add(pid)
+            seen.add(pid)
+            _settle(0.1)
+        return lat
+    finally:
+        L.stop(m)
+
+
+def s1_respawn(ctx: Ctx) -> list[Row]:
+    kills = 15 if ctx.quick else 50
+    rows: list[Row] = []
+    ctx.raw["respawn"] = {}
+    for preload in (False, True):
+        label = "preload" if preload else "no preload"
+        samples: dict[str, list[float] | str] = {}
+        for peer in PEERS:
+            if ctx.missing(peer):
+                samples[peer] = "not installed"
+                continue
+            ctx.log(f"1 respawn [{label}] {peer}: {kills} x SIGKILL one of 4 workers")
+            try:
+                samples[peer] = respawn_once(ctx, peer, preload, kills)
+            except (BenchError, OSError) as exc:
+                _report_error(ctx, f"respawn {peer}", exc)
+                samples[peer] = _err(exc)
+        ctx.raw["respawn"][label] = {
+            p: ({"samples_s": v, **summary(v)} if isinstance(v, list) else v)
+            for p, v in samples.items()
+        }
+        part = _stat_rows("1 respawn", label, "ms", samples, 1000.0)
+        p50 = part[0]
+        best = p50.best_peer()
+        mine = p50.values.get("unicornish")
+        p50.target = "<= 0.5 x better peer"
+        if _num(mine) and best is not None:
+            p50.met = mine <= 0.5 * best
+        rows += part
+    return rows
+
+
+# -- 2 and 3. cold start, respawn storm --------------------------------------------------
+
+
+def s2_s3_cold_start_and_storm(ctx: Ctx) -> list[Row]:
+    L = ctx.launcher
+    sizes = (4, 32, 256)
+    reps = {4: 2, 32: 1, 256: 1} if ctx.quick else {4: 5, 32: 3, 256: 3}
+    cold: dict[int, dict[str, list[float] | str]] = {n: {} for n in sizes}
+    storm: dict[str, list[float] | str] = {}
+    for peer in PEERS:
+        if ctx.missing(peer):
+            for n in sizes:
+                cold[n][peer] = "not installed"
+            storm[peer] = "not installed"
+            continue
+        for n in sizes:
+            cold[n][peer] = []
+            for rep in range(reps[n]):
+                ctx.log(f"2 cold start {peer}: {n} workers (run {rep + 1}/{reps[n]})")
+                m = None
+                try:
+                    m = L.start(peer, n)
+                    got = L.wait_ready(m, n, timeout=60 + n * 0.5)
+                    cold[n][peer].append(max(got.values()) - m.t_launch)  # type: ignore[union-attr]
+                    if n == 256:
+                        ctx.log(f"3 respawn storm {peer}: SIGKILL all {n} workers")
+                        _settle(1.0)
+                        t = _storm(ctx, m, list(got), n)
+                        if not isinstance(storm.get(peer), list):
+                            storm[peer] = []
+                        storm[peer].append(t)  # type: ignore[union-attr]
+                except (BenchError, OSError) as exc:
+                    _report_error(ctx, f"cold start/storm {peer} n={n}", exc)
+                    if not cold[n][peer]:
+                        cold[n][peer] = _err(exc)
+                    if n == 256 and not isinstance(storm.get(peer), list):
+                        storm[peer] = _err(exc)
+                    break
+                finally:
+                    if m is not None:
+                        L.stop(m)
+                        _settle(0.5)
+    ctx.raw["cold_start"] = {
+        str(n): {p: ({"samples_s": v, **summary(v)} if isinstance(v, list) else v)
+                 for p, v in cold[n].items()}
+        for n in sizes
+    }
+    ctx.raw["respawn_storm"] = {
+        p: ({"samples_s": v, **summary(v)} if isinstance(v, list) else v) for p, v in storm.items()
+    }
+    rows: list[Row] = []
+    for n in sizes:
+        part = _stat_rows("2 cold start", f"{n} workers", "ms", cold[n], 1000.0)
+        if n == 256:
+            part[2].target = "< 3000 ms"
+            v = part[2].values.get("unicornish")
+            part[2].met = (v < 3000) if _num(v) else None
+        if reps[n] == 1:
+            part = [_single(part[0], "< 3000 ms" if n == 256 else "")]
+        rows += part
+    part = _stat_rows("3 respawn storm", "256 workers", "ms", storm, 1000.0)
+    part[2].target = "< 3000 ms"
+    v = part[2].values.get("unicornish")
+    part[2].met = (v < 3000) if _num(v) else None
+    rows += part if reps[256] > 1 else [_single(part[2], "< 3000 ms")]
+    return rows
+
+
+def _single(row: Row, target: str) -> Row:
+    """One run: drop the p50/p90/max label."""
+    row.metric = re.sub(r" (p50|p90|max)$", "", row.metric)
+    if target:
+        row.target = target
+        v = row.values.get("unicornish")
+        row.met = (v < 3000) if _num(v) else None
+    return row
+
+
+def _storm(ctx: Ctx, m: Master, pids: list[int], n: int) -> float:
+    idx = len(m.msgs())
+    t0 = time.monotonic()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    got = ctx.launcher.wait_ready(m, n, since=idx, timeout=120)
+    fresh = [t for p, t in got.items() if p not in set(pids)]
+    if len(fresh) < n:
+        raise BenchError("an old worker announced again")
+    return max(fresh) - t0
+
+
+# -- 4. scale up ---------------------------------------------------------------------------
+
+
+def s4_scale_up(ctx: Ctx) -> list[Row]:
+    L = ctx.launcher
+    reps = 2 if ctx.quick else 5
+    samples: dict[str, list[float] | str] = {}
+    for peer in PEERS:
+        if ctx.missing(peer):
+            samples[peer] = "not installed"
+            continue
+        samples[peer] = []
+        for rep in range(reps):
+            ctx.log(f"4 scale up {peer}: 8 x TTIN on 4 workers (run {rep + 1}/{reps})")
+            m = L.start(peer, 4)
+            try:
+                first = L.wait_ready(m, 4, timeout=60)
+                _settle(0.5)
+                base = len(children_of(m.pid))
+                idx = len(m.msgs())
+                t0 = time.monotonic()
+                for k in range(1, 9):
+                    m.signal(signal.SIGTTIN)
+                    # The next TTIN goes only once this one has made the master fork:
+                    # then no two can coalesce (in the kernel or in the interpreter).
+                    end = time.monotonic() + 10
+                    while len(children_of(m.pid)) < base + k:
+                        if time.monotonic() > end:
+                            raise BenchError(f"{peer}: TTIN #{k} made no new worker in 10 s")
+                        time.sleep(0.001)
+                got = L.wait_ready(m, 8, since=idx, timeout=60)
+                new = [t for p, t in got.items() if p not in first]
+                samples[peer].append(max(new) - t0)  # type: ignore[union-attr]
+            except (BenchError, OSError) as exc:
+                _report_error(ctx, f"scale up {peer}", exc)
+                if not samples[peer]:
+                    samples[peer] = _err(exc)
+                break
+            finally:
+                L.stop(m)
+    ctx.raw["scale_up"] = {
+        p: ({"samples_s": v, **summary(v)} if isinstance(v, list) else v)
+        for p, v in samples.items()
+    }
+    return _stat_rows("4 scale up", "8 TTIN", "ms", samples, 1000.0)
+
+
+# -- 5. idle master --------------------------------------------------------------------------
+
+# System calls that put a thread to sleep: their return is a wake-up.
+_WAITS = {
+    "epoll_wait", "epoll_pwait", "epoll_pwait2", "select", "pselect6", "poll", "ppoll",
+    "futex", "nanosleep", "clock_nanosleep", "wait4", "waitid", "read", "rt_sigsuspend",
+    "rt_sigtimedwait", "pause", "accept", "accept4", "recvfrom", "recvmsg", "io_uring_enter",
+}
+_LINE = re.compile(r"^(\d+)\s+(\d+\.\d+)\s+(?:<\.\.\. (\w+) resumed>|(\w+)\()(.*?)(?:<([\d.]+)>)?$")
+
+
+def parse_strace(path: str) -> dict[str, Any]:
+    """Syscalls that completed during the window, and the wake-ups among them.
+
+    Counted: complete lines and '<... resumed>' lines (a syscall that returned
+    while we watched). The call a thread sat in when strace attached shows as
+    '<unfinished ...>' first and is counted when (if) it returns - that is a
+    real wake-up. A wake-up is the return of a waiting call that slept > 5 ms.
+    """
+    counts: dict[str, int] = {}
+    wakes: list[tuple[float, str, float]] = []
+    with open(path, errors="replace") as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if "<unfinished ...>" in line or "<detached ...>" in line:
+                continue
+            mt = _LINE.match(line)
+            if not mt:
+                continue
+            name = mt.group(3) or mt.group(4)
+            if name in ("exit", "exit_group", "+++", "---"):
+                continue
+            counts[name] = counts.get(name, 0) + 1
+            dur = float(mt.group(6)) if mt.group(6) else 0.0
+            if name in _WAITS and dur > 0.005:
+                start = float(mt.group(2))
+                wakes.append((start + dur if mt.group(4) else start, name, dur))
+    return {"counts": counts, "total": sum(counts.values()), "wakeups": sorted(wakes)}
+
+
+def s5_idle_master(ctx: Ctx) -> list[Row]:
+    L = ctx.launcher
+    window = 5.0 if ctx.quick else 20.0
+    strace = shutil.which("strace")
+    configs = [("default", None), ("--timeout 30", 30)]
+    masters: dict[tuple[str, str], Master] = {}
+    result: dict[str, dict[str, Any]] = {c: {} for c, _ in configs}
+    rows: list[Row] = []
+    try:
+        for peer in ctx.peers():
+            for cname, timeout in configs:
+                masters[(peer, cname)] = L.start(peer, 4, timeout=timeout)
+        for (peer, cname), m in list(masters.items()):
+            try:
+                L.wait_ready(m, 4, timeout=60)
+            except BenchError as exc:
+                _report_error(ctx, f"idle {peer} {cname}", exc)
+                result[cname][peer] = _err(exc)
+                L.stop(m)
+                del masters[(peer, cname)]
+        _settle(1.0)
+        # (a) system calls, all idle masters at once, every thread of each master (no -f:
+        # the workers are not traced).
+        if strace:
+            ctx.log(f"5 idle master: strace of {len(masters)} masters for {window:g} s")
+            tracers = {}
+            for key, m in masters.items():
+                out = os.path.join(m.tmp, "strace.txt")
+                cmd = [strace, "-qq", "-ttt", "-T", "-o", out]
+                for tid in sorted(os.listdir(f"/proc/{m.pid}/task")):
+                    cmd += ["-p", tid]
+                tracers[key] = (
+                    subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+                    out,
+                )
+            time.sleep(window + 0.2)  # strace needs a moment to attach
+            for proc, _out in tracers.values():
+                with contextlib.suppress(OSError):
+                    proc.send_signal(signal.SIGINT)
+            for proc, _out in tracers.values():
+                L.reaper.wait_reaped(proc.pid, 10)
+            for (peer, cname), (_proc, out) in tracers.items():
+                parsed = parse_strace(out)
+                result[cname][peer] = {"strace": parsed}
+        # (b) CPU time, without strace, same window
+        ctx.log(f"5 idle master: CPU time of {len(masters)} masters for {window:g} s")
+        before = {key: cpu_seconds(m.pid) for key, m in masters.items()}
+        time.sleep(window)
+        for key, m in masters.items():
+            used = cpu_seconds(m.pid) - before[key]
+            peer, cname = key
+            entry = result[cname].setdefault(peer, {})
+            if isinstance(entry, dict):
+                entry["cpu_s"] = used
+    finally:
+        for m in masters.values():
+            L.stop(m)
+
+    ctx.raw["idle_master"] = {"window_s": window, **result}
+    for cname, timeout in configs:
+        per_s: dict[str, Value] = {}
+        wakes: dict[str, Value] = {}
+        cpu: dict[str, Value] = {}
+        for peer in PEERS:
+            entry = result[cname].get(peer)
+            if entry is None:
+                why = ctx.missing(peer) and "not installed"
+                per_s[peer] = wakes[peer] = cpu[peer] = why or "error"
+                continue
+            if isinstance(entry, str):
+                per_s[peer] = wakes[peer] = cpu[peer] = entry
+                continue
+            if "strace" in entry:
+                per_s[peer] = entry["strace"]["total"] / window
+                wakes[peer] = float(len(entry["strace"]["wakeups"]))
+            else:
+                per_s[peer] = wakes[peer] = "n/a: strace not installed"
+            cpu[peer] = entry.get("cpu_s", float("nan")) * 1000.0
+        interval = 30.0  # --poll default; with --timeout 30 the deadline is no sooner
+        allowed = int(window // interval) + 1
+        r1 = Row("5 idle master", f"{cname}: syscalls/s", "/s", per_s)
+        r2 = Row("5 idle master", f"{cname}: wake-ups in {window:g} s", "", wakes)
+        r2.target = f"<= {allowed} (poll {interval:g} s" + (")" if not timeout else ", deadline)")
+        if _num(wakes.get("unicornish")):
+            r2.met = wakes["unicornish"] <= allowed  # type: ignore[operator]
+        r3 = Row("5 idle master", f"{cname}: CPU ms in {window:g} s", "ms", cpu)
+        rows += [r1, r2, r3]
+    return rows
+
+
+# -- 6. worker loop ------------------------------------------------------------------------
+
+_BARE = """
+import sys, itertools
+sys.path.insert(0, {apps!r})
+import uni_loop
+class W:
+    alive = True
+w = W()
+f = uni_loop.worker_start
+for _ in itertools.repeat(None):
+    f(w)
+"""
+
+
+def s6_worker_loop(ctx: Ctx) -> list[Row]:
+    L = ctx.launcher
+    seconds = 2.0 if ctx.quick else 5.0
+    env = {"BENCH_LOOP_SECONDS": str(seconds)}
+    res: dict[str, Value] = {}
+    na = "workers only run HTTP requests; no task loop to time"
+    raw: dict[str, Any] = {}
+    for label, timeout in (("no --timeout", None), ("--timeout 30", 30)):
+        if ctx.missing("unicornish"):
+            res[label] = "not installed"
+            continue
+        ctx.log(f"6 worker loop unicornish {label}: {seconds:g} s of empty tasks")
+        m = L.start("unicornish", 1, app="loop", timeout=timeout, extra_env=env)
+        try:
+            got = ctx.launcher.ann.wait(
+                m.inbox, lambda ms: [x for x in ms if x.kind == "rate"], seconds + 30
+            )
+            res[label] = float(got[0].extra[0])  # type: ignore[index]
+        except (BenchError, OSError, ValueError, IndexError) as exc:
+            _report_error(ctx, f"worker loop {label}", exc)
+            res[label] = _err(exc)
+        finally:
+            L.stop(m)
+        raw[label] = res[label]
+    ctx.log(f"6 worker loop: bare Python loop, {seconds:g} s of the same call")
+    box = L.ann.open(os.path.join(ctx.launcher.workdir, "bare.sock"))
+    penv = base_env()
+    penv.update(env, BENCH_READY_SOCK=box.path)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _BARE.format(apps=APPS)],
+        env=penv,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    L.sessions.add(proc.pid)
+    try:
+        got = L.ann.wait(box, lambda ms: [x for x in ms if x.kind == "rate"], seconds + 30)
+        bare: Value = float(got[0].extra[0])  # type: ignore[index]
+    except (BenchError, ValueError, IndexError) as exc:
+        _report_error(ctx, "bare loop", exc)
+        bare = _err(exc)
+    finally:
+        L.sessions.kill(proc.pid)
+        L.ann.close(box)
+    raw["bare loop"] = bare
+    ctx.raw["worker_loop"] = {"window_s": seconds, "tasks_per_s": raw}
+    rows = []
+    for label in ("no --timeout", "--timeout 30"):
+        vals: dict[str, Value] = {"unicornish": res[label], "bare loop": bare}
+        _fill_missing(ctx, vals, {"gunicorn": na, "unicorn": na})
+        row = Row("6 worker loop", f"{label}: tasks/s", "/s", vals, better="higher")
+        row.baseline = "bare loop"
+        if timeout_label(label):
+            row.target = ">= 500000"
+            row.met = (res[label] >= 500_000) if _num(res[label]) else None  # type: ignore[operator]
+        rows.append(row)
+    return rows
+
+
+def timeout_label(label: str) -> bool:
+    return "--timeout" in label and not label.startswith("no")
+
+
+# -- 7. preload memory -----------------------------------------------------------------------
+
+
+def smaps_rollup(pid: int) -> dict[str, int]:
+    out = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 3 and parts[2] == "kB":
+                out[parts[0].rstrip(":")] = int(parts[1]) * 1024
+    out["Uss"] = out.get("Private_Clean", 0) + out.get("Private_Dirty", 0)
+    return out
+
+
+def _memory_group(m: Master, workers: list[int]) -> dict[str, Any]:
+    master = smaps_rollup(m.pid)
+    ws = [smaps_rollup(p) for p in workers]
+    return {
+        "master": {"pss": master["Pss"], "uss": master["Uss"], "rss": master["Rss"]},
+        "workers": [{"pss": w["Pss"], "uss": w["Uss"], "rss": w["Rss"]} for w in ws],
+        "total_pss": master["Pss"] + sum(w["Pss"] for w in ws),
+    }
+
+
+def preload_memory_once(ctx: Ctx, peer: str, freeze: bool, mb: float) -> dict[str, Any]:
+    L = ctx.launcher
+    env = {"BENCH_HEAP_MB": str(mb)}
+    if peer == "gunicorn" and freeze:
+        env["BENCH_GC_FREEZE"] = "1"  # the app calls gc.freeze() at the end of its import
+    if peer == "unicornish" and not freeze:
+        env["BENCH_GC_UNFREEZE"] = "1"  # unicornish freezes by itself; the worker undoes it
+    m = L.start(peer, 1, app="heap", preload=True, extra_env=env)
+    try:
+        got = L.wait_ready(m, 1, timeout=120)
+        first = list(got)
+        heap_msg = [x for x in m.msgs() if x.kind == "ready"][0]
+        heap_bytes = int(heap_msg.extra[1])
+        _settle(0.5)
+        one = _memory_group(m, first)
+        idx = len(m.msgs())
+        for k in range(1, 8):
+            m.signal(signal.SIGTTIN)
+            L.wait_ready(m, k, since=idx, timeout=60)
+        allw = first + list(ready_pids(m.msgs(), idx))
+        _settle(1.0)
+        eight = _memory_group(m, allw)
+        extra = (eight["total_pss"] - one["total_pss"]) / 7
+        return {
+            "heap_bytes": heap_bytes,
+            "one_worker": one,
+            "eight_workers": eight,
+            "extra_worker_pss": extra,
+            "worker_pss_mean": sum(w["pss"] for w in eight["workers"]) / 8,
+            "worker_uss_mean": sum(w["uss"] for w in eight["workers"]) / 8,
+        }
+    finally:
+        L.stop(m)
+
+
+def s7_preload_memory(ctx: Ctx) -> list[Row]:
+    mb = 100.0
+    raw: dict[str, Any] = {}
+    rows: list[Row] = []
+    for freeze in (True, False):
+        label = "gc.freeze()" if freeze else "no freeze"
+        res: dict[str, Any] = {}
+        for peer in PEERS:
+            if ctx.missing(peer):
+                res[peer] = "not installed"
+                continue
+            if peer == "unicorn" and not freeze:
+                res[peer] = "n/a: Ruby has no gc.freeze(); see the freeze row"
+                continue
+            ctx.log(f"7 preload memory {peer} [{label}]: {mb:g} MB app, 1 then 8 workers")
+            try:
+                res[peer] = preload_memory_once(ctx, peer, freeze, mb)
+            except (BenchError, OSError, ValueError, IndexError) as exc:
+                _report_error(ctx, f"preload memory {peer}", exc)
+                res[peer] = _err(exc)
+        raw[label] = res
+
+        def pick(key: str, scale: float, res: dict[str, Any] = res) -> dict[str, Value]:
+            return {p: (v[key] * scale if isinstance(v, dict) else v) for p, v in res.items()}
+
+        pct = {
+            p: (100.0 * v["extra_worker_pss"] / v["heap_bytes"] if isinstance(v, dict) else v)
+            for p, v in res.items()
+        }
+        mib = 1.0 / (1 << 20)
+        note = "" if freeze else "unicornish: worker calls gc.unfreeze() (it freezes by itself)"
+        if freeze:
+            note = "Unicorn: Ruby default (no freeze exists); gunicorn: app calls gc.freeze()"
+        r_pct = Row("7 preload memory", f"{label}: extra worker PSS, % of heap", "%", pct)
+        r_pct.note = note
+        if freeze:
+            r_pct.target = "<= 10%"
+            v = pct.get("unicornish")
+            r_pct.met = (v <= 10.0) if _num(v) else None  # type: ignore[operator]
+        rows += [
+            Row("7 preload memory", f"{label}: heap of the app", "MiB", pick("heap_bytes", mib)),
+            Row("7 preload memory", f"{label}: PSS per worker (8)", "MiB",
+                pick("worker_pss_mean", mib)),
+            Row("7 preload memory", f"{label}: USS per worker (8)", "MiB",
+                pick("worker_uss_mean", mib)),
+            Row("7 preload memory", f"{label}: extra worker PSS", "MiB",
+                pick("extra_worker_pss", mib)),
+            r_pct,
+        ]
+    ctx.raw["preload_memory"] = raw
+    return rows
+
+
+# -- 8. master death -------------------------------------------------------------------------
+
+
+def s8_master_death(ctx: Ctx) -> list[Row]:
+    """SIGKILL the master, time until its last idle worker has exited.
+
+    unicornish runs first, on its own. The peers' workers only look at their
+    parent when their select() times out (gunicorn: --timeout, 30 s; Unicorn:
+    timeout/2, 30 s), so their runs are done all at once, in parallel, idle.
+    """
+    L = ctx.launcher
+    mine_reps = 3 if ctx.quick else 10
+    peer_reps = 2 if ctx.quick else 3
+    cap_mine = 10.0
+    cap_peers = 75.0
+    samples: dict[str, list[float] | str] = {}
+
+    def run(peer_masters: list[tuple[str, Master]], cap: float) -> None:
+        fds = {}
+        for peer, m in peer_masters:
+            got = L.wait_ready(m, 4, timeout=60)
+            fds[m.pid] = {p: pidfd(p) for p in got}
+        _settle(1.0)
+        t0 = {}
+        for _peer, m in peer_masters:
+            t0[m.pid] = time.monotonic()
+            os.kill(m.pid, signal.SIGKILL)
+        allfds = {p: fd for d in fds.values() for p, fd in d.items()}
+        exits = wait_exits(allfds, cap)
+        for peer, m in peer_masters:
+            ts = [exits[p] for p in fds[m.pid]]
+            lst = samples.setdefault(peer, [])
+            assert isinstance(lst, list)
+            if any(t is None for t in ts):
+                lst.append(float("inf"))
+            else:
+                lst.append(max(ts) - t0[m.pid])  # type: ignore[type-var,operator]
+
+    for peer in PEERS:
+        if ctx.missing(peer):
+            samples[peer] = "not installed"
+    if not ctx.missing("unicornish"):
+        for rep in range(mine_reps):
+            ctx.log(f"8 master death unicornish (run {rep + 1}/{mine_reps})")
+            m = L.start("unicornish", 4)
+            try:
+                run([("unicornish", m)], cap_mine)
+            except (BenchError, OSError) as exc:
+                _report_error(ctx, "master death unicornish", exc)
+                samples["unicornish"] = _err(exc)
+                break
+            finally:
+                L.stop(m)
+    others = ctx.peers("gunicorn", "unicorn")
+    if others:
+        ctx.log(f"8 master death {'+'.join(others)}: {peer_reps} runs each, in parallel "
+                f"(up to {cap_peers:g} s)")
+        ms = [(p, L.start(p, 4)) for p in others for _ in range(peer_reps)]
+        try:
+            run(ms, cap_peers)
+        except (BenchError, OSError) as exc:
+            _report_error(ctx, "master death peers", exc)
+            for p in others:
+                samples[p] = _err(exc)
+        finally:
+            for _p, m in ms:
+                L.stop(m)
+    ctx.raw["master_death"] = {
+        p: ({"samples_s": v, **summary(v)} if isinstance(v, list) else v)
+        for p, v in samples.items()
+    }
+    rows = _stat_rows("8 master death", "last worker gone", "ms", samples, 1000.0)
+    rows[2].target = "<= 1000 ms"
+    v = rows[2].values.get("unicornish")
+    rows[2].met = (v <= 1000) if _num(v) else None
+    rows[0].note = f"peers capped at {cap_peers:g} s; inf = still running then"
+    return rows
+
+
+# -- 9. graceful stop -------------------------------------------------------------------------
+
+
+def s9_graceful_stop(ctx: Ctx) -> list[Row]:
+    L = ctx.launcher
+    reps = 3 if ctx.quick else 10
+    samples: dict[str, list[float] | str] = {}
+    for peer in PEERS:
+        if ctx.missing(peer):
+            samples[peer] = "not installed"
+            continue
+        samples[peer] = []
+        sig = GRACEFUL[peer]
+        for rep in range(reps):
+            ctx.log(f"9 graceful stop {peer}: {sig.name} with 4 idle workers "
+                    f"(run {rep + 1}/{reps})")
+            m = L.start(peer, 4)
+            try:
+                L.wait_ready(m, 4, timeout=60)
+                _settle(0.5)
+                fd = {m.pid: pidfd(m.pid)}
+                t0 = time.monotonic()
+                m.signal(sig)
+                t = wait_exits(fd, 60)[m.pid]
+                if t is None:
+                    raise BenchError(f"{peer}: master still running 60 s after {sig.name}")
+                samples[peer].append(t - t0)  # type: ignore[union-attr]
+            except (BenchError, OSError) as exc:
+                _report_error(ctx, f"graceful stop {peer}", exc)
+                if not samples[peer]:
+                    samples[peer] = _err(exc)
+                break
+            finally:
+                L.stop(m)
+    ctx.raw["graceful_stop"] = {
+        p: ({"samples_s": v, **summary(v)} if isinstance(v, list) else v)
+        for p, v in samples.items()
+    }
+    rows = _stat_rows("9 graceful stop", "master exited", "ms", samples, 1000.0)
+    rows[0].note = "signal: unicornish QUIT, gunicorn TERM, Unicorn QUIT"
+    return rows
+
+
+ALL: list[tuple[str, Callable[[Ctx], list[Row]]]] = [
+    ("respawn", s1_respawn),
+    ("cold", s2_s3_cold_start_and_storm),
+    ("scale", s4_scale_up),
+    ("idle", s5_idle_master),
+    ("loop", s6_worker_loop),
+    ("memory", s7_preload_memory),
+    ("death", s8_master_death),
+    ("stop", s9_graceful_stop),
+]
+
