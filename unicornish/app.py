@@ -6,6 +6,7 @@ the running app untouched, and a successful one replaces it whole.
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import os
 import re
@@ -63,6 +64,24 @@ def _module_name_for(path: str) -> str:
     return name
 
 
+def _exec_module(spec: importlib.machinery.ModuleSpec, module: ModuleType) -> None:
+    """Run the module's code compiled from its source as it is now.
+
+    Not through __pycache__: a .pyc is trusted when the source's mtime (in
+    whole seconds) and size match, so an app edited within the same second, or
+    deployed with its old mtime kept (rsync -a, tar, cp -p), would run stale
+    code after a HUP.
+    """
+    loader = spec.loader
+    origin = spec.origin
+    if isinstance(loader, importlib.machinery.SourceFileLoader) and origin:
+        source = loader.get_data(origin)
+        code = compile(source, origin, "exec", dont_inherit=True)
+        exec(code, module.__dict__)
+    elif loader is not None:
+        loader.exec_module(module)
+
+
 def _exec_path(path: str) -> ModuleType:
     absolute = os.path.abspath(path)
     if not os.path.exists(absolute):
@@ -84,7 +103,7 @@ def _exec_path(path: str) -> ModuleType:
     previous = sys.modules.get(name)
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        _exec_module(spec, module)
     except BaseException:
         if previous is not None:
             sys.modules[name] = previous
@@ -113,7 +132,7 @@ def _exec_dotted(name: str) -> ModuleType:
     previous = sys.modules.get(name)
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        _exec_module(spec, module)
     except BaseException:
         if previous is not None:
             sys.modules[name] = previous

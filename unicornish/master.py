@@ -138,6 +138,10 @@ class Master:
         self.wanted = settings.workers
         self.generation = 0
         self.previous_app: App | None = None
+        # What a failed reload goes back to (set by HUP, cleared when it is done).
+        self.previous_settings: Settings | None = None
+        self.previous_wanted = self.wanted
+        self.reload_wanted = self.wanted
         self.reloading = False
         self.stopping: str | None = None
         self.backoff = CrashBackoff()
@@ -414,16 +418,20 @@ class Master:
         for w in current:
             if w.nr >= self.wanted:
                 self.stop_worker(w, signal.SIGQUIT, now, self.settings.graceful_timeout)
+        # No old worker is stopped before one new worker proved the new app
+        # boots, not even one above the new count: the reload may yet fail.
+        validated = bool(ready_slots) or self.wanted == 0
         old_slots = set()
         for w in old:
-            if w.nr >= self.wanted or w.nr in ready_slots:
+            if w.nr in ready_slots or (w.nr >= self.wanted and validated):
                 self.stop_worker(w, signal.SIGQUIT, now, self.settings.graceful_timeout)
-            else:
+            elif w.nr < self.wanted:
                 old_slots.add(w.nr)
-        if self.reloading and not old:
+        if self.reloading and not old and ready_slots.issuperset(range(self.wanted)):
             self.reloading = False
             self.previous_app = None
-            self.log.info("reload done: %d workers run the new app", len(current))
+            self.previous_settings = None
+            self.log.info("reload done: %d workers run the new app", self.wanted)
         missing = [nr for nr in self.missing_slots() if self.backoff.not_before(nr) <= now]
         if not missing:
             return
@@ -631,10 +639,13 @@ class Master:
             self.log.error("reload failed: %s; old workers kept", exc)
             self.notifier.send("READY=1")
             return
+        self.previous_settings = self.settings
+        self.previous_wanted = self.wanted
         self.apply_settings(settings)
         self.previous_app = self.app
         self.app = new_app
         self.wanted = settings.workers
+        self.reload_wanted = settings.workers
         self.generation += 1
         self.reloading = True
         self.announced_ready = False
@@ -656,7 +667,8 @@ class Master:
 
     def abort_reload(self, failed: WorkerProc, code: int | None) -> None:
         self.log.error(
-            "reload failed: new %s exited before it was ready (status %s); old workers kept",
+            "reload failed: new %s exited before it was ready (status %s); "
+            "old workers and settings kept",
             failed.label,
             code,
         )
@@ -666,9 +678,15 @@ class Master:
                 self.stop_worker(w, signal.SIGTERM, now, QUICK_STOP_WAIT)
         for w in self.workers.values():
             w.generation = self.generation
-        if self.settings.preload and self.previous_app is not None:
-            self.app = self.previous_app
+        # Back to where the HUP found us: the old app (None: workers load it),
+        # the old settings, and the old count unless TTIN/TTOU changed it since.
+        self.app = self.previous_app
         self.previous_app = None
+        if self.previous_settings is not None:
+            self.apply_settings(self.previous_settings)
+            self.previous_settings = None
+        if self.wanted == self.reload_wanted:
+            self.wanted = self.previous_wanted
         self.reloading = False
         self.notifier.send("READY=1")
 

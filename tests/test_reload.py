@@ -1,0 +1,213 @@
+"""HUP: reload the config and the app, replace workers gracefully, never lose the old
+ones to a broken app. Real processes, real files edited on disk."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from conftest import wait_until
+
+VERSIONED_APP = """
+import os, time
+VERSION = "{version}"
+def after_fork(worker):
+    print(f"boot {{VERSION}} nr={{worker.nr}} pid={{os.getpid()}}", flush=True)
+def worker_start(worker):
+    print(f"task {{VERSION}} nr={{worker.nr}} pid={{os.getpid()}}", flush=True)
+    time.sleep({task})
+    print(f"done {{VERSION}} nr={{worker.nr}} pid={{os.getpid()}}", flush=True)
+"""
+
+
+# As on a user's machine: __pycache__ gets written (the test runner may have it off).
+WRITE_BYTECODE = {"PYTHONDONTWRITEBYTECODE": ""}
+
+
+def write_app(path: Path, version: str, task: float = 0.05) -> None:
+    """Rewrite the app in place; same size, and the old mtime kept (as `rsync -a`,
+    `tar x` or `cp -p` of a deploy do): nothing stale may be run."""
+    source = VERSIONED_APP.format(version=version, task=task)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        path.write_text(source)
+        return
+    path.write_text(source)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def booted(run, version: str) -> dict[int, int]:
+    """nr -> pid of workers that printed `boot VERSION`."""
+    found = re.findall(rf"boot {version} nr=(\d+) pid=(\d+)", run.stdout())
+    return {int(nr): int(pid) for nr, pid in found}
+
+
+def replaced_before_stopped(run, old: dict[int, int], new: dict[int, int]) -> None:
+    """Each new worker was ready before the old one of its nr was reaped."""
+    log = run.log()
+    for nr, pid in new.items():
+        # The child may log `ready` before the master logs `spawned pid=`.
+        spawning = log.rindex(f"worker[{nr}] spawning..", 0, log.index(f"spawned pid={pid}"))
+        ready = log.index(f"worker[{nr}] ready", spawning)
+        reaped = log.index(f"reaped pid={old[nr]} worker[{nr}] status=exit 0")
+        assert ready < reaped, log
+
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_hup_picks_up_the_edited_app(start, tmp_path, preload):
+    app = tmp_path / "app.py"
+    write_app(app, "v1")
+    run = start(
+        "--app",
+        str(app),
+        "--workers",
+        "2",
+        *(["--preload"] if preload else []),
+        env=WRITE_BYTECODE,
+    )
+    old = run.wait_ready(2)
+    wait_until(lambda: len(booted(run, "v1")) == 2, 5, "v1 workers")
+    write_app(app, "v2")
+    run.signal(signal.SIGHUP)
+    run.wait_log("reload done")
+    new = run.wait_workers(2)
+    assert set(new.values()).isdisjoint(old.values())
+    assert booted(run, "v2") == new
+    wait_until(lambda: f"task v2 nr=1 pid={new[1]}" in run.stdout(), 5, "v2 tasks")
+    replaced_before_stopped(run, old, new)
+    # The old workers finished their task and left cleanly.
+    out = run.stdout()
+    for pid in old.values():
+        assert out.count(f"task v1 nr=0 pid={pid}") + out.count(
+            f"task v1 nr=1 pid={pid}"
+        ) == out.count(f"done v1 nr=0 pid={pid}") + out.count(f"done v1 nr=1 pid={pid}")
+    if preload:
+        # The new code was loaded by the master (it runs in the workers without
+        # their loading anything): no second `boot` from a fresh import.
+        assert "reload failed" not in run.log()
+
+
+def test_hup_rolls_a_few_at_a_time(start, tmp_path):
+    app = tmp_path / "app.py"
+    write_app(app, "v1")
+    run = start("--app", str(app), "--workers", "4")
+    old = run.wait_ready(4)
+    write_app(app, "v2")
+    run.signal(signal.SIGHUP)
+    run.wait_log("reload done", timeout=15)
+    new = run.wait_workers(4)
+    assert booted(run, "v2") == new
+    replaced_before_stopped(run, old, new)
+    # With 4 workers, one replacement boots at a time: between two `spawning..`
+    # of the new generation there is a `ready`.
+    log = run.log()
+    tail = log[log.index("HUP received") :]
+    events = re.findall(r"(spawning\.\.|\] ready)", tail)
+    booting = 0
+    for event in events:
+        booting += 1 if event.startswith("spawning") else -1
+        assert booting <= 1, tail
+
+
+@pytest.mark.parametrize("preload", [False, True])
+@pytest.mark.parametrize(
+    "broken, words",
+    [
+        ("def worker_start(worker)\n    pass\n", "SyntaxError"),
+        ("raise RuntimeError('no database')\ndef worker_start(worker):\n    pass\n", "no database"),
+    ],
+    ids=["syntax-error", "raises-at-import"],
+)
+def test_hup_with_a_broken_app_keeps_the_old_workers(start, tmp_path, preload, broken, words):
+    app = tmp_path / "app.py"
+    write_app(app, "v1")
+    run = start("--app", str(app), "--workers", "2", *(["--preload"] if preload else []))
+    old = run.wait_ready(2)
+    app.write_text(broken)
+    run.signal(signal.SIGHUP)
+    run.wait_log("reload failed")
+    log = run.log()
+    failed = [line for line in log.splitlines() if "reload failed" in line]
+    assert len(failed) == 1, log
+    if words == "no database" and not preload:
+        # Without --preload the new worker finds out: it exits 3 before ready.
+        run.wait_log(r"reaped pid=\d+ worker\[\d\] status=exit 3")
+        assert "RuntimeError: no database" in log or "no database" in run.log()
+    else:
+        assert words in failed[0], failed[0]
+    # The old workers keep serving: same pids, still running tasks, none stopped.
+    wait_until(lambda: run.stdout().count("task v1") >= 6, 5, "more v1 tasks")
+    pause_until = time.monotonic() + 0.5
+    wait_until(lambda: time.monotonic() >= pause_until, 2)
+    assert run.worker_pids() == old
+    assert not any(f"reaped pid={pid} " in run.log() for pid in old.values())
+    # A fixed app and another HUP: now it reloads.
+    write_app(app, "v3")
+    run.signal(signal.SIGHUP)
+    run.wait_log("reload done")
+    new = run.wait_workers(2)
+    assert booted(run, "v3") == new
+    replaced_before_stopped(run, old, new)
+
+
+def test_broken_hup_after_ttin_keeps_every_old_worker(start, tmp_path):
+    """Even workers above the configured count (TTIN) are not stopped for a
+    reload that then fails: the new app is validated first."""
+    app = tmp_path / "app.py"
+    write_app(app, "v1")
+    run = start("--app", str(app), "--workers", "1")
+    run.wait_ready(1)
+    run.signal(signal.SIGTTIN)
+    old = run.wait_ready(2)
+    app.write_text("raise RuntimeError('broken deploy')\ndef worker_start(w):\n    pass\n")
+    run.signal(signal.SIGHUP)
+    run.wait_log("reload failed")
+    run.wait_log(r"status=exit 3")
+    until = time.monotonic() + 0.5
+    wait_until(lambda: time.monotonic() >= until, 2)
+    assert run.worker_pids() == old, run.log()
+    assert not any(f"reaped pid={pid} " in run.log() for pid in old.values())
+
+
+def test_hup_drops_ttin_and_brings_workers_back_after_winch(start, tmp_path):
+    app = tmp_path / "app.py"
+    write_app(app, "v1")
+    run = start("--app", str(app), "--workers", "2")
+    run.wait_ready(2)
+    run.signal(signal.SIGTTIN)
+    run.wait_ready(3)
+    run.signal(signal.SIGHUP)  # back to the configured 2
+    run.wait_log("reload done")
+    run.wait_workers(2)
+    run.signal(signal.SIGWINCH)
+    run.wait_workers(0)
+    run.signal(signal.SIGHUP)  # HUP during WINCH: the configured count comes back
+    pids = run.wait_workers(2)
+    assert sorted(pids) == [0, 1]
+    run.wait_log("reload done", 2)
+
+
+def test_ttou_while_a_reload_is_rolling(start, tmp_path):
+    app = tmp_path / "app.py"
+    write_app(app, "v1")
+    run = start("--app", str(app), "--workers", "3")
+    run.wait_ready(3)
+    # The new version boots slowly, so the reload is still rolling at TTOU.
+    app.write_text(
+        VERSIONED_APP.format(version="v2", task=0.05).replace(
+            "def after_fork(worker):\n", "def after_fork(worker):\n    time.sleep(0.5)\n"
+        )
+    )
+    run.signal(signal.SIGHUP)
+    run.wait_log(r"HUP received")
+    run.signal(signal.SIGTTOU)
+    run.wait_log("reload done", timeout=15)
+    pids = run.wait_workers(2)
+    assert sorted(pids) == [0, 1]
+    assert booted(run, "v2").items() >= pids.items()
+    assert "reload failed" not in run.log()
