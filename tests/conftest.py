@@ -42,12 +42,21 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str
 class Run:
     """One master started from bin/unicornish."""
 
-    def __init__(self, tmp: Path, args: list[str], env: dict[str, str] | None, log_file: bool):
+    def __init__(
+        self,
+        tmp: Path,
+        args: list[str],
+        env: dict[str, str] | None,
+        log_file: bool,
+        cwd: Path | None = None,
+        prefix: list[str] | None = None,
+    ):
         self.tmp = tmp
         self.log_path = tmp / "unicornish.log"
         self.out_path = tmp / "stdout.txt"
         self.err_path = tmp / "stderr.txt"
-        cmd = [str(BIN), *args]
+        # prefix: a launcher that execs the rest (the pid stays the master's).
+        cmd = [*(prefix or []), str(BIN), *args]
         if log_file:
             cmd += ["--log-file", str(self.log_path)]
         self.cmd = cmd
@@ -61,7 +70,7 @@ class Run:
             stdin=subprocess.DEVNULL,
             stdout=self._out,
             stderr=self._err,
-            cwd=str(tmp),
+            cwd=str(cwd or tmp),
             env=full_env,
             start_new_session=True,
         )
@@ -184,8 +193,14 @@ class Run:
 def start(tmp_path: Path) -> Iterator[Callable[..., Run]]:
     runs: list[Run] = []
 
-    def _start(*args: str, env: dict[str, str] | None = None, log_file: bool = True) -> Run:
-        run = Run(tmp_path, list(args), env, log_file)
+    def _start(
+        *args: str,
+        env: dict[str, str] | None = None,
+        log_file: bool = True,
+        cwd: Path | None = None,
+        prefix: list[str] | None = None,
+    ) -> Run:
+        run = Run(tmp_path, list(args), env, log_file, cwd, prefix)
         runs.append(run)
         return run
 

@@ -9,6 +9,7 @@ import stat
 import time
 from dataclasses import dataclass
 
+from unicornish import log
 from unicornish.errors import StartupError, UsageError
 
 BACKLOG = 1024
@@ -140,6 +141,12 @@ def bind(address: Address) -> socket.socket:
         except OSError as exc:
             sock.close()
             if exc.errno == errno.EADDRINUSE and attempt + 1 < BIND_RETRIES:
+                log.get_logger().warning(
+                    "cannot listen on %s: %s; retrying in %gs",
+                    address,
+                    exc.strerror,
+                    BIND_RETRY_DELAY,
+                )
                 time.sleep(BIND_RETRY_DELAY)
                 continue
             raise StartupError(f"cannot listen on {address}: {exc.strerror or exc}") from None

@@ -115,7 +115,13 @@ class Worker:
                 wait = min(wait, deadline - time.monotonic())
                 if wait <= 0:
                     break
-            for fd, _events in poller.poll(wait):
+            events = poller.poll(wait)
+            if not events:
+                # EPOLLEXCLUSIVE wakes one waiter per connection: should that one
+                # exit (QUIT) without taking it, the connection would wait for the
+                # next one to arrive. After a quiet while, look at the queues ourselves.
+                events = [(fd, select.EPOLLIN) for fd in by_fd]
+            for fd, _events in events:
                 sock = by_fd.get(fd)
                 if sock is None:
                     self._drain_wake()
