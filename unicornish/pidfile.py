@@ -44,12 +44,27 @@ def is_unicornish_master(pid: int) -> bool:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
             return False
-        words = " ".join(proc.cmdline()) + " " + proc.name()
+        name, args = proc.name(), proc.cmdline()
     except psutil.AccessDenied:
         return True  # alive and not ours to read: play safe, do not steal its file
     except psutil.Error:
         return False
-    return "unicornish" in words
+    return looks_like_master(name, args)
+
+
+def looks_like_master(name: str, args: list[str]) -> bool:
+    """A master's title, or its command line before it set one. Not merely a
+    mention of unicornish (`tail -f unicornish.log` may have the pid now)."""
+    if name == "unicornish" or " ".join(args).startswith("unicornish master"):
+        return True
+    if not args:
+        return False
+    if os.path.basename(args[0]) == "unicornish":
+        return True  # the console script, exec'd directly
+    if not os.path.basename(args[0]).startswith("python") or len(args) < 2:
+        return False
+    # `python -m unicornish ...` (bin/unicornish) or `python .../bin/unicornish ...`
+    return os.path.basename(args[1]) == "unicornish" or args[1:3] == ["-m", "unicornish"]
 
 
 def check(path: str) -> str | None:

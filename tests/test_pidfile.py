@@ -1,0 +1,174 @@
+"""--pid FILE: atomic, never through a symlink, never someone else's, refused beside a
+live master, replaced when stale."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import wait_until
+
+APP = """
+import time
+def worker_start(worker):
+    time.sleep(0.05)
+"""
+
+
+def read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.parametrize("sig", [signal.SIGQUIT, signal.SIGTERM])
+def test_written_when_ready_and_removed_on_exit(start, app_file, tmp_path, sig):
+    app = app_file(APP)
+    pid_path = tmp_path / "app.pid"
+    run = start("--app", str(app), "--pid", str(pid_path))
+    run.wait_log("master process ready")
+    wait_until(lambda: read(pid_path) == f"{run.pid}\n", 5, "the pid file")
+    assert pid_path.stat().st_mode & 0o777 == 0o644
+    # Nothing left behind beside it (the temporary file was renamed).
+    assert sorted(p.name for p in tmp_path.iterdir() if "pid" in p.name) == ["app.pid"]
+    run.wait_ready(1)
+    run.signal(sig)
+    assert run.wait_exit(10) == 0
+    assert not pid_path.exists()
+
+
+def test_not_removed_on_exit_when_it_names_another_process(start, app_file, tmp_path):
+    app = app_file(APP)
+    pid_path = tmp_path / "app.pid"
+    run = start("--app", str(app), "--pid", str(pid_path))
+    wait_until(lambda: read(pid_path) == f"{run.pid}\n", 5, "the pid file")
+    pid_path.write_text("4242\n")  # someone else's now (a newer master, say)
+    run.signal(signal.SIGQUIT)
+    assert run.wait_exit(10) == 0
+    assert read(pid_path) == "4242\n"
+
+
+def test_a_symlink_is_replaced_never_followed(start, app_file, tmp_path):
+    app = app_file(APP)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    pid_path = tmp_path / "app.pid"
+    pid_path.symlink_to(victim)
+    run = start("--app", str(app), "--pid", str(pid_path))
+    wait_until(lambda: not pid_path.is_symlink() and read(pid_path), 5, "a real pid file")
+    assert read(pid_path) == f"{run.pid}\n"
+    assert victim.read_text() == "precious\n"
+    assert "replacing stale pid file" in run.log()
+
+
+def test_refuses_to_start_beside_a_live_master_and_leaves_it_alone(start, app_file, tmp_path):
+    app = app_file(APP)
+    pid_path = tmp_path / "app.pid"
+    first = start("--app", str(app), "--pid", str(pid_path), "--workers", "2")
+    pids = first.wait_ready(2)
+    wait_until(lambda: read(pid_path) == f"{first.pid}\n", 5, "the pid file")
+    before = pid_path.stat()
+    second_log = tmp_path / "second.log"
+    result = subprocess.run(
+        [
+            str(first.cmd[0]),
+            "--app",
+            str(app),
+            "--pid",
+            str(pid_path),
+            "--log-file",
+            str(second_log),
+        ],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        cwd=str(tmp_path),
+        start_new_session=True,
+    )
+    assert result.returncode == 1, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "already running" in lines[0] and str(first.pid) in lines[0]
+    assert "Traceback" not in result.stderr
+    # The first master, its workers and its file are untouched.
+    after = pid_path.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert read(pid_path) == f"{first.pid}\n"
+    assert first.proc.poll() is None and first.worker_pids() == pids
+    first.signal(signal.SIGQUIT)
+    assert first.wait_exit(10) == 0
+    assert not pid_path.exists()
+
+
+def test_stale_file_with_a_dead_pid_is_replaced(start, app_file, tmp_path):
+    app = app_file(APP)
+    pid_path = tmp_path / "app.pid"
+    dead = dead_pid()
+    pid_path.write_text(f"{dead}\n")
+    run = start("--app", str(app), "--pid", str(pid_path))
+    wait_until(lambda: read(pid_path) == f"{run.pid}\n", 5, "the pid file")
+    log = run.log()
+    assert f"replacing stale pid file {pid_path} (pid={dead} is not running)" in log
+
+
+@pytest.mark.parametrize("content", ["", "garbage\n", "-5\n"])
+def test_stale_file_with_garbage_is_replaced(start, app_file, tmp_path, content):
+    app = app_file(APP)
+    pid_path = tmp_path / "app.pid"
+    pid_path.write_text(content)
+    run = start("--app", str(app), "--pid", str(pid_path))
+    wait_until(lambda: read(pid_path) == f"{run.pid}\n", 5, "the pid file")
+    assert "replacing stale pid file" in run.log()
+
+
+def test_stale_file_naming_another_program_is_replaced(start, app_file, tmp_path):
+    """The pid was reused by another program, even one whose command line mentions
+    unicornish (an admin tailing its log): not a master, so the file is stale."""
+    app = app_file(APP)
+    pid_path = tmp_path / "app.pid"
+    log_path = tmp_path / "unicornish.log"
+    log_path.touch()
+    other = subprocess.Popen(
+        ["tail", "-f", str(log_path)], stdout=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        pid_path.write_text(f"{other.pid}\n")
+        run = start("--app", str(app), "--pid", str(pid_path))
+        wait_until(
+            lambda: read(pid_path) == f"{run.pid}\n",
+            5,
+            f"the pid file to be replaced; stderr: {run.log()[-2000:]}",
+        )
+        assert "replacing stale pid file" in run.log()
+        assert psutil.Process(other.pid).status() != psutil.STATUS_ZOMBIE  # left alone
+    finally:
+        other.kill()
+        other.wait(5)
+
+
+@pytest.mark.parametrize(
+    "name, args, expected",
+    [
+        ("unicornish", ["unicornish master app.py"], True),
+        ("python3", ["/venv/bin/python3", "-m", "unicornish", "--app", "a.py"], True),
+        ("python3", ["/usr/bin/python3.11", "/usr/local/bin/unicornish", "--app", "a"], True),
+        ("tail", ["tail", "-f", "/var/log/unicornish.log"], False),
+        ("less", ["less", "unicornish"], False),
+        ("python3", ["python3", "/srv/unicornish/tool.py"], False),
+        ("vim", ["vim", "/etc/unicornish/conf.py"], False),
+    ],
+)
+def test_what_counts_as_a_live_master(name, args, expected):
+    from unicornish.pidfile import looks_like_master
+
+    assert looks_like_master(name, args) is expected
