@@ -11,11 +11,12 @@ import os
 import sys
 from typing import Any, NoReturn
 
-from unicornish import __version__, log, pidfile
+from unicornish import __version__, log, pidfile, privileges
 from unicornish import app as app_module
 from unicornish import sockets as sockets_module
 from unicornish.config import OPTIONS, Settings, build_settings
 from unicornish.errors import StartupError, UsageError
+from unicornish.privileges import Identity
 
 PROG = "unicornish"
 
@@ -113,9 +114,11 @@ def _same_file(fd_a: int, fd_b: int) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-def probe_app(spec: str) -> None:
+def probe_app(spec: str, identity: Identity | None = None, load: bool = True) -> None:
     """Load the app once in a throwaway child, so that a broken app stops us
-    before any worker is forked, without running the app's code in the master."""
+    before any worker is forked, without running the app's code in the master.
+    With --user the child first becomes that user, as a worker will: a user
+    that cannot be switched to, or cannot read the app, stops the start too."""
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -124,7 +127,14 @@ def probe_app(spec: str) -> None:
         code = 0
         try:
             os.close(read_fd)
-            app_module.load_app(spec)
+            if identity is not None:
+                try:
+                    privileges.drop(identity)
+                except OSError as exc:
+                    os.write(write_fd, privileges.drop_error(identity, exc).encode()[:4000])
+                    os._exit(1)
+            if load:
+                app_module.load_app(spec)
         except app_module.AppError as exc:
             os.write(write_fd, str(exc).encode("utf-8", "replace")[:4000])
             code = 1
@@ -154,7 +164,7 @@ def probe_app(spec: str) -> None:
         raise StartupError(f"cannot load app {spec}: loading it ended the process")
 
 
-def prepare(settings: Settings) -> app_module.App | None:
+def prepare(settings: Settings, identity: Identity | None = None) -> app_module.App | None:
     """Everything that can fail before the master starts, in order."""
     spec = settings.app or ""
     if settings.pid:
@@ -168,16 +178,22 @@ def prepare(settings: Settings) -> app_module.App | None:
             raise StartupError(
                 f"cannot open log file {settings.log_file}: {exc.strerror or exc}"
             ) from None
+        chown_error = privileges.chown_for_workers(settings.log_file, identity)
+        if chown_error:
+            raise StartupError(chown_error)
     if settings.preload:
+        if identity is not None:
+            probe_app(spec, identity, load=False)
         try:
             return app_module.load_app(spec)
         except app_module.AppError as exc:
             raise StartupError(str(exc)) from None
-    probe_app(spec)
+    probe_app(spec, identity)
     return None
 
 
 def run_master(argv: list[str]) -> int:
+    from unicornish import control, daemon, reexec
     from unicornish.listeners import setup_listeners
     from unicornish.master import Master
 
@@ -187,24 +203,50 @@ def run_master(argv: list[str]) -> int:
         _die(str(exc), 2)
     try:
         settings, warnings = build_settings(cli_values)
+        identity = privileges.resolve(settings.user) if settings.user else None
     except StartupError as exc:
         _die(str(exc), 1)
     global _startup_stderr
+    ready_fd: int | None = None
+    # A USR2 re-exec of a -D master is in the background already (its parent
+    # is the old master, which watches its pid): no second daemonizing.
+    if settings.daemonize and os.environ.get(reexec.OLD_MASTER_ENV) != str(os.getppid()):
+        if not settings.log_file:
+            warning = f"{PROG}: warning: -D without --log-file: output goes to /dev/null\n"
+            os.write(2, warning.encode())
+        ready_fd = daemon.daemonize()
+        os.write(ready_fd, f"PID {os.getpid()}\n".encode())
     log.setup()
+    if ready_fd is not None:
+        _startup_stderr = ready_fd  # errors go back to the launching command
+    else:
+        try:
+            _startup_stderr = os.dup(2)
+            os.set_inheritable(_startup_stderr, False)
+        except OSError:
+            _startup_stderr = 2
+    control_sock = None
     try:
-        _startup_stderr = os.dup(2)
-        os.set_inheritable(_startup_stderr, False)
-    except OSError:
-        _startup_stderr = 2
-    try:
-        app = prepare(settings)
-        listeners = setup_listeners(settings.listen)
+        app = prepare(settings, identity)
+        if settings.control:
+            control_sock = control.bind(settings.control)
+        try:
+            listeners = setup_listeners(settings.listen)
+        except (StartupError, UsageError):
+            if control_sock is not None and settings.control:
+                control_sock.close()
+                os.unlink(settings.control)
+            raise
     except (StartupError, UsageError) as exc:
         _die(str(exc), exc.exit_code)
-    if _startup_stderr != 2:
+    if _startup_stderr not in (2, ready_fd):
         os.close(_startup_stderr)
-        _startup_stderr = 2
+    _startup_stderr = 2
     master = Master(settings, cli_values, app, listeners, warnings)
+    master.identity = identity
+    master.ready_fd = ready_fd
+    if control_sock is not None and settings.control:
+        control.ControlServer(master, control_sock, settings.control).install()
     return master.run()
 
 

@@ -107,6 +107,33 @@ def term_meaning(value: Any) -> str:
     return str(value)
 
 
+def optional_count(value: Any) -> int | None:
+    """A whole number >= 0, where 0 (or None) means off."""
+    if value is None or value is False:
+        return None
+    return count(value) or None
+
+
+def optional_mebibytes(value: Any) -> float | None:
+    if value is None or value is False:
+        return None
+    number = _number(value, "a number of MiB > 0")
+    if number <= 0:
+        raise ValueError(f"must be a number of MiB > 0, got {value!r}")
+    return number
+
+
+def user_spec(value: Any) -> str | None:
+    """USER or USER:GROUP (names or numeric ids); checked against the system at start."""
+    if value is None:
+        return None
+    spec = text(value).strip()
+    user, sep, group = spec.partition(":")
+    if not user or (sep and not group) or ":" in group:
+        raise ValueError(f"must be USER or USER:GROUP, got {value!r}")
+    return spec
+
+
 @dataclass(frozen=True)
 class Option:
     """One setting: its long option, its parser, and how argparse shows it."""
@@ -157,6 +184,55 @@ OPTIONS: tuple[Option, ...] = (
         "ADDR",
         repeatable=True,
     ),
+    Option(
+        "control",
+        optional_text,
+        "the master's unix control socket, mode 0600 (for unicornish status/ctl; default none)",
+        "PATH",
+    ),
+    Option(
+        "max_tasks",
+        optional_count,
+        "recycle a worker gracefully after about N tasks (+0..10%% jitter; default off)",
+        "N",
+    ),
+    Option(
+        "max_memory",
+        optional_mebibytes,
+        "recycle a worker gracefully whose USS exceeds this many MiB (default off)",
+        "MB",
+    ),
+    Option(
+        "user",
+        user_spec,
+        "workers drop to this user (and group) after fork; the master keeps its own",
+        "USER[:GROUP]",
+    ),
+    Option(
+        "subreaper",
+        flag,
+        "make the master a child subreaper, so orphaned descendants are reaped too",
+        is_flag=True,
+    ),
+    Option(
+        "term",
+        term_meaning,
+        "what TERM means: quick or graceful stop (default quick)",
+        "graceful|quick",
+    ),
+    Option(
+        "give_up_after",
+        optional_positive_seconds,
+        "exit 1 when no worker has stayed up for this long while workers are wanted",
+        "SECONDS",
+    ),
+    Option(
+        "daemonize",
+        flag,
+        "run in the background; return once the master is ready (output to --log-file)",
+        is_flag=True,
+        short="-D",
+    ),
 )
 
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
@@ -173,6 +249,14 @@ class Settings:
     pid: str | None = None
     log_file: str | None = None
     listen: tuple[str, ...] = ()
+    control: str | None = None
+    max_tasks: int | None = None
+    max_memory: float | None = None
+    user: str | None = None
+    subreaper: bool = False
+    term: str = "quick"
+    give_up_after: float | None = None
+    daemonize: bool = False
     config: str | None = None
     hooks: dict[str, Callable[..., Any]] = field(default_factory=dict, compare=False)
 

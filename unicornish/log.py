@@ -77,11 +77,23 @@ def dropped_lines() -> int:
     return _handler.dropped
 
 
+# With -D, stdout (the app's prints) follows the log file too.
+_stdout_too = False
+
+
+def follow_stdout() -> None:
+    global _stdout_too
+    _stdout_too = True
+
+
 def open_log_file(path: str) -> None:
-    """Point fd 2 at the log file (append). Raises OSError when it cannot."""
+    """Point fd 2 (and fd 1 when daemonized) at the log file (append).
+    Raises OSError when it cannot."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         os.dup2(fd, 2)
+        if _stdout_too:
+            os.dup2(fd, 1)
     finally:
         os.close(fd)
 

@@ -22,17 +22,19 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
 from unicornish import app as app_module
-from unicornish import linux, log, pidfile, proctitle, reexec
+from unicornish import daemon, linux, log, pidfile, privileges, proctitle, reexec
 from unicornish import listeners as listeners_module
 from unicornish.app import App, AppError, load_app
 from unicornish.backoff import CrashBackoff
 from unicornish.config import Settings, build_settings
 from unicornish.errors import StartupError
+from unicornish.privileges import Identity
+from unicornish.recycle import GiveUp, MemoryLimit
 from unicornish.scoreboard import BOOTING, Scoreboard
 from unicornish.systemd import Notifier, watchdog_interval
 from unicornish.worker import (
@@ -42,6 +44,9 @@ from unicornish.worker import (
     Worker,
     decode_reports,
 )
+
+if TYPE_CHECKING:
+    from unicornish.control import ControlServer
 
 # Quick stop (TERM/INT): how long workers get to exit before SIGKILL, at most.
 QUICK_STOP_WAIT = 5.0
@@ -166,6 +171,14 @@ class Master:
         self.child_closes: list[Callable[[], None]] = []
         self.timers: list[Callable[[float], float | None]] = []
         self._fork_mask: set[int | signal.Signals] = set()
+        self.control: ControlServer | None = None  # --control: set by ControlServer.install
+        self.identity: Identity | None = None  # --user, resolved at start and on HUP
+        self.ready_fd: int | None = None  # -D: the launcher waits here for "ready"
+        self.exit_code = 0
+        self.memory_limit = MemoryLimit(self)
+        self.give_up = GiveUp(self)
+        self.timers += [self.memory_limit.next_deadline, self.give_up.next_deadline]
+        self.child_closes.append(self._close_ready_fd)
 
     # -- start ----------------------------------------------------------------
 
@@ -187,11 +200,18 @@ class Master:
         for sock in self.listeners:
             self.log.info("listening on %s", listeners_module.describe(sock))
         self.log.info("master process ready pid=%d", self.pid)
+        self.log.info("TERM means %s stop (--term %s)", self.settings.term, self.settings.term)
+        if self.settings.subreaper:
+            self.become_subreaper()
+        if self.pid == 1:
+            self.log.info("running as pid 1: every orphan is reaped here; TERM stops everything")
         if self.settings.pid:
             self._write_pid_file(self.settings.pid)
         while True:
             self.process_signals()
             self.reap_all_workers()
+            if self.control is not None:
+                self.control.expire(time.monotonic())
             if self.stopping:
                 self.kill_workers_past_deadline()
                 if not self.workers:
@@ -200,6 +220,9 @@ class Master:
                 self.maintain_worker_count()
                 self.kill_stuck_workers()
                 self.kill_workers_past_deadline()
+                now = time.monotonic()
+                self.memory_limit.check(now)
+                self.give_up.check(now)
                 self.announce()
             self.sleep()
         return self.finish()
@@ -297,10 +320,10 @@ class Master:
             if handler is not None:
                 handler()
 
-    def signal_handlers(self) -> dict[int, Callable[[], None]]:
+    def signal_handlers(self) -> dict[int, Callable[[], object]]:
         return {
             signal.SIGINT: lambda: self.stop(quick=True, why="INT"),
-            signal.SIGTERM: lambda: self.stop(quick=True, why="TERM"),
+            signal.SIGTERM: lambda: self.stop(quick=self.settings.term == "quick", why="TERM"),
             signal.SIGQUIT: lambda: self.stop(quick=False, why="QUIT"),
             signal.SIGHUP: self.reload,
             signal.SIGTTIN: lambda: self.scale(self.wanted + 1, "TTIN"),
@@ -327,14 +350,20 @@ class Master:
             return
         self.scale(0, "WINCH")
 
-    def reopen_logs(self) -> None:
+    def reopen_logs(self) -> str | None:
+        """USR1 and `ctl reopen`; returns the error, if any."""
         error = log.reopen(self.settings.log_file)
         if error:
             self.log.error("%s", error)
         else:
             self.log.info("reopened log files")
+            # A new file (logrotate's `create`) must stay writable by --user workers.
+            chown_error = privileges.chown_for_workers(self.settings.log_file, self.identity)
+            if chown_error:
+                self.log.warning("%s", chown_error)
         for w in self.workers.values():
             self._signal(w, signal.SIGUSR1)
+        return error
 
     def stop(self, quick: bool, why: str) -> None:
         if self.stopping == "quick" or (self.stopping == "graceful" and not quick):
@@ -383,7 +412,18 @@ class Master:
         now = time.monotonic()
         was_ready = w.ready_at is not None or w.board.state[0] != BOOTING
         ready_at = w.ready_at if w.ready_at is not None else (now if was_ready else None)
+        tasks = w.board.task_count()
         w.board.close()
+        self.give_up.on_reaped(w, now)
+        if code == 0 and w.max_tasks and tasks >= w.max_tasks and not w.stopping:
+            self.log.info("%s pid=%d recycled after %d tasks (--max-tasks)", w.label, w.pid, tasks)
+        if code == EXIT_BOOT_FAILED and self.ready_fd is not None:
+            daemon.notify_failure(
+                self.ready_fd,
+                f"{w.label} could not boot (exit {code}); master pid={self.pid} is running "
+                "and keeps retrying (see its log)",
+            )
+            self.ready_fd = None
         if w.stopping or w.timed_out or self.stopping:
             return
         if not was_ready and self.reloading and w.generation == self.generation:
@@ -531,6 +571,16 @@ class Master:
             self.selector.close()
             for close in self.child_closes:
                 close()
+            if self.identity is not None:
+                # Before the parent-death signal: changing uid/gid clears it.
+                try:
+                    privileges.drop(self.identity)
+                except OSError as exc:
+                    self.log.error(
+                        "worker[%d] %s", worker.nr, privileges.drop_error(self.identity, exc)
+                    )
+                    code = EXIT_BOOT_FAILED
+                    return
             linux.set_parent_death_signal(signal.SIGQUIT)
             worker.install_signals(
                 self.settings.log_file, (self._wake_r, self._wake_w, self._report_r)
@@ -616,19 +666,26 @@ class Master:
 
     # -- reload (HUP) --------------------------------------------------------------
 
-    def reload(self) -> None:
+    def reload(self, why: str = "HUP") -> str | None:
+        """HUP and `ctl reload`; returns why the reload was refused, if it was."""
         if self.stopping:
-            return
-        self.log.info("HUP received: reloading config and app")
+            return "master is stopping"
+        self.log.info("%s received: reloading config and app", why)
         self.notifier.send("RELOADING=1")
         try:
             settings, warnings = build_settings(self.cli_values)
         except StartupError as exc:
             self.log.error("reload failed: %s; old settings and workers kept", exc)
             self.notifier.send("READY=1")
-            return
+            return f"reload failed: {exc}; old settings and workers kept"
         for warning in warnings:
             self.log.warning("%s", warning)
+        try:
+            identity = privileges.resolve(settings.user) if settings.user else None
+        except StartupError as exc:
+            self.log.error("reload failed: %s; old settings and workers kept", exc)
+            self.notifier.send("READY=1")
+            return f"reload failed: {exc}; old settings and workers kept"
         new_app: App | None = None
         try:
             if settings.preload:
@@ -638,10 +695,11 @@ class Master:
         except AppError as exc:
             self.log.error("reload failed: %s; old workers kept", exc)
             self.notifier.send("READY=1")
-            return
+            return f"reload failed: {exc}; old workers kept"
         self.previous_settings = self.settings
         self.previous_wanted = self.wanted
         self.apply_settings(settings)
+        self.identity = identity
         self.previous_app = self.app
         self.app = new_app
         self.wanted = settings.workers
@@ -649,6 +707,7 @@ class Master:
         self.generation += 1
         self.reloading = True
         self.announced_ready = False
+        return None
 
     def apply_settings(self, settings: Settings) -> None:
         old = self.settings
@@ -664,6 +723,10 @@ class Master:
                 self._write_pid_file(settings.pid)
         if settings.listen != old.listen:
             self.log.warning("listen addresses changed: they take effect on USR2 (re-exec)")
+        if settings.control != old.control:
+            self.log.warning("control socket changed: it takes effect on USR2 (re-exec)")
+        if settings.subreaper and not old.subreaper:
+            self.become_subreaper()
 
     def abort_reload(self, failed: WorkerProc, code: int | None) -> None:
         self.log.error(
@@ -724,6 +787,9 @@ class Master:
         return f"STATUS={count} workers running, master pid={self.pid}"
 
     def on_ready(self, count: int) -> None:
+        if self.ready_fd is not None:  # -D: the launching command may now exit 0
+            daemon.notify_ready(self.ready_fd, self.pid)
+            self.ready_fd = None
         self.last_status = self.status_line()
         lines = ["READY=1", self.last_status]
         if self.old_master_pid is not None and not self.took_over:
@@ -733,7 +799,72 @@ class Master:
 
     # -- exit -------------------------------------------------------------------------
 
+    def become_subreaper(self) -> None:
+        if linux.set_child_subreaper():
+            self.log.info("child subreaper: orphaned descendants of workers are reaped here")
+        else:
+            self.log.error("--subreaper: prctl(PR_SET_CHILD_SUBREAPER) failed")
+
+    def _close_ready_fd(self) -> None:
+        if self.ready_fd is not None:
+            try:
+                os.close(self.ready_fd)
+            except OSError:
+                pass
+            self.ready_fd = None
+
+    def stop_leftovers(self) -> None:
+        """As pid 1 (a container's init), whatever still runs is ours to stop and reap:
+        TERM to every process of the namespace, then SIGKILL after a short wait."""
+        try:
+            leftovers = psutil.Process(self.pid).children(recursive=True)
+        except psutil.Error:
+            return
+        if not leftovers:
+            return
+        self.log.info("pid 1: sending TERM to %d leftover processes", len(leftovers))
+        try:
+            os.kill(-1, signal.SIGTERM)
+        except OSError:
+            pass
+        deadline = time.monotonic() + min(QUICK_STOP_WAIT, self.settings.graceful_timeout)
+        sent_kill = False
+        while True:
+            try:
+                while True:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                    if pid == 0:
+                        break
+                    self.on_orphan_reaped(pid, describe_status(status)[0])
+            except ChildProcessError:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                if sent_kill:
+                    return
+                self.log.warning("pid 1: leftover processes did not exit; sending SIGKILL")
+                try:
+                    os.kill(-1, signal.SIGKILL)
+                except OSError:
+                    pass
+                sent_kill = True
+                deadline = time.monotonic() + 1.0
+                continue
+            self.selector.select(remaining)  # SIGCHLD wakes us through the wake-up pipe
+            self._read_signals(None)
+            self.signal_queue.clear()
+
     def finish(self) -> int:
+        if self.pid == 1:
+            self.stop_leftovers()
+        if self.control is not None:
+            self.control.close()
+        if self.ready_fd is not None:
+            daemon.notify_failure(
+                self.ready_fd,
+                f"master pid={self.pid} exited {self.exit_code} before it was ready (see its log)",
+            )
+            self.ready_fd = None
         if self.settings.pid:
             pidfile.remove_if_ours(self.settings.pid, self.pid)
             pidfile.remove_if_ours(self.settings.pid + ".oldbin", self.pid)
@@ -742,7 +873,7 @@ class Master:
         shared = self.reexec_pid is not None or reexec.predecessor_alive(self)
         listeners_module.close_all(self.listeners, unlink_unix=not shared)
         self.log.info("master exited")
-        return 0
+        return self.exit_code
 
 
 def precheck_app(spec: str) -> None:

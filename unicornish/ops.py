@@ -1,10 +1,380 @@
-"""`unicornish status` and `unicornish ctl`: talking to a running master."""
+"""`unicornish status` and `unicornish ctl`: talking to a running master.
+
+    unicornish status [--control PATH | --pid FILE] [--json]
+    unicornish ctl [--control PATH] COMMAND [ARG]
+
+Exit codes, after the LSB convention for status:
+    0  running (status) / the master said ok (ctl)
+    1  the master answered with an error (ctl)
+    2  bad command line
+    3  not running: no control socket, nothing listening on it, no live master
+       named by the pid file (status) / no master answers (ctl)
+    4  unknown: the socket is not ours to talk to (permission denied), or the
+       master did not answer in time (status)
+
+`--control` defaults to $UNICORNISH_CONTROL when that is set.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 import sys
+import time
+from typing import Any
+
+import psutil
+
+from unicornish import pidfile
+from unicornish.control import MAX_LINE, process_stats
+from unicornish.errors import UsageError
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NOT_RUNNING = 3
+EXIT_UNKNOWN = 4
+
+CONTROL_ENV = "UNICORNISH_CONTROL"
+REPLY_TIMEOUT = 10.0
+MAX_REPLY = 64 * 1024 * 1024
+
+STATUS_USAGE = "usage: unicornish status [--control PATH | --pid FILE] [--json]"
+CTL_USAGE = (
+    "usage: unicornish ctl [--control PATH] COMMAND [ARG]  "
+    "(status, scale N, ttin, ttou, reload, reopen, stop [--quick], upgrade)"
+)
+
+
+class NoAnswer(Exception):
+    def __init__(self, message: str, code: int = EXIT_NOT_RUNNING) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- talking to the master -------------------------------------------------------
+
+
+def request(path: str, payload: dict[str, Any], timeout: float = REPLY_TIMEOUT) -> dict[str, Any]:
+    """Send one request line, return the master's reply. Raises NoAnswer."""
+    deadline = time.monotonic() + timeout
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except FileNotFoundError:
+            raise NoAnswer(f"not running: no control socket at {path}") from None
+        except ConnectionRefusedError:
+            raise NoAnswer(f"not running: nothing answers on {path} (a stale socket)") from None
+        except PermissionError:
+            raise NoAnswer(
+                f"cannot talk to {path}: permission denied (only root and the master's user may)",
+                EXIT_UNKNOWN,
+            ) from None
+        except OSError as exc:
+            why = exc.strerror or exc
+            raise NoAnswer(f"not running: cannot connect to {path}: {why}") from None
+        try:
+            sock.sendall((json.dumps(payload) + "\n").encode())
+        except OSError as exc:
+            raise NoAnswer(f"the master at {path} hung up: {exc.strerror or exc}") from None
+        data = bytearray()
+        while b"\n" not in data:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise NoAnswer(f"no answer from {path} within {timeout:g}s", EXIT_UNKNOWN)
+            sock.settimeout(remaining)
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                raise NoAnswer(f"the master at {path} hung up: {exc.strerror or exc}") from None
+            if not chunk:
+                raise NoAnswer(f"the master at {path} closed the connection without an answer")
+            data += chunk
+            if len(data) > MAX_REPLY:
+                raise NoAnswer(f"the answer from {path} is too long", EXIT_UNKNOWN)
+    finally:
+        sock.close()
+    line = bytes(data).split(b"\n", 1)[0]
+    try:
+        reply = json.loads(line)
+    except ValueError:
+        raise NoAnswer(f"{path} answered something that is not JSON", EXIT_UNKNOWN) from None
+    if not isinstance(reply, dict):
+        raise NoAnswer(f"{path} answered something that is not a JSON object", EXIT_UNKNOWN)
+    return reply
+
+
+# -- what psutil sees from a pid file ----------------------------------------------
+
+
+def status_from_pid_file(path: str) -> dict[str, Any]:
+    """The master named by the pid file and its workers, as the process table shows
+    them. Raises NoAnswer when no live master is there."""
+    pid = pidfile.read_pid(path)
+    if pid is None:
+        if os.path.lexists(path):
+            raise NoAnswer(f"not running: pid file {path} names no pid")
+        raise NoAnswer(f"not running: no pid file {path}")
+    if not pidfile.is_unicornish_master(pid):
+        raise NoAnswer(f"not running: pid file {path} names pid {pid}, not a live master")
+    now = time.time()
+    try:
+        master = psutil.Process(pid)
+        created = master.create_time()
+        children = master.children()
+    except psutil.NoSuchProcess:
+        raise NoAnswer(f"not running: pid {pid} (from {path}) is gone") from None
+    except psutil.AccessDenied:
+        raise NoAnswer(f"cannot inspect pid {pid}: permission denied", EXIT_UNKNOWN) from None
+    workers = []
+    for child in children:
+        try:
+            name = child.name()
+            if child.status() == psutil.STATUS_ZOMBIE or not name.startswith("worker["):
+                continue
+            nr = int(name[7:-1])
+            age = now - child.create_time()
+        except (psutil.Error, ValueError):
+            continue
+        entry: dict[str, Any] = {
+            "nr": nr,
+            "pid": child.pid,
+            "age": round(age, 3),
+            "state": None,
+            "tasks": None,
+            "task_age": None,
+        }
+        entry.update(process_stats(child.pid, now))
+        workers.append(entry)
+    workers.sort(key=lambda w: (w["nr"], -w["age"]))
+    return {
+        "master": {
+            "pid": pid,
+            "uptime": round(now - created, 3),
+            "app": _app_from_title(master),
+            "workers_wanted": None,
+            "workers_running": len(workers),
+        },
+        "workers": workers,
+    }
+
+
+def _app_from_title(proc: psutil.Process) -> str | None:
+    """`unicornish master [(old)] APP` -> APP."""
+    try:
+        words = " ".join(proc.cmdline()).split()
+    except psutil.Error:
+        return None
+    if len(words) >= 3 and words[:2] == ["unicornish", "master"]:
+        rest = words[2:]
+        if rest[0] == "(old)":
+            rest = rest[1:]
+        return rest[0] if rest else None
+    return None
+
+
+# -- showing it ---------------------------------------------------------------------
+
+
+def _seconds(value: Any) -> str:
+    if value is None:
+        return "-"
+    value = float(value)
+    if value < 60:
+        return f"{value:.1f}s"
+    if value < 3600:
+        return f"{int(value // 60)}m{int(value % 60):02d}s"
+    if value < 86400:
+        return f"{int(value // 3600)}h{int(value % 3600 // 60):02d}m"
+    return f"{int(value // 86400)}d{int(value % 86400 // 3600):02d}h"
+
+
+def _mib(value: Any) -> str:
+    return "-" if value is None else f"{value / 1048576:.1f}M"
+
+
+def _plain(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def format_table(status: dict[str, Any], source: str) -> str:
+    m = status["master"]
+    wanted = m.get("workers_wanted")
+    lines = [
+        f"unicornish master pid={m['pid']} app={_plain(m.get('app'))} "
+        f"uptime={_seconds(m.get('uptime'))} "
+        f"workers: {m.get('workers_running')} running, {_plain(wanted)} wanted",
+    ]
+    if source:
+        lines.append(source)
+    header = ("NR", "PID", "AGE", "STATE", "TASKS", "TASK_AGE", "RSS", "USS", "CPU")
+    rows = [header]
+    for w in status["workers"]:
+        rows.append(
+            (
+                str(w["nr"]),
+                str(w["pid"]),
+                _seconds(w.get("age")),
+                _plain(w.get("state")),
+                _plain(w.get("tasks")),
+                _seconds(w.get("task_age")),
+                _mib(w.get("rss")),
+                _mib(w.get("uss")),
+                "-" if w.get("cpu") is None else f"{w['cpu']:.1f}%",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    left = {3}  # STATE reads better left-aligned
+    for row in rows:
+        cells = [
+            cell.ljust(widths[i]) if i in left else cell.rjust(widths[i])
+            for i, cell in enumerate(row)
+        ]
+        lines.append("  ".join(cells).rstrip())
+    if not status["workers"]:
+        lines.append("(no workers)")
+    return "\n".join(lines) + "\n"
+
+
+# -- the commands ----------------------------------------------------------------------
+
+
+def _take_value(args: list[str], i: int, name: str) -> tuple[str, int]:
+    arg = args[i]
+    if arg.startswith(name + "="):
+        value = arg[len(name) + 1 :]
+    elif i + 1 < len(args):
+        value = args[i + 1]
+        i += 1
+    else:
+        raise UsageError(f"argument {name}: expected one argument")
+    if not value:
+        raise UsageError(f"argument {name}: expected a non-empty value")
+    return value, i
+
+
+def parse_status(args: list[str]) -> tuple[str | None, str | None, bool]:
+    control = pid = None
+    as_json = False
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in ("-h", "--help"):
+            raise UsageError(STATUS_USAGE)
+        if arg == "--json":
+            as_json = True
+        elif arg == "--control" or arg.startswith("--control="):
+            control, i = _take_value(args, i, "--control")
+        elif arg == "--pid" or arg.startswith("--pid="):
+            pid, i = _take_value(args, i, "--pid")
+        else:
+            raise UsageError(f"status: unrecognized argument {arg!r}; {STATUS_USAGE}")
+        i += 1
+    if control is None and pid is None:
+        control = os.environ.get(CONTROL_ENV) or None
+    if control is None and pid is None:
+        raise UsageError(f"status needs --control PATH or --pid FILE (or ${CONTROL_ENV})")
+    return control, pid, as_json
+
+
+def status_main(args: list[str]) -> int:
+    control, pid, as_json = parse_status(args)
+    status: dict[str, Any] | None = None
+    source = ""
+    problems: list[NoAnswer] = []
+    if control is not None:
+        try:
+            reply = request(control, {"command": "status"})
+        except NoAnswer as exc:
+            problems.append(exc)
+        else:
+            if not reply.get("ok"):
+                problems.append(NoAnswer(f"{control}: {reply.get('error')}", EXIT_UNKNOWN))
+            else:
+                status = {"master": reply.get("master"), "workers": reply.get("workers", [])}
+    if status is None and pid is not None:
+        try:
+            status = status_from_pid_file(pid)
+            source = f"(from pid file {pid}: no control socket, so state and tasks are unknown)"
+        except NoAnswer as exc:
+            problems.append(exc)
+    if status is None:
+        for problem in problems:
+            sys.stderr.write(f"unicornish: {problem}\n")
+        codes = [p.code for p in problems]
+        return EXIT_UNKNOWN if EXIT_UNKNOWN in codes else EXIT_NOT_RUNNING
+    if as_json:
+        sys.stdout.write(json.dumps(status) + "\n")
+    else:
+        sys.stdout.write(format_table(status, source))
+    return EXIT_OK
+
+
+def parse_ctl(args: list[str]) -> tuple[str, dict[str, Any]]:
+    control = None
+    words: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not words and arg in ("-h", "--help"):
+            raise UsageError(CTL_USAGE)
+        if not words and (arg == "--control" or arg.startswith("--control=")):
+            control, i = _take_value(args, i, "--control")
+        elif not words and arg.startswith("-"):
+            raise UsageError(f"ctl: unrecognized argument {arg!r}; {CTL_USAGE}")
+        else:
+            words.append(arg)
+        i += 1
+    if control is None:
+        control = os.environ.get(CONTROL_ENV) or None
+    if control is None:
+        raise UsageError(f"ctl needs --control PATH (or ${CONTROL_ENV})")
+    if not words:
+        raise UsageError(f"ctl needs a COMMAND; {CTL_USAGE}")
+    command, rest = words[0], words[1:]
+    payload: dict[str, Any] = {"command": command}
+    if command == "scale":
+        if len(rest) != 1 or not rest[0].isdigit():
+            raise UsageError("ctl scale needs one whole number N >= 0")
+        payload["workers"] = int(rest[0])
+    elif command == "stop":
+        if rest not in ([], ["--quick"]):
+            raise UsageError(f"ctl stop takes only --quick, got {' '.join(rest)!r}")
+        payload["quick"] = bool(rest)
+    elif command in ("status", "ttin", "ttou", "reload", "reopen", "upgrade"):
+        if rest:
+            raise UsageError(f"ctl {command} takes no argument, got {' '.join(rest)!r}")
+    else:
+        raise UsageError(f"ctl: unknown command {command!r}; {CTL_USAGE}")
+    return control, payload
+
+
+def ctl_main(args: list[str]) -> int:
+    control, payload = parse_ctl(args)
+    try:
+        reply = request(control, payload)
+    except NoAnswer as exc:
+        sys.stderr.write(f"unicornish: {exc}\n")
+        return exc.code
+    sys.stdout.write(json.dumps(reply) + "\n")
+    return EXIT_OK if reply.get("ok") is True else EXIT_ERROR
 
 
 def main(args: list[str]) -> int:
-    sys.stderr.write(f"unicornish: error: '{args[0]}' needs a control socket, not built yet\n")
-    return 2
+    try:
+        if args[0] == "status":
+            return status_main(args[1:])
+        return ctl_main(args[1:])
+    except UsageError as exc:
+        sys.stderr.write(f"unicornish: error: {exc}\n")
+        return EXIT_USAGE
+    except BrokenPipeError:
+        return EXIT_ERROR
+
+
+__all__ = ["main", "request", "status_from_pid_file", "format_table", "MAX_LINE"]
