@@ -17,6 +17,9 @@ STUCK_ONCE_APP = """
 import os, sys, time
 FLAG = {flag!r}
 def stuck_here(worker):
+    import subprocess
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    print(f"grandchild {{child.pid}}", flush=True)
     print(f"stuck {{os.getpid()}} {{time.monotonic()}}", flush=True)
     while True:
         time.sleep(100)
@@ -78,6 +81,9 @@ def test_stuck_task_is_killed_once_with_traceback_and_replaced(start, app_file, 
     wait_until(lambda: run.worker_pids().get(nr) not in (None, pid), 5, "a replacement worker")
     run.wait_ready(2)
     run.wait_log(r"worker\[\d\] ready", 3)
+    # What the stuck task started went with it (the worker's process group).
+    grandchild = int(re.search(r"grandchild (\d+)", run.stdout()).group(1))  # type: ignore[union-attr]
+    wait_until(lambda: gone(grandchild), 5, "the stuck task's child to be killed too")
     assert run.count(r"timed out:") == 1, run.log()
     assert run.count(rf"reaped pid={pid} ") == 1
     assert run.count(r"status=killed by SIGKILL") == 1
