@@ -36,7 +36,7 @@ from unicornish.errors import StartupError
 from unicornish.privileges import Identity
 from unicornish.recycle import GiveUp, MemoryLimit
 from unicornish.scoreboard import BOOTING, Scoreboard
-from unicornish.systemd import Notifier, watchdog_interval
+from unicornish.systemd import Notifier, monotonic_usec, watchdog_interval
 from unicornish.worker import (
     EXIT_BOOT_FAILED,
     REPORT_READY,
@@ -216,6 +216,7 @@ class Master:
                 self.kill_workers_past_deadline()
                 if not self.workers:
                     break
+                self.ping_watchdog()
             else:
                 self.maintain_worker_count()
                 self.kill_stuck_workers()
@@ -258,8 +259,8 @@ class Master:
         if not self.stopping:
             for nr in self.missing_slots():
                 deadline = min(deadline, self.backoff.not_before(nr))
-        if self.watchdog is not None and not self.stopping:  # announce() pings: not when stopping
-            deadline = min(deadline, self.next_watchdog)
+        if self.watchdog is not None and not (self.stopping and self.notifier.quiet):
+            deadline = min(deadline, self.next_watchdog)  # see ping_watchdog()
         for timer in self.timers:
             when = timer(now)
             if when is not None:
@@ -671,7 +672,7 @@ class Master:
         if self.stopping:
             return "master is stopping"
         self.log.info("%s received: reloading config and app", why)
-        self.notifier.send("RELOADING=1")
+        self.notifier.send("RELOADING=1", monotonic_usec())
         try:
             settings, warnings = build_settings(self.cli_values)
         except StartupError as exc:
@@ -763,11 +764,18 @@ class Master:
 
     # -- systemd --------------------------------------------------------------------
 
-    def announce(self) -> None:
+    def ping_watchdog(self) -> None:
+        """WATCHDOG=1 every WATCHDOG_USEC/2, stopping included (a graceful stop can
+        outlast the watchdog); not after a hand-over, when the new master pings."""
+        if self.watchdog is None or (self.stopping and self.notifier.quiet):
+            return
         now = time.monotonic()
-        if self.watchdog is not None and now >= self.next_watchdog:
+        if now >= self.next_watchdog:
             self.notifier.send("WATCHDOG=1")
             self.next_watchdog = now + self.watchdog
+
+    def announce(self) -> None:
+        self.ping_watchdog()
         if self.announced_ready:
             if self.notifier.enabled:
                 status = self.status_line()
