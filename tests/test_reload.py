@@ -221,3 +221,47 @@ def test_ttou_while_a_reload_is_rolling(start, tmp_path):
     assert sorted(pids) == [0, 1]
     assert booted(run, "v2").items() >= pids.items()
     assert "reload failed" not in run.log()
+
+
+def test_hup_replacement_waits_graceful_timeout_then_kills(start, tmp_path):
+    """An old worker that ignores QUIT is SIGKILLed --graceful-timeout after its
+    replacement is ready."""
+    grace = 0.8
+    app = tmp_path / "app.py"
+    write_app(app, "v1")
+    app.write_text(
+        app.read_text().replace(
+            "def after_fork(worker):\n",
+            "def after_fork(worker):\n"
+            "    import signal\n"
+            "    signal.signal(signal.SIGQUIT, signal.SIG_IGN)\n",
+        )
+    )
+    run = start("--app", str(app), "--workers", "1", "--graceful-timeout", str(grace))
+    old = run.wait_ready(1)
+    write_app(app, "v2")
+    run.signal(signal.SIGHUP)
+    run.wait_log("reload done")
+    asked = time.monotonic()
+    log = run.wait_log(rf"reaped pid={old[0]} worker\[0\] status=killed by SIGKILL", timeout=10)
+    assert time.monotonic() - asked < grace + 3
+    assert f"worker[0] pid={old[0]} did not stop after SIGQUIT" in log
+    new = run.wait_workers(1)
+    assert booted(run, "v2") == new
+
+
+def test_two_hups_in_a_row_end_on_the_last_app(start, tmp_path):
+    app = tmp_path / "app.py"
+    write_app(app, "v1")
+    run = start("--app", str(app), "--workers", "3")
+    run.wait_ready(3)
+    write_app(app, "v2")
+    run.signal(signal.SIGHUP)
+    run.wait_log(r"HUP received")
+    write_app(app, "v3")
+    run.signal(signal.SIGHUP)
+    run.wait_log(r"HUP received", 2)
+    run.wait_log("reload done", timeout=15)
+    pids = run.wait_workers(3)
+    assert booted(run, "v3").items() >= pids.items()
+    assert "reload failed" not in run.log()

@@ -223,3 +223,16 @@ def test_term_kills_the_worker_group_after_a_short_wait(start, app_file):
     assert run.wait_exit(15) == 0
     assert time.monotonic() - sent < 10
     wait_until(lambda: gone(grandchild), 5, "the grandchild to be killed")
+
+
+def test_winch_waits_graceful_timeout_then_kills(start, app_file):
+    grace = 0.8
+    app = app_file(IGNORES_QUIT_APP)
+    run = start("--app", str(app), "--workers", "1", "--graceful-timeout", str(grace))
+    pids = run.wait_ready(1)
+    sent = time.monotonic()
+    run.signal(signal.SIGWINCH)
+    wait_until(lambda: gone(pids[0]), 10, "worker[0] to be killed")
+    assert grace <= time.monotonic() - sent < grace + 3
+    run.wait_log(rf"reaped pid={pids[0]} worker\[0\] status=killed by SIGKILL")
+    assert run.proc.poll() is None  # the master stays
