@@ -210,8 +210,10 @@ class Master:
         while True:
             self.process_signals()
             self.reap_all_workers()
+            now = time.monotonic()
             if self.control is not None:
-                self.control.expire(time.monotonic())
+                self.control.expire(now)
+            self.give_up.check(now)  # before the stopping test: it may stop us
             if self.stopping:
                 self.kill_workers_past_deadline()
                 if not self.workers:
@@ -221,9 +223,7 @@ class Master:
                 self.maintain_worker_count()
                 self.kill_stuck_workers()
                 self.kill_workers_past_deadline()
-                now = time.monotonic()
-                self.memory_limit.check(now)
-                self.give_up.check(now)
+                self.memory_limit.check(time.monotonic())
                 self.announce()
             self.sleep()
         return self.finish()
