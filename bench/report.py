@@ -39,6 +39,8 @@ def ratio_text(row: Row) -> str:
     r = row.ratio()
     if r is None:
         return "-"
+    if r == 1.0 and row.values.get("unicornish") == 0:
+        return "both 0"
     if math.isinf(r) or math.isnan(r):
         return "-"
     text = f"{r:.2f}x" if r < 100 else f"{r:.0f}x"
@@ -60,8 +62,6 @@ def table_rows(rows: list[Row]) -> list[list[str]]:
         cells = [r.scenario, metric]
         for c in COLUMNS:
             cells.append(fmt(r.values.get(c, "-"), r.unit))
-        if r.baseline:
-            cells[-1] = cells[-1]  # peers keep their n/a text
         cells.append(ratio_text(r))
         cells.append(met_text(r))
         out.append(cells)
@@ -174,8 +174,13 @@ def plot_respawn(path: str, raw: dict[str, Any], title: str) -> str | None:
                 continue
             xs = sorted(x * 1000 for x in v["samples_s"])
             ys = [(i + 1) / len(xs) for i in range(len(xs))]
-            ax.step(xs, ys, where="post", color=colors[peer],
-                    label=f"{peer}: p50 {v['p50'] * 1000:.1f} ms, p90 {v['p90'] * 1000:.1f} ms")
+            ax.step(
+                xs,
+                ys,
+                where="post",
+                color=colors[peer],
+                label=f"{peer}: p50 {v['p50'] * 1000:.1f} ms, p90 {v['p90'] * 1000:.1f} ms",
+            )
             ax.axvline(v["p50"] * 1000, color=colors[peer], lw=0.8, ls=":")
         ax.set_xscale("log")
         ax.set_title(f"respawn latency, {label}")

@@ -36,7 +36,9 @@ def _git_rev() -> str:
     try:
         r = subprocess.run(
             ["git", "-C", ROOT, "describe", "--always", "--dirty"],
-            capture_output=True, text=True, timeout=10,
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
         return r.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
@@ -92,9 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[str] = []
     interrupted = False
     try:
+        done = set()
         for name, fn in ALL:
             if only and name not in only:
                 continue
+            if fn in done:
+                continue
+            done.add(fn)
             try:
                 rows += fn(ctx)
             except Exception as exc:  # noqa: BLE001 - one broken scenario must not stop the rest
@@ -107,10 +113,12 @@ def main(argv: list[str] | None = None) -> int:
         launcher.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
+    rows.sort(key=lambda r: int(r.scenario.split()[0]))  # stable: keeps each scenario's order
     elapsed = time.monotonic() - started
     cmd = "make bench" + (" QUICK=1" if args.quick else "")
     if only:
-        cmd = f"bench/.venv/bin/python bench/run.py {'--quick ' if args.quick else ''}--only {args.only}"
+        quick = "--quick " if args.quick else ""
+        cmd = f"bench/.venv/bin/python bench/run.py {quick}--only {args.only}"
     meta = {
         "command": cmd,
         "quick": args.quick,
@@ -121,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
             "cpus": os.cpu_count(),
             "cpu": _cpu_model(),
             "kernel": platform.release(),
-            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+            "memory_gib": round(
+                os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1
+            ),
         },
         "versions": vers,
         "unicornish_rev": _git_rev(),
@@ -130,8 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         "interrupted": interrupted,
     }
     print()
-    print(f"unicornish bench ({cmd}; {os.cpu_count()} CPUs, {meta['host']['cpu']}; "
-          f"{elapsed:.0f} s)")
+    print(
+        f"unicornish bench ({cmd}; {os.cpu_count()} CPUs, {meta['host']['cpu']}; {elapsed:.0f} s)"
+    )
     print("versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()))
     print("ratio = unicornish / the better peer (lower is better for times, syscalls, memory;")
     print("        higher for tasks/s, where the ratio is against a bare Python loop)")
@@ -145,21 +156,30 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.out, exist_ok=True)
     write_json(os.path.join(args.out, "latest.json"), meta, rows, ctx.raw)
     with open(os.path.join(args.out, "latest.md"), "w") as f:
-        f.write(f"`{cmd}` on {meta['date']}, {os.cpu_count()} CPUs ({meta['host']['cpu']}), "
-                f"unicornish {meta['unicornish_rev']}, "
-                + ", ".join(f"{k} {v}" for k, v in vers.items() if k != "unicornish") + "\n\n")
+        f.write(
+            f"`{cmd}` on {meta['date']}, {os.cpu_count()} CPUs ({meta['host']['cpu']}), "
+            f"unicornish {meta['unicornish_rev']}, "
+            + ", ".join(f"{k} {v}" for k, v in vers.items() if k != "unicornish")
+            + "\n\n"
+        )
         f.write(markdown_table(rows) + "\n")
     why = None
     if "respawn" in ctx.raw:
         why = plot_respawn(
-            os.path.join(args.out, "respawn.png"), ctx.raw,
+            os.path.join(args.out, "respawn.png"),
+            ctx.raw,
             f"{cmd} - {meta['date']} - {os.cpu_count()} CPUs",
         )
     print()
-    print(f"wrote {os.path.relpath(os.path.join(args.out, 'latest.json'))}, "
-          f"{os.path.relpath(os.path.join(args.out, 'latest.md'))}"
-          + (f"; no plot: {why}" if why else ", " + os.path.relpath(
-              os.path.join(args.out, "respawn.png"))))
+    print(
+        f"wrote {os.path.relpath(os.path.join(args.out, 'latest.json'))}, "
+        f"{os.path.relpath(os.path.join(args.out, 'latest.md'))}"
+        + (
+            f"; no plot: {why}"
+            if why
+            else ", " + os.path.relpath(os.path.join(args.out, "respawn.png"))
+        )
+    )
     if failures:
         print("scenarios that failed: " + "; ".join(failures))
     return 0

@@ -18,7 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from harness import Announcements, BenchError, Sessions, Inbox, Msg, Reaper, ready_pids
+from harness import Announcements, BenchError, Inbox, Msg, Reaper, Sessions, ready_pids
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
@@ -73,7 +73,8 @@ def versions() -> dict[str, str]:
             r = subprocess.run(
                 cmd + args, capture_output=True, text=True, timeout=20, cwd=APPS, env=base_env()
             )
-            out[name] = (r.stdout.strip() or r.stderr.strip()).splitlines()[0]
+            text = (r.stdout.strip() or r.stderr.strip()).splitlines()[0]
+            out[name] = text.replace(name, "").replace("(version", "").strip(" ()v") or text
         except (OSError, subprocess.SubprocessError, IndexError):
             out[name] = "unknown"
     with contextlib.suppress(OSError, subprocess.SubprocessError):
@@ -183,7 +184,11 @@ class Launcher:
         elif peer == "unicorn":
             cmd = unicorn_cmd()
             assert cmd and app != "loop"
-            cmd = cmd + ["-c", os.path.join(APPS, "unicorn.conf.rb"), os.path.join(APPS, "config.ru")]
+            cmd = cmd + [
+                "-c",
+                os.path.join(APPS, "unicorn.conf.rb"),
+                os.path.join(APPS, "config.ru"),
+            ]
         else:
             raise ValueError(peer)
         inbox = self.ann.open(os.path.join(tmp, "ready.sock"))
@@ -210,7 +215,9 @@ class Launcher:
             print(f"  [{peer}] pid={proc.pid} {' '.join(cmd[1:])}", file=sys.stderr)
         return m
 
-    def wait_ready(self, m: Master, n: int, since: int = 0, timeout: float = 60.0) -> dict[int, float]:
+    def wait_ready(
+        self, m: Master, n: int, since: int = 0, timeout: float = 60.0
+    ) -> dict[int, float]:
         """Wait until n distinct workers announced readiness (messages from index `since`)."""
 
         def enough(msgs: list[Msg]) -> dict[int, float] | None:

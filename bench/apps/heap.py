@@ -14,7 +14,7 @@ from benchready import rss_bytes
 
 _before = rss_bytes()
 _n = int(float(os.environ.get("BENCH_HEAP_MB", "100")) * 1024 * 1024 / 410)
-DATA = [{"id": i, "name": "item-%d" % i, "tags": [i, -i]} for i in range(_n)]
+DATA = [{"id": i, "name": f"item-{i}", "tags": [i, -i]} for i in range(_n)]
 HEAP_BYTES = rss_bytes() - _before
 if os.environ.get("BENCH_GC_FREEZE") == "1":
     gc.freeze()

@@ -11,9 +11,8 @@ measure "without freeze", BENCH_GC_UNFREEZE=1 makes the worker undo it first
 import gc
 import os
 
-from benchready import announce
-
 import heap
+from benchready import announce
 
 _announced = False
 
