@@ -106,9 +106,15 @@ def start_new_master(master: Master) -> None:
     env["PWD"] = cwd
     # Before the fork: systemd must see RELOADING=1 before the new master's MAINPID=.
     master.notifier.send("RELOADING=1", monotonic_usec(), "STATUS=USR2: starting a new master")
+    from unicornish.master import HANDLED_SIGNALS
+
+    # Signals wait (blocked) across the fork: one caught by the child before
+    # exec would land in our wake-up pipe, as if sent to us.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
     try:
         pid = os.fork()
     except OSError as exc:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         log.error("USR2 failed: fork: %s", exc.strerror)
         _restore_pid_file(master)
         if master.control is not None:
@@ -118,6 +124,9 @@ def start_new_master(master: Master) -> None:
     if pid == 0:
         try:
             signal.set_wakeup_fd(-1)
+            for signum in HANDLED_SIGNALS:  # what exec would do; then a signal for the
+                signal.signal(signum, signal.SIG_DFL)  # new pid is the new master's
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # exec keeps the mask
             for fd in fds:
                 os.set_inheritable(fd, True)
             if "WATCHDOG_PID" in env:
@@ -130,6 +139,7 @@ def start_new_master(master: Master) -> None:
             except OSError:
                 pass
         os._exit(1)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     master.reexec_pid = pid
     master.is_old = True
     # From now on the new master may become systemd's main process at any time:
