@@ -186,7 +186,6 @@ class ScratchUser:
             f"--reuid={self.uid}",
             f"--regid={self.gid}",
             "--clear-groups",
-            "--reset-env",
         ]
 
     def remove(self) -> None:

@@ -120,8 +120,7 @@ def probe_app(spec: str, identity: Identity | None = None, load: bool = True) ->
     With --user the child first becomes that user, as a worker will: a user
     that cannot be switched to, or cannot read the app, stops the start too."""
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    _flush_stdio()
     pid = os.fork()
     if pid == 0:
         code = 0
@@ -142,11 +141,7 @@ def probe_app(spec: str, identity: Identity | None = None, load: bool = True) ->
             os.write(write_fd, f"cannot load app {spec}: {exc!r}".encode()[:4000])
             code = 1
         finally:
-            try:
-                sys.stdout.flush()
-                sys.stderr.flush()
-            except BaseException:  # noqa: BLE001
-                pass
+            _flush_stdio()
             os._exit(code)
     os.close(write_fd)
     chunks = []
@@ -250,7 +245,31 @@ def run_master(argv: list[str]) -> int:
     return master.run()
 
 
+def _flush_stdio() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:  # None when Python started with that fd closed
+                stream.flush()
+        except Exception:  # noqa: BLE001 - a closed or full stdout must not stop us
+            pass
+
+
+def ensure_stdio() -> None:
+    """Started with fd 0, 1 or 2 closed, the master would hand those numbers to
+    its own pipes and sockets, then write its log lines into them (fd 2): put
+    /dev/null there first."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
+    ensure_stdio()
     args = sys.argv[1:] if argv is None else argv
     try:
         if args and args[0] in ("status", "ctl"):

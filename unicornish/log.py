@@ -5,13 +5,18 @@ and all workers append to the same file without interleaving half lines, and
 a reopen (USR1) is a dup2 onto fd 2, so everything that writes to stderr
 (tracebacks, faulthandler dumps, the app's own stderr) follows the log file.
 A failed write (disk full, a closed pipe) is counted and dropped: losing a
-log line must never take the master down.
+log line must never take the master down. Nor may a full pipe or socket (a
+stalled journald, a `| logger` that stopped reading) stop it: lines to a pipe
+or a socket go through a non-blocking twin of fd 2, and are dropped while it
+is full; the next line that gets through says how many were lost.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
+import stat
 import time
 
 LOGGER_NAME = "unicornish"
@@ -38,7 +43,56 @@ class FdHandler(logging.Handler):
         super().__init__()
         self.fd = fd
         self.dropped = 0
+        self.unreported = 0  # dropped because the pipe was full, not yet said
+        self._twin_of: tuple[int, int] | None = None
+        self._twin_fd: int | None = None
+        self._twin_sock: socket.socket | None = None
         self.setFormatter(LineFormatter())
+
+    def _refresh_twin(self) -> None:
+        """Follow fd 2 (USR1, --log-file, -D dup2 onto it): for a pipe or a socket,
+        keep a non-blocking description of our own, leaving fd 2's flags alone
+        (workers and the app share them)."""
+        try:
+            st = os.fstat(self.fd)
+        except OSError:
+            return
+        key = (st.st_dev, st.st_ino)
+        if key == self._twin_of:
+            return
+        self._close_twin()
+        self._twin_of = key
+        try:
+            if stat.S_ISFIFO(st.st_mode):
+                flags = os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC
+                self._twin_fd = os.open(f"/proc/self/fd/{self.fd}", flags)
+            elif stat.S_ISSOCK(st.st_mode):
+                self._twin_sock = socket.socket(fileno=os.dup(self.fd))
+        except OSError:
+            pass  # no reader left, or no /proc: plain writes, which fail or block
+
+    def _close_twin(self) -> None:
+        if self._twin_fd is not None:
+            try:
+                os.close(self._twin_fd)
+            except OSError:
+                pass
+        if self._twin_sock is not None:
+            try:
+                self._twin_sock.close()
+            except OSError:
+                pass
+        self._twin_fd = self._twin_sock = None
+
+    def _write(self, data: bytes) -> None:
+        while data:
+            if self._twin_sock is not None:
+                written = self._twin_sock.send(data, socket.MSG_DONTWAIT)
+            elif self._twin_fd is not None:
+                written = os.write(self._twin_fd, data)
+            else:
+                written = os.write(self.fd, data)
+            data = data[written:]
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -46,10 +100,16 @@ class FdHandler(logging.Handler):
         except Exception:  # noqa: BLE001 - a bad log argument must not kill anyone
             self.dropped += 1
             return
+        self._refresh_twin()
         try:
-            while data:
-                written = os.write(self.fd, data)
-                data = data[written:]
+            if self.unreported:
+                notice = f"{self.unreported} log lines dropped: log output was full"
+                self._write(f"[{timestamp()}] {notice}\n".encode())
+                self.unreported = 0
+            self._write(data)
+        except BlockingIOError:
+            self.dropped += 1
+            self.unreported += 1
         except OSError:
             self.dropped += 1
 

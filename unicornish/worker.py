@@ -200,7 +200,9 @@ class Worker:
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
         signal.signal(signal.SIGUSR1, self._on_usr1)
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        # Ignored, as Python has it: a write to a closed pipe or socket (the log's
+        # reader gone, a client that hung up) is an EPIPE error, never a death.
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         try:
             faulthandler.register(TRACEBACK_SIGNAL, file=sys.stderr, all_threads=True, chain=False)
         except (AttributeError, ValueError, OSError, RuntimeError):

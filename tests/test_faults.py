@@ -1,0 +1,666 @@
+"""Faults (issue 7): what production does to a supervisor. Each test makes the
+fault happen for real, shows the master keeps running, then shows it recovers
+once the fault goes away."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import BIN, ROOT, wait_until
+from reliability import (
+    PrefixedRun,
+    ScratchUser,
+    log_tracebacks,
+    scratch_user,
+    shared_dir,
+    worker_children,
+    zombies,
+)
+
+LOOP_APP = """
+import time
+def worker_start(worker):
+    time.sleep(0.05)
+"""
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def respawns_after_kill(run, nr: int = 0, timeout: float = 10.0) -> int:
+    """SIGKILL worker[nr]; wait for its replacement; return the new pid."""
+    old = run.wait_workers(len(run.worker_pids()))[nr]
+    os.kill(old, signal.SIGKILL)
+    return int(
+        wait_until(
+            lambda: run.worker_pids().get(nr) not in (None, old) and run.worker_pids().get(nr),
+            timeout,
+            f"worker[{nr}] replaced after SIGKILL:\n{run.log()[-2000:]}",
+        )
+    )
+
+
+@pytest.fixture
+def user() -> Iterator[ScratchUser]:
+    yield from scratch_user()
+
+
+@pytest.fixture
+def shared(tmp_path: Path) -> Iterator[Path]:
+    path = shared_dir(tmp_path)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# -- stdio -------------------------------------------------------------------------
+
+
+def test_master_started_with_stdio_closed(tmp_path, app_file):
+    """fd 0, 1 and 2 closed at start: the master must not hand those numbers to
+    its own pipes (its log lines would land in its signal pipe)."""
+    app = app_file(LOOP_APP)
+    log_path = tmp_path / "log"
+    proc = subprocess.Popen(
+        [
+            "sh",
+            "-c",
+            'exec "$0" "$@" <&- >&- 2>&-',
+            str(BIN),
+            "--app",
+            str(app),
+            "--workers",
+            "2",
+            "--log-file",
+            str(log_path),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_until(lambda: len(worker_children(proc.pid)) == 2, 10, "2 workers")
+        os.kill(proc.pid, signal.SIGTTIN)
+        wait_until(lambda: len(worker_children(proc.pid)) == 3, 10, "3 workers after TTIN")
+        os.kill(proc.pid, signal.SIGUSR1)
+        wait_until(lambda: "reopened log files" in log_path.read_text(), 5, "USR1 handled")
+        for fd in (0, 1):
+            assert os.readlink(f"/proc/{proc.pid}/fd/{fd}") == "/dev/null"
+        os.kill(proc.pid, signal.SIGQUIT)
+        assert proc.wait(10) == 0
+        log = log_path.read_text()
+        assert log.count("reopened log files") == 1, log
+        assert log_tracebacks(log) == []
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def test_app_that_closes_its_stdio(start, app_file):
+    app = app_file("""
+        import os, time
+        def after_fork(worker):
+            for fd in (0, 1, 2):
+                os.close(fd)
+        def worker_start(worker):
+            worker.log.info("this line is lost: stderr is closed")
+            time.sleep(0.05)
+    """)
+    run = start("--app", str(app), "--workers", "2")
+    pids = run.wait_workers(2)
+    run.wait_log(r"worker\[\d\] ready", 0)
+    wait_until(lambda: run.count(r"spawned pid=") == 2, 5, "two spawns")
+    # The workers keep running their tasks (no crash loop), the master serves signals.
+    wait_until(
+        lambda: all(psutil.Process(p).cpu_times().user >= 0 for p in pids.values()), 2, "alive"
+    )
+    run.signal(signal.SIGTTIN)
+    run.wait_workers(3)
+    assert all(alive(p) for p in pids.values())
+    run.signal(signal.SIGQUIT)
+    assert run.wait_exit(10) == 0
+    log = run.log()
+    assert "this line is lost" not in log
+    for pid in pids.values():
+        assert f"reaped pid={pid} worker[" in log and "status=exit 0" in log
+    assert run.count(r"status=exit 0") == 3, log
+
+
+# -- stuck and stubborn workers --------------------------------------------------------
+
+
+def test_sigstopped_worker_is_killed_by_timeout(start, app_file):
+    app = app_file(LOOP_APP)
+    run = start("--app", str(app), "--workers", "2", "--timeout", "1")
+    pids = run.wait_ready(2)
+    os.kill(pids[1], signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    run.wait_log(rf"worker\[1\] pid={pids[1]} timed out", 1, 10)
+    run.wait_log(rf"reaped pid={pids[1]} worker\[1\] status=killed by SIGKILL", 1, 5)
+    assert time.monotonic() - stopped_at < 5
+    new = run.wait_ready(2, 10)
+    assert new[1] != pids[1] and new[0] == pids[0]
+    assert run.count(r"pid=\d+ timed out: task running") == 1
+
+
+@pytest.mark.parametrize("how", ["QUIT", "TERM", "TTOU"])
+def test_worker_ignoring_term_and_quit_gets_sigkill(start, app_file, how):
+    app = app_file("""
+        import signal, time
+        def after_fork(worker):
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        def worker_start(worker):
+            time.sleep(0.05)
+    """)
+    run = start("--app", str(app), "--workers", "2", "--graceful-timeout", "1")
+    pids = run.wait_ready(2)
+    began = time.monotonic()
+    run.signal(getattr(signal, "SIG" + how))
+    if how == "TTOU":
+        run.wait_log(rf"reaped pid={pids[1]} worker\[1\] status=killed by SIGKILL", 1, 5)
+        assert run.worker_pids() == {0: pids[0]}
+        run.signal(signal.SIGTTIN)
+        run.wait_workers(2)
+        run.signal(signal.SIGKILL)
+        return
+    assert run.wait_exit(6) == 0
+    assert time.monotonic() - began < 4
+    log = run.log()
+    assert run.count(r"status=killed by SIGKILL") == 2, log
+    assert not any(alive(p) for p in pids.values())
+
+
+def test_worker_that_forks_children_and_exits(start, app_file, tmp_path):
+    """The grandchildren are not the master's: it reaps and replaces its worker only."""
+    app = app_file(f"""
+        import os, sys, time
+        def worker_start(worker):
+            if worker.tasks == 0:
+                for _ in range(2):
+                    if os.fork() == 0:
+                        open({str(tmp_path)!r} + "/grandchild.%d" % os.getpid(), "w").close()
+                        time.sleep(3)
+                        os._exit(0)
+                if not os.path.exists({str(tmp_path / "stop")!r}):
+                    sys.exit(0)
+            time.sleep(0.05)
+    """)
+    run = start("--app", str(app), "--workers", "2")
+    wait_until(lambda: run.count(r"reaped pid=\d+ worker\[\d\] status=exit 0") >= 4, 10, "exits")
+    (tmp_path / "stop").write_text("")
+    pids = run.wait_ready(2, 10)
+    assert len(list(tmp_path.glob("grandchild.*"))) >= 8
+    # Only workers under the master; no zombie; the master never saw a grandchild.
+    assert sorted(worker_children(run.pid)) == sorted(pids.values())
+    wait_until(lambda: zombies(run.pid) == [], 5, "no zombie")
+    assert "orphan" not in run.log()
+    run.signal(signal.SIGQUIT)
+    assert run.wait_exit(5) == 0
+
+
+SETSID_APP = """
+import errno, os, signal, time
+def after_fork(worker):
+    # A worker leads its own process group (the master kills the whole group),
+    # and a group leader cannot start a session: setsid() must fail with EPERM.
+    try:
+        os.setsid()
+        print("setsid worked", flush=True)
+    except PermissionError as exc:
+        print("setsid failed", errno.errorcode[exc.errno], flush=True)
+    # The app's own handlers replace the worker's (QUIT is also the parent-death signal).
+    signal.signal(signal.SIGQUIT, lambda *a: print("app got QUIT", flush=True))
+    signal.signal(signal.SIGTERM, lambda *a: print("app got TERM", flush=True))
+def worker_start(worker):
+    time.sleep(0.2)
+"""
+
+
+def test_worker_with_setsid_and_own_handlers_is_still_managed(start, app_file):
+    app = app_file(SETSID_APP)
+    run = start("--app", str(app), "--workers", "2", "--graceful-timeout", "1")
+    pids = run.wait_ready(2)
+    for pid in pids.values():
+        assert os.getpgid(pid) == pid
+    assert run.stdout().count("setsid failed EPERM") == 2
+    # TTOU: QUIT is not obeyed, the SIGKILL after the graceful timeout reaches it anyway.
+    run.signal(signal.SIGTTOU)
+    run.wait_log(rf"reaped pid={pids[1]} worker\[1\] status=killed by SIGKILL", 1, 5)
+    # A killed master: its workers notice (getppid after each task) and exit on their own.
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait_exit(5)
+    wait_until(lambda: not alive(pids[0]), 5, "worker[0] to exit after its master died")
+    assert "app got QUIT" in run.stdout()  # the parent-death signal went to the app
+
+
+def test_idle_worker_with_replaced_quit_handler_notices_dead_master(start, app_file):
+    """Blocked in worker.accept(), the worker re-checks its master every second."""
+    app = app_file("""
+        import signal
+        def after_fork(worker):
+            signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+        def worker_start(worker):
+            got = worker.accept()
+            if got:
+                got[0].close()
+    """)
+    run = start("--app", str(app), "--workers", "1", "--listen", "unix:sock")
+    pids = run.wait_ready(1)
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait_exit(5)
+    wait_until(lambda: not alive(pids[0]), 5, "idle worker to exit after its master died")
+
+
+# -- output and failing apps ----------------------------------------------------------
+
+
+def test_worker_printing_megabytes(start, app_file):
+    app = app_file("""
+        import sys, time
+        def worker_start(worker):
+            if worker.tasks < 3:
+                sys.stdout.write("x" * 3_000_000 + "\\n")
+                sys.stderr.write("y" * 3_000_000 + "\\n")
+                sys.stdout.flush()
+                sys.stderr.flush()
+            time.sleep(0.05)
+    """)
+    run = start("--app", str(app), "--workers", "2")
+    run.wait_ready(2)
+    wait_until(lambda: run.out_path.stat().st_size >= 18_000_000, 20, "18 MB of stdout")
+    wait_until(lambda: run.log_path.stat().st_size >= 18_000_000, 20, "18 MB of stderr")
+    respawns_after_kill(run, 1)
+    run.signal(signal.SIGQUIT)
+    assert run.wait_exit(10) == 0
+    # The master's own lines are whole lines, not cut by the workers' output.
+    with open(run.log_path, "rb") as handle:
+        for line in handle:
+            if b"reaped pid=" in line or b"master exited" in line:
+                assert re.match(rb"^\[\d{4}-\d\d-\d\dT[\d:]{8}\] \w", line), line[:200]
+
+
+def test_master_is_not_blocked_by_a_stalled_log_pipe(tmp_path, app_file):
+    """stderr is a pipe nobody reads (a stalled journald or `| logger`) while
+    workers print megabytes into it: the master must still reap and respawn."""
+    app = app_file("""
+        import sys, time
+        def worker_start(worker):
+            sys.stderr.write("z" * 200_000 + "\\n")
+            sys.stderr.flush()
+            time.sleep(0.01)
+    """)
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen(
+        [str(BIN), "--app", str(app), "--workers", "2"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=write_end,
+        start_new_session=True,
+    )
+    os.close(write_end)
+    try:
+        wait_until(lambda: len(worker_children(proc.pid)) == 2, 10, "2 workers")
+        # Nobody reads: the pipe fills up and the workers block in write().
+        first = worker_children(proc.pid)
+        os.kill(first[0], signal.SIGKILL)
+        wait_until(
+            lambda: (
+                first[0] not in worker_children(proc.pid) and len(worker_children(proc.pid)) == 2
+            ),
+            5,
+            "a replacement while the log pipe is full",
+        )
+        os.kill(proc.pid, signal.SIGTTIN)
+        wait_until(lambda: len(worker_children(proc.pid)) == 3, 5, "TTIN while the pipe is full")
+        # Reading again: everything flows, the master stops cleanly.
+        drained = bytearray()
+        os.set_blocking(read_end, False)
+        os.kill(proc.pid, signal.SIGQUIT)
+        deadline = time.monotonic() + 15
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                drained += os.read(read_end, 1 << 20)
+            except BlockingIOError:
+                time.sleep(0.01)
+        assert proc.wait(1) == 0
+        # The lines dropped while the pipe was full are counted and said.
+        assert re.search(rb"\] \d+ log lines dropped: log output was full", drained)
+        assert b"master exited" in drained
+    finally:
+        os.close(read_end)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def test_task_raising_on_every_call_then_fixed(start, app_file, tmp_path):
+    broken = tmp_path / "broken"
+    broken.write_text("")
+    app = app_file(f"""
+        import os, time
+        def worker_start(worker):
+            if os.path.exists({str(broken)!r}):
+                raise RuntimeError("the database is down")
+            time.sleep(0.05)
+    """)
+    run = start("--app", str(app), "--workers", "2")
+    run.wait_log("crash loop", 1, 10)
+    began = time.monotonic()
+    run.signal(signal.SIGTTIN)  # the master stays responsive during the crash loop
+    run.wait_log(r"TTIN: 3 workers wanted", 1, 2)
+    assert time.monotonic() - began < 1.5
+    spawned = run.count(r"spawned pid=")
+    broken.unlink()
+    pids = run.wait_ready(3, 15)
+    # Stable: the same workers a while later, and no new spawns.
+    wait_until(lambda: all(psutil.Process(p).cpu_times() for p in pids.values()), 1, "alive")
+    settled = run.count(r"spawned pid=")
+    run.signal(signal.SIGUSR1)
+    run.wait_log("reopened log files", 1, 5)
+    assert run.worker_pids() == pids
+    assert run.count(r"spawned pid=") == settled
+    assert spawned < 60, spawned  # backoff: no fork bomb while it was broken
+    assert run.count("RuntimeError: the database is down") >= 2
+
+
+# -- the log file -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 512 KiB filesystem (tmpfs), to fill up."""
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        # Lazy: a master that is still being cleaned up may hold the log open.
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def fill(directory: Path) -> Path:
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (65536, 4096, 1):
+            while True:
+                try:
+                    os.write(fd, b"\0" * size)
+                except OSError:
+                    break
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_log_disk_full_then_freed(small_fs, start, app_file):
+    app = app_file(LOOP_APP)
+    log_path = small_fs / "unicornish.log"
+    run = start("--app", str(app), "--workers", "2", "--log-file", str(log_path), log_file=False)
+    run.log_path = log_path
+    run.wait_ready(2)
+    with open(log_path, "ab") as handle:  # end the log on a page boundary (tmpfs pages)
+        handle.write(b"#" * (-log_path.stat().st_size % 4096))
+    filler = fill(small_fs)
+    size = log_path.stat().st_size
+    # The disk is full: the master and workers keep going, their lines are dropped.
+    respawns_after_kill(run, 0)
+    run.signal(signal.SIGTTIN)
+    run.wait_workers(3)
+    run.signal(signal.SIGUSR1)
+    run.signal(signal.SIGTTOU)
+    run.wait_workers(2)
+    assert log_path.stat().st_size == size
+    # Space again: the same log file gets lines again, without a reopen.
+    filler.unlink()
+    run.signal(signal.SIGTTIN)
+    run.wait_log(r"TTIN: 3 workers wanted", 1, 5)
+    run.wait_workers(3)
+    run.signal(signal.SIGQUIT)
+    assert run.wait_exit(10) == 0
+    assert "master exited" in run.log()
+
+
+def test_log_pipe_closed_by_its_reader(tmp_path, app_file):
+    """EPIPE on every log write: neither the master nor its workers may die of it."""
+    app = app_file(LOOP_APP)
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen(
+        [str(BIN), "--app", str(app), "--workers", "2"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=write_end,
+        start_new_session=True,
+    )
+    os.close(write_end)
+    try:
+        wait_until(lambda: len(worker_children(proc.pid)) == 2, 10, "2 workers")
+        os.close(read_end)
+        read_end = -1
+        first = worker_children(proc.pid)
+        os.kill(first[0], signal.SIGKILL)  # the master logs (EPIPE), the new worker logs
+        os.kill(proc.pid, signal.SIGTTIN)
+        os.kill(proc.pid, signal.SIGUSR1)
+        wait_until(lambda: len(worker_children(proc.pid)) == 3, 5, "3 workers")
+        settled = sorted(worker_children(proc.pid))
+        # They stay: no worker dies of SIGPIPE when it writes a log line.
+        os.kill(proc.pid, signal.SIGUSR1)
+        wait_until(lambda: proc.poll() is None, 1, "master alive")
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            assert sorted(worker_children(proc.pid)) == settled
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGQUIT)
+        assert proc.wait(10) == 0
+    finally:
+        if read_end >= 0:
+            os.close(read_end)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def test_log_file_cannot_be_reopened_then_can(start, app_file, tmp_path):
+    """Rotation moved the log directory away: USR1 fails, logs go on in the old file;
+    once the directory is back, USR1 reopens the log there."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    log_path = logs / "unicornish.log"
+    app = app_file(LOOP_APP)
+    run = start("--app", str(app), "--workers", "1", "--log-file", str(log_path), log_file=False)
+    run.log_path = log_path
+    run.wait_ready(1)
+    moved = tmp_path / "logs.1"
+    logs.rename(moved)
+    run.log_path = moved / "unicornish.log"
+    run.signal(signal.SIGUSR1)
+    run.wait_log(r"cannot reopen log file", 1, 5)
+    respawns_after_kill(run, 0)
+    logs.mkdir()
+    run.signal(signal.SIGUSR1)
+    wait_until(
+        lambda: log_path.exists() and "reopened log files" in log_path.read_text(), 5, "reopen"
+    )
+    run.log_path = log_path
+    respawns_after_kill(run, 0)
+    run.wait_log(r"worker\[0\] ready", 1, 5)  # the new worker writes to the new file too
+
+
+# -- the master's resources -----------------------------------------------------------------
+
+
+def lowest_free_fd(pid: int) -> int:
+    used = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+    fd = 0
+    while fd in used:
+        fd += 1
+    return fd
+
+
+def test_master_out_of_file_descriptors(start, app_file):
+    app = app_file(LOOP_APP)
+    run = start("--app", str(app), "--workers", "2")
+    pids = run.wait_ready(2)
+    proc = psutil.Process(run.pid)
+    limits = proc.rlimit(psutil.RLIMIT_NOFILE)
+    # Not one more descriptor: every open() in the master fails with EMFILE.
+    proc.rlimit(psutil.RLIMIT_NOFILE, (lowest_free_fd(run.pid), limits[1]))
+    run.signal(signal.SIGUSR1)
+    run.wait_log(r"cannot reopen log file .*: Too many open files", 1, 5)
+    run.signal(signal.SIGHUP)
+    run.wait_log(r"reload failed: .*Too many open files", 1, 5)
+    # A new worker inherits the limit and cannot load the app: a crash loop, not a crash.
+    os.kill(pids[1], signal.SIGKILL)
+    run.wait_log(r"worker\[1\] (could not boot|died soon after spawning)", 1, 10)
+    assert alive(run.pid) and run.worker_pids()[0] == pids[0]
+    proc.rlimit(psutil.RLIMIT_NOFILE, limits)
+    new = run.wait_ready(2, 15)
+    assert new[0] == pids[0] and new[1] != pids[1]
+    run.signal(signal.SIGUSR1)
+    run.wait_log(r"reopened log files", 1, 5)
+    run.signal(signal.SIGQUIT)
+    assert run.wait_exit(10) == 0
+
+
+PIDS_CGROUP = Path("/sys/fs/cgroup/pids")
+
+
+@pytest.fixture
+def pids_cgroup() -> Iterator[Path]:
+    """A cgroup whose pids.max limits fork() for root too (root ignores RLIMIT_NPROC,
+    and a throwaway user cannot run this venv's interpreter, which lives under /root)."""
+    if not (PIDS_CGROUP / "cgroup.procs").exists():
+        pytest.skip("no cgroup v1 pids controller here")
+    group = PIDS_CGROUP / f"unicornish-test-{os.getpid()}-{time.monotonic_ns()}"
+    group.mkdir()
+    try:
+        yield group
+    finally:
+        for pid in (group / "cgroup.procs").read_text().split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except OSError:
+                pass
+        wait_until(lambda: not (group / "cgroup.procs").read_text().split(), 5, "empty cgroup")
+        group.rmdir()
+
+
+def test_fork_fails_on_process_limit_then_recovers(tmp_path, app_file, pids_cgroup):
+    app = app_file(LOOP_APP)
+    (pids_cgroup / "pids.max").write_text("3")  # the master and two workers
+    join = ["sh", "-c", f'echo $$ > {pids_cgroup}/cgroup.procs && exec "$@"', "sh"]
+    run = PrefixedRun(tmp_path, join, ["--app", str(app), "--workers", "4"])
+    try:
+        wait_until(lambda: "fork failed" in run.log(), 10, "a fork failure")
+        assert len(run.wait_workers(2)) == 2
+        run.signal(signal.SIGTTIN)  # still serving signals
+        run.wait_log(r"TTIN: 5 workers wanted", 1, 5)
+        assert alive(run.pid)
+        (pids_cgroup / "pids.max").write_text("max")
+        run.wait_ready(5, 20)
+        run.signal(signal.SIGQUIT)
+        assert run.wait_exit(10) == 0
+        log = run.log()
+        assert re.search(r"worker\[\d\] fork failed: Resource temporarily unavailable", log)
+        assert log_tracebacks(log) == []
+    finally:
+        run.cleanup()
+
+
+# -- time -------------------------------------------------------------------------------
+
+FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+
+
+def test_deadlines_never_read_the_wall_clock():
+    """time.time() only labels things for people; every deadline uses time.monotonic()."""
+    uses = []
+    for path in sorted((ROOT / "unicornish").glob("*.py")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"time\.time\(\)|datetime\.now|time\.localtime|time\.gmtime", line):
+                uses.append(f"{path.name}:{number}: {line.strip()}")
+    allowed = (
+        "spawned_wall",  # shown to people (status: when a worker started)
+        "def timestamp",  # log line stamps
+        "localtime(now)",
+        "wall = time.time()",  # status output
+        # cpu percent = cpu time / (now - psutil's create_time), which is wall-clock based
+        "control.py: now = time.time() if now is None else now",
+        "ops.py: now = time.time()",
+    )
+    suspicious = [
+        u
+        for u in uses
+        if not any(word in u or word in re.sub(r":\d+:", ":", u) for word in allowed)
+    ]
+    assert suspicious == [], "\n".join(suspicious)
+
+
+@pytest.mark.skipif(
+    not os.path.exists(FAKETIME_LIB), reason="Debian's libfaketime is not installed"
+)
+def test_wall_clock_jumps_do_not_trigger_or_delay_timeouts(start, app_file, tmp_path):
+    """libfaketime moves the master's and workers' wall clock by hours, back and
+    forth, while CLOCK_MONOTONIC stays real: no false timeout, no missed one."""
+    offset = tmp_path / "faketime"
+    offset.write_text("+0\n")
+    # select(), not time.sleep(): libfaketime 0.9.10 breaks the absolute
+    # CLOCK_MONOTONIC clock_nanosleep() that time.sleep() uses.
+    app = app_file(f"""
+        import os, select
+        def worker_start(worker):
+            if worker.nr == 1 and os.path.exists({str(tmp_path / "stick")!r}):
+                select.select([], [], [], 3600)
+            select.select([], [], [], 0.1)
+    """)
+    env = {
+        "LD_PRELOAD": FAKETIME_LIB,
+        "FAKETIME_TIMESTAMP_FILE": str(offset),
+        "FAKETIME_NO_CACHE": "1",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        "FAKETIME_DONT_RESET": "1",
+    }
+    run = start("--app", str(app), "--workers", "2", "--timeout", "2", env=env)
+    pids = run.wait_ready(2)
+    offset.write_text("+3h\n")
+    run.signal(signal.SIGUSR1)  # a line stamped with the new wall clock
+    run.wait_log("reopened log files", 1, 5)
+    offset.write_text("-5h\n")
+    run.signal(signal.SIGUSR1)
+    run.wait_log("reopened log files", 2, 5)
+    stamps = re.findall(r"^\[(\S+)\] reopened log files", run.log(), re.M)
+    assert len(stamps) == 2 and stamps[0][:13] != stamps[1][:13], stamps  # the jump happened
+    # No task ran 2 s, so nobody is killed, whatever the wall clock says.
+    wait_until(lambda: psutil.Process(run.pid).cpu_times(), 1, "master alive")
+    assert "timed out" not in run.log() and run.worker_pids() == pids
+    # A stuck task is killed after ~2 s of real time, not 5 h off.
+    (tmp_path / "stick").write_text("")
+    stuck_at = time.monotonic()
+    run.wait_log(rf"worker\[1\] pid={pids[1]} timed out", 1, 8)
+    assert time.monotonic() - stuck_at < 6
+    offset.write_text("+0\n")
+    (tmp_path / "stick").unlink()
+    run.wait_ready(2, 10)
+    assert run.count("timed out") == 1
+    assert "master was suspended" not in run.log()
