@@ -6,8 +6,9 @@ stdin on /dev/null, stdout and stderr on --log-file). The launching process
 waits on a pipe until the master says it is ready (all wanted workers ready:
 the moment systemd's READY=1 is sent), then exits 0. Any start-up error
 (the app, the pid file, the listeners, a worker that cannot boot) comes back
-through the same pipe: the launcher prints it and exits 1. A master that
-exits before it is ready closes the pipe, which says the same.
+through the same pipe: the launcher prints it and exits 1 once the master
+is gone (the pipe closes when it exits), so a failed start leaves nothing
+running. A master that exits before it is ready closes the pipe too.
 
 Not done on a USR2 re-exec: the new master is already in the background,
 and the old master watches its pid (as Unicorn does).
@@ -94,8 +95,12 @@ def notify_ready(fd: int, pid: int) -> None:
     _write_and_close(fd, f"READY {pid}\n")
 
 
-def notify_failure(fd: int, message: str) -> None:
-    _write_and_close(fd, f"unicornish: error: {message}\n")
+def report(fd: int, message: str) -> None:
+    """Tell the launcher why the start failed (it prints this, and exits 1 at EOF)."""
+    try:
+        os.write(fd, f"unicornish: error: {message}\n".encode("utf-8", "replace"))
+    except OSError:
+        pass
 
 
 def _write_and_close(fd: int, text: str) -> None:

@@ -174,6 +174,7 @@ class Master:
         self.control: ControlServer | None = None  # --control: set by ControlServer.install
         self.identity: Identity | None = None  # --user, resolved at start and on HUP
         self.ready_fd: int | None = None  # -D: the launcher waits here for "ready"
+        self.ready_failed = False  # -D: the reason was sent already
         self.exit_code = 0
         self.memory_limit = MemoryLimit(self)
         self.give_up = GiveUp(self)
@@ -418,13 +419,16 @@ class Master:
         self.give_up.on_reaped(w, now)
         if code == 0 and w.max_tasks and tasks >= w.max_tasks and not w.stopping:
             self.log.info("%s pid=%d recycled after %d tasks (--max-tasks)", w.label, w.pid, tasks)
-        if code == EXIT_BOOT_FAILED and self.ready_fd is not None:
-            daemon.notify_failure(
-                self.ready_fd,
-                f"{w.label} could not boot (exit {code}); master pid={self.pid} is running "
-                "and keeps retrying (see its log)",
-            )
-            self.ready_fd = None
+        if code == EXIT_BOOT_FAILED and self.ready_fd is not None and not self.stopping:
+            # -D, not ready yet: the start failed. Say why, and leave nothing running;
+            # the launching command exits 1 once we are gone (the pipe closes).
+            reason = f"{w.label} could not boot (exit {code}); see the log"
+            self.log.error("-D: the start failed: %s", reason)
+            daemon.report(self.ready_fd, reason)
+            self.ready_failed = True
+            self.exit_code = 1
+            self.stop(quick=True, why="-D start failed")
+            return
         if w.stopping or w.timed_out or self.stopping:
             return
         if not was_ready and self.reloading and w.generation == self.generation:
@@ -868,11 +872,13 @@ class Master:
         if self.control is not None:
             self.control.close()
         if self.ready_fd is not None:
-            daemon.notify_failure(
-                self.ready_fd,
-                f"master pid={self.pid} exited {self.exit_code} before it was ready (see its log)",
-            )
-            self.ready_fd = None
+            if not self.ready_failed:
+                daemon.report(
+                    self.ready_fd,
+                    f"master pid={self.pid} exited {self.exit_code} before it was ready "
+                    "(see its log)",
+                )
+            self._close_ready_fd()
         if self.settings.pid:
             pidfile.remove_if_ours(self.settings.pid, self.pid)
             pidfile.remove_if_ours(self.settings.pid + ".oldbin", self.pid)
