@@ -115,11 +115,15 @@ def test_winch_is_ignored_while_stdin_is_a_terminal(tmp_path, app_file):
         assert {c.pid for c in psutil.Process(proc.pid).children()} == pids
         assert "reaped" not in log()
     finally:
+        try:
+            children = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.Error:
+            children = []
         os.killpg(proc.pid, signal.SIGKILL)
-        for pid in pids if "pids" in locals() else ():
+        for child in children:
             try:
-                os.killpg(pid, signal.SIGKILL)
-            except OSError:
+                child.kill()
+            except psutil.Error:
                 pass
         proc.wait(5)
         os.close(main_fd)
