@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
+import inspect
 import os
 import re
 import sys
@@ -155,11 +156,27 @@ def load_app(spec: str) -> App:
         raise AppError(f"app {spec} has no worker_start(worker) function")
     if not callable(worker_start):
         raise AppError(f"app {spec}: worker_start is not a function")
+    check_one_argument(spec, "worker_start", worker_start)
     hooks = {}
     for name in HOOK_NAMES:
         hook = getattr(module, name, None)
         if hook is not None:
             if not callable(hook):
                 raise AppError(f"app {spec}: {name} is not a function")
+            check_one_argument(spec, name, hook)
             hooks[name] = hook
     return App(spec=spec, module=module, worker_start=worker_start, hooks=hooks)
+
+
+def check_one_argument(spec: str, name: str, function: Callable[..., Any]) -> None:
+    """worker_start and the hooks are called with one argument: say so before any
+    fork, instead of a crash loop of TypeErrors."""
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return  # a builtin or C callable without a signature: let it run
+    try:
+        signature.bind(None)
+    except TypeError:
+        what = "the master" if name == "before_exec" else "the worker"
+        raise AppError(f"app {spec}: {name}{signature} must take one argument ({what})") from None

@@ -8,6 +8,8 @@ import select
 import socket
 import time
 
+from unicornish import log
+
 SD_LISTEN_FDS_START = 3
 
 # How long a barrier waits for systemd to have read our earlier messages.
@@ -36,6 +38,7 @@ class Notifier:
             self.error = f"NOTIFY_SOCKET={self.path!r} is not a socket path; notifications are off"
             self.path = ""
         self._sock: socket.socket | None = None
+        self._logged: str | None = None
 
     @property
     def enabled(self) -> bool:
@@ -58,7 +61,11 @@ class Notifier:
             self._socket().sendto("\n".join(lines).encode(), self._address())
         except OSError as exc:
             self.error = f"cannot notify systemd at {self.path}: {exc.strerror or exc}"
+            if self.error != self._logged:  # one line per new failure, not one per message
+                self._logged = self.error
+                log.get_logger().warning("%s", self.error)
             return False
+        self._logged = None
         return True
 
     def barrier(self, timeout: float = BARRIER_TIMEOUT) -> bool:
