@@ -240,3 +240,24 @@ def test_winch_waits_graceful_timeout_then_kills(start, app_file):
     assert grace <= time.monotonic() - sent < grace + 3
     run.wait_log(rf"reaped pid={pids[0]} worker\[0\] status=killed by SIGKILL")
     assert run.proc.poll() is None  # the master stays
+
+
+def test_usr1_with_a_relative_log_file_and_an_app_that_changes_directory(start, app_file, tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    app = app_file(f"""
+        import os, time
+        def after_fork(worker):
+            os.chdir({str(tmp_path / "elsewhere")!r})
+        def worker_start(worker):
+            worker.log.info(f"task pid={{os.getpid()}} tasks={{worker.tasks}}")
+            time.sleep(0.05)
+    """)
+    # Relative to the directory the master was started in (the fixture's cwd).
+    run = start("--app", str(app), "--log-file", "unicornish.log", log_file=False)
+    pids = run.wait_ready(1)
+    run.wait_log(rf"task pid={pids[0]}")
+    os.rename(run.log_path, tmp_path / "unicornish.log.1")
+    run.signal(signal.SIGUSR1)
+    run.wait_log("reopened log files")
+    run.wait_log(rf"task pid={pids[0]}")
+    assert not (tmp_path / "elsewhere" / "unicornish.log").exists()

@@ -17,6 +17,12 @@ from unicornish.errors import StartupError
 
 HOOK_NAMES = ("before_fork", "after_fork", "worker_exit", "before_exec")
 
+# The directory the master was started in: relative --pid/--log-file paths mean it.
+try:
+    START_DIR = os.getcwd()
+except OSError:  # started in a directory since removed: paths stay as given
+    START_DIR = ""
+
 
 def _number(value: Any, what: str) -> float:
     if isinstance(value, bool):
@@ -332,6 +338,11 @@ def build_settings(cli_values: dict[str, Any]) -> tuple[Settings, list[str]]:
     if config_path:
         file_values, hooks, warnings = read_config_file(config_path)
     merged = {**file_values, **cli_values}
+    for name in ("pid", "log_file"):
+        if merged.get(name):
+            # Relative to where we were started, for good: a worker's after_fork or a
+            # preloaded app may chdir, and USR1 or exit must still find the file.
+            merged[name] = os.path.normpath(os.path.join(START_DIR, merged[name]))
     settings = Settings().with_values(merged)
     settings = replace(settings, hooks=hooks)
     if not settings.app:
