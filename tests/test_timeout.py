@@ -204,3 +204,23 @@ def test_master_stopped_longer_than_timeout_kills_no_worker(start, app_file):
 def test_everything_frozen_longer_than_timeout_kills_no_worker(start, app_file):
     """A whole machine or container suspended: master and workers stop together."""
     _stop_cont_test(start, app_file, freeze_workers=True)
+
+
+def test_worker_exit_after_the_last_task_is_not_timed(start, app_file):
+    """worker_exit (after TTOU) is not a task: it may run longer than --timeout."""
+    timeout = 0.6
+    app = app_file("""
+        import os, time
+        def worker_start(worker):
+            time.sleep(0.4)
+        def worker_exit(worker):
+            time.sleep(0.5)   # with the last task: longer than --timeout
+            print(f"worker_exit done {os.getpid()}", flush=True)
+    """)
+    run = start("--app", str(app), "--workers", "2", "--timeout", str(timeout))
+    pids = run.wait_ready(2)
+    run.signal(signal.SIGTTOU)
+    run.wait_log(rf"reaped pid={pids[1]} worker\[1\]", timeout=10)
+    assert f"reaped pid={pids[1]} worker[1] status=exit 0" in run.log(), run.log()
+    assert f"worker_exit done {pids[1]}" in run.stdout()
+    assert "timed out" not in run.log()

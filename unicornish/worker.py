@@ -258,6 +258,7 @@ class Worker:
         except OSError:
             pass
         code = self._loop(app.worker_start)
+        self._board.beat[0] = 0.0  # the last task is over: worker_exit is not timed
         if code == EXIT_OK:
             if self._master_gone:
                 self.log.info("worker[%d] master pid=%d is gone", self.nr, self.master_pid)
