@@ -10,6 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import run_cli, wait_until
 
@@ -207,3 +208,23 @@ def test_broken_app_on_hup_keeps_old_settings_from_the_file(start, app_file, tmp
     pause(0.5)
     assert run.worker_pids() == old, run.log()
     assert not re.search(rf"reaped pid=({old[0]}|{old[1]}) ", run.log())
+
+
+def test_hup_to_another_app_named_in_the_file(start, app_file, tmp_path):
+    app_file(
+        APP.replace("time.sleep(0.05)", "print('from a', flush=True); time.sleep(0.05)"), "a.py"
+    )
+    app_file(
+        APP.replace("time.sleep(0.05)", "print('from b', flush=True); time.sleep(0.05)"), "b.py"
+    )
+    conf = write_config(tmp_path, 'app = "a.py"\n')
+    run = start("-c", str(conf))
+    run.wait_ready(1)
+    conf.write_text('app = "b.py"\n')
+    run.signal(signal.SIGHUP)
+    run.wait_log("reload done")
+    pids = run.wait_workers(1)
+    wait_until(lambda: "from b" in run.stdout(), 5, "the new app's tasks")
+    # Titles name the app now running.
+    assert " ".join(psutil.Process(pids[0]).cmdline()).startswith("unicornish worker[0] b.py")
+    assert " ".join(psutil.Process(run.pid).cmdline()).startswith("unicornish master b.py")

@@ -707,12 +707,20 @@ class Master:
         self.identity = identity
         self.previous_app = self.app
         self.app = new_app
+        self.set_app_name(settings.app)
         self.wanted = settings.workers
         self.reload_wanted = settings.workers
         self.generation += 1
         self.reloading = True
         self.announced_ready = False
         return None
+
+    def set_app_name(self, spec: str | None) -> None:
+        """The app's short name in titles and status (HUP may name another app)."""
+        name = app_module.describe(spec or "")
+        if name != self.app_name:
+            self.app_name = name
+            proctitle.set_master_title(name, old=self.is_old)
 
     def apply_settings(self, settings: Settings) -> None:
         old = self.settings
@@ -752,6 +760,7 @@ class Master:
         self.previous_app = None
         if self.previous_settings is not None:
             self.apply_settings(self.previous_settings)
+            self.set_app_name(self.settings.app)
             self.previous_settings = None
         if self.wanted == self.reload_wanted:
             self.wanted = self.previous_wanted
