@@ -115,9 +115,13 @@ def test_first_task_after_an_idle_accept_is_timed(start, app_file, tmp_path):
         f"unix:{sock_path}",
     )
     run.wait_ready(1)
-    # Let the master settle into its long sleep while the worker is idle.
+    # Let the master settle into its long sleep while the worker is idle; it
+    # wakes about once per --timeout to look at it, never in a busy loop.
+    master = psutil.Process(run.pid)
+    cpu_before = sum(master.cpu_times()[:2])
     idle_since = time.monotonic()
     wait_until(lambda: time.monotonic() - idle_since > 1.5 * timeout, 5, "an idle period")
+    assert sum(master.cpu_times()[:2]) - cpu_before < 0.2
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         client.connect(str(sock_path))
