@@ -228,3 +228,30 @@ def test_hup_to_another_app_named_in_the_file(start, app_file, tmp_path):
     # Titles name the app now running.
     assert " ".join(psutil.Process(pids[0]).cmdline()).startswith("unicornish worker[0] b.py")
     assert " ".join(psutil.Process(run.pid).cmdline()).startswith("unicornish master b.py")
+
+
+def test_failed_hup_to_another_user_keeps_the_old_user(start, app_file, tmp_path):
+    """HUP with `user = "nobody"` whose workers cannot boot (they cannot read the
+    app under root's 0700 tmp dir): the reload fails, and later replacements run
+    as before, not as the user of the failed reload."""
+    import pwd
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run workers as another user")
+    try:
+        pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user nobody")
+    app = app_file(APP)
+    conf = write_config(tmp_path, "workers = 2\n")
+    run = start("-c", str(conf), "--app", str(app))
+    old = run.wait_ready(2)
+    conf.write_text('workers = 2\nuser = "nobody"\n')
+    run.signal(signal.SIGHUP)
+    run.wait_log("reload failed")
+    assert run.worker_pids() == old
+    os.kill(old[1], signal.SIGKILL)
+    wait_until(lambda: run.worker_pids().get(1) not in (None, old[1]), 5, "a replacement")
+    run.wait_log(r"worker\[1\] ready", 2)
+    new = run.worker_pids()[1]
+    assert psutil.Process(new).uids().real == 0

@@ -145,6 +145,7 @@ class Master:
         self.previous_app: App | None = None
         # What a failed reload goes back to (set by HUP, cleared when it is done).
         self.previous_settings: Settings | None = None
+        self.previous_identity: Identity | None = None
         self.previous_wanted = self.wanted
         self.reload_wanted = self.wanted
         self.reloading = False
@@ -702,6 +703,7 @@ class Master:
             self.notifier.send("READY=1")
             return f"reload failed: {exc}; old workers kept"
         self.previous_settings = self.settings
+        self.previous_identity = self.identity
         self.previous_wanted = self.wanted
         self.apply_settings(settings)
         self.identity = identity
@@ -760,6 +762,7 @@ class Master:
         self.previous_app = None
         if self.previous_settings is not None:
             self.apply_settings(self.previous_settings)
+            self.identity = self.previous_identity
             self.set_app_name(self.settings.app)
             self.previous_settings = None
         if self.wanted == self.reload_wanted:
