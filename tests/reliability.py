@@ -14,6 +14,7 @@ import re
 import secrets
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -236,10 +237,26 @@ def normalise(text: str, *paths: Path | str) -> str:
     return text
 
 
+def run_meta() -> dict[str, str]:
+    import platform
+
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "recorded_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": "pytest " + " ".join(sys.argv[1:]),
+        "commit": commit or "?",
+        "machine": f"{os.cpu_count()} cores, Linux {platform.release()}, "
+        f"Python {platform.python_version()}",
+    }
+
+
 def record(name: str, data: Any) -> Path:
     """Write one suite's results (JSON) and re-render docs/RELIABILITY.md."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
+    data = {**data, "_meta": run_meta()}
     path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     import render_reliability
 

@@ -305,7 +305,8 @@ def read_config_file(path: str) -> tuple[dict[str, Any], dict[str, Callable[...,
         exec(code, namespace)
     except SyntaxError as exc:
         raise StartupError(
-            f"config file {path}: SyntaxError: {exc.msg} (line {exc.lineno})"
+            f"config file {path}: SyntaxError: {exc.msg}"
+            + (f" (line {exc.lineno})" if exc.lineno else "")
         ) from None
     except BaseException as exc:  # noqa: BLE001 - any failure of user code is reported in one line
         raise StartupError(f"config file {path}: {type(exc).__name__}: {exc}") from None

@@ -88,7 +88,8 @@ def inherited_sockets() -> list[socket.socket]:
         if not count.isdigit():
             raise StartupError(f"LISTEN_FDS={count!r} is not a number")
         if pid is None or not pid.isdigit():
-            raise StartupError(f"LISTEN_PID={pid!r} is not a pid (LISTEN_FDS is set)")
+            what = "is not set" if pid is None else f"={pid!r} is not a pid"
+            raise StartupError(f"LISTEN_PID {what} (LISTEN_FDS is set)".replace(" =", "="))
         if int(pid) == os.getpid():
             have = {s.fileno() for s in found}
             for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + int(count)):

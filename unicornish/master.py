@@ -915,7 +915,8 @@ def precheck_app(spec: str) -> None:
         compile(source, spec, "exec")
     except SyntaxError as exc:
         raise AppError(
-            f"cannot load app {spec}: SyntaxError: {exc.msg} (line {exc.lineno})"
+            f"cannot load app {spec}: SyntaxError: {exc.msg}"
+            + (f" (line {exc.lineno})" if exc.lineno else "")
         ) from None
     except ValueError as exc:
         raise AppError(f"cannot load app {spec}: {exc}") from None

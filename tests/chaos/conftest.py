@@ -39,3 +39,18 @@ def soak(request: pytest.FixtureRequest) -> bool:
 @pytest.fixture
 def soak_seconds(request: pytest.FixtureRequest) -> float:
     return float(_option(request.config, "soak_seconds", 90.0))  # type: ignore[arg-type]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "soak_only: runs only under --soak (writes the docs)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _option(config, "soak", False):
+        return
+    keep, drop = [], []
+    for item in items:
+        (drop if item.get_closest_marker("soak_only") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
