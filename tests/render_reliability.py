@@ -63,7 +63,14 @@ def chaos(data: dict[str, Any]) -> str:
             f"| {r['respawns']} | {requests} | {failed} | {r['fds_before']}→{r['fds_after']} "
             f"| {mib(r['rss_before'])}→{mib(r['rss_after'])} |"
         )
-    return meta_line(data) + "\n".join(rows) + "\n"
+    extra = [
+        f"\nIn the {name} run, {r['control_requests']} control-socket `status` replies "
+        f"(plus malformed requests, all refused) and {r['notify_messages']} sd_notify "
+        "messages received by the test's NOTIFY_SOCKET, none lost to an error.\n"
+        for name, r in sorted(data.items())
+        if isinstance(r, dict) and "control_requests" in r
+    ]
+    return meta_line(data) + "\n".join(rows) + "\n" + "".join(extra)
 
 
 def leaks(data: dict[str, Any]) -> str:

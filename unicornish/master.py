@@ -753,7 +753,9 @@ class Master:
         now = time.monotonic()
         for w in self.live_workers():
             if w.generation == self.generation and w.ready_at is None:
-                self.stop_worker(w, signal.SIGTERM, now, QUICK_STOP_WAIT)
+                # QUIT, not TERM: one may be ready and serving already, its report
+                # still in the pipe; it finishes that request. SIGKILL soon after.
+                self.stop_worker(w, signal.SIGQUIT, now, QUICK_STOP_WAIT)
         for w in self.workers.values():
             w.generation = self.generation
         # Back to where the HUP found us: the old app (None: workers load it),

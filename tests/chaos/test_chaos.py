@@ -14,6 +14,7 @@ docs/RELIABILITY.md.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -227,9 +228,73 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class ControlClient:
+    """`status` requests on the control socket in a loop (and some garbage)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.ok = 0
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            garbage = n % 7 == 0
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                    sock.settimeout(10)
+                    sock.connect(self.path)
+                    sock.sendall(b'{"command": 1}\n' if garbage else b"status\nstatus\n")
+                    reader = sock.makefile("rb")
+                    for _ in range(1 if garbage else 2):
+                        reply = json.loads(reader.readline())
+                        if reply.get("ok") is garbage:
+                            self.errors.append(repr(reply)[:200])
+                        else:
+                            self.ok += 1
+            except (OSError, ValueError) as exc:
+                self.errors.append(repr(exc))
+            self.stop.wait(0.02)
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.thread.join(30)
+
+
+class NotifyListener:
+    """Plays systemd: a datagram socket at NOTIFY_SOCKET, keeping what arrives."""
+
+    def __init__(self, path: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.sock.settimeout(0.2)
+        self.messages: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.messages.append(self.sock.recv(65536).decode(errors="replace"))
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
 SCENARIOS = {
     "plain": {"preload": False, "listen": False, "workers": 4},
-    "preload": {"preload": True, "listen": False, "workers": 4},
+    # With the control socket busy and systemd's notify socket listening.
+    "preload": {"preload": True, "listen": False, "workers": 4, "control": True},
     "listener": {"preload": False, "listen": True, "workers": 3},
 }
 
@@ -247,7 +312,13 @@ def test_chaos(start, app_file, tmp_path: Path, scenario: str, soak: bool, soak_
     if spec["listen"]:
         port = free_port()
         args += ["--listen", f"127.0.0.1:{port}"]
-    run = start(*args)
+    env = None
+    notify = control = None
+    if spec.get("control"):
+        args += ["--control", str(tmp_path / "ctl.sock")]
+        notify = NotifyListener(str(tmp_path / "notify.sock"))
+        env = {"NOTIFY_SOCKET": str(tmp_path / "notify.sock")}
+    run = start(*args, env=env)
     run.wait_ready(configured, timeout=20)
     seed = int(time.time())
     rng = random.Random(seed)
@@ -264,6 +335,9 @@ def test_chaos(start, app_file, tmp_path: Path, scenario: str, soak: bool, soak_
     if spec["listen"]:
         requests = Requests(("127.0.0.1", port))
         requests.start(4)
+    if spec.get("control"):
+        control = ControlClient(str(tmp_path / "ctl.sock"))
+        control.thread.start()
     chaos = Chaos(run.pid, configured, rng, keep_one=bool(spec["listen"]))
     started = time.monotonic()
     chaos.run(seconds)
@@ -273,6 +347,12 @@ def test_chaos(start, app_file, tmp_path: Path, scenario: str, soak: bool, soak_
     back_to_configured(run, configured)
     if requests is not None:
         requests.finish()
+    if control is not None:
+        control.finish()
+    # A control client that just hung up may take the master one turn to close.
+    wait_for(
+        lambda: snapshot(run.pid)["fd_targets"] == before["fd_targets"], 5, "the fds to settle"
+    )
     after = snapshot(run.pid)
     log = run.log()
     respawns = run.count(r"spawned pid=") - spawned_before
@@ -309,6 +389,15 @@ def test_chaos(start, app_file, tmp_path: Path, scenario: str, soak: bool, soak_
         "rss_before": before["rss"],
         "rss_after": after["rss"],
     }
+    if control is not None and notify is not None:
+        notify.finish()
+        assert control.errors == [], control.errors[:5]
+        assert control.ok > seconds * 5, control.ok
+        said = "\n".join(notify.messages)
+        for word in ("READY=1", "RELOADING=1", "STATUS="):
+            assert word in said, said[-500:]
+        assert "cannot notify" not in log
+        figures.update(control_requests=control.ok, notify_messages=len(notify.messages))
     if requests is not None:
         unexplained = []
         killed_mid_request = 0
