@@ -701,3 +701,41 @@ def test_wall_clock_jumps_do_not_trigger_or_delay_timeouts(start, app_file, tmp_
     run.wait_ready(2, 10)
     assert run.count("timed out") == 1
     assert "master was suspended" not in run.log()
+
+
+def test_worker_out_of_fds_in_accept_does_not_spin(start, app_file, tmp_path):
+    """A worker at its fd limit with a connection waiting: accept() fails with
+    EMFILE; the worker must wait, not spin, and serve once an fd is free."""
+    app = app_file("""
+        def worker_start(worker):
+            got = worker.accept()
+            if got:
+                conn, _ = got
+                conn.sendall(b"hi\\n")
+                conn.close()
+    """)
+    sock_path = tmp_path / "l.sock"
+    run = start("--app", str(app), "--workers", "1", "--listen", f"unix:{sock_path}")
+    pid = run.wait_ready(1)[0]
+
+    def has_epoll() -> bool:
+        fd_dir = f"/proc/{pid}/fd"
+        return any("eventpoll" in os.readlink(f"{fd_dir}/{fd}") for fd in os.listdir(fd_dir))
+
+    wait_until(has_epoll, 5, "the worker waiting in accept()")
+    worker = psutil.Process(pid)
+    limits = worker.rlimit(psutil.RLIMIT_NOFILE)
+    worker.rlimit(psutil.RLIMIT_NOFILE, (lowest_free_fd(pid), limits[1]))
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.settimeout(10)
+    client.connect(str(sock_path))
+    cpu = sum(worker.cpu_times()[:2])
+    began = time.monotonic()
+    wait_until(lambda: time.monotonic() - began >= 1.5, 3, "a second and a half")
+    used = sum(worker.cpu_times()[:2]) - cpu
+    assert used < 0.3, f"the worker spun: {used:.2f}s of CPU in 1.5s"
+    worker.rlimit(psutil.RLIMIT_NOFILE, limits)
+    assert client.makefile("rb").readline() == b"hi\n"
+    client.close()
+    assert run.worker_pids() == {0: pid}
+    assert run.count(r"worker\[0\] cannot accept: Too many open files") == 1

@@ -40,6 +40,9 @@ REPORT_SIZE = _REPORT.size
 # How often an idle worker in accept() re-checks its master by itself, in case
 # an app replaced our QUIT handler (the parent-death signal then goes unseen).
 _ACCEPT_CHECK_SECONDS = 1.0
+# accept() failing for lack of fds or memory: wait this long before trying again.
+_ACCEPT_PAUSE_SECONDS = 0.1
+_NO_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 def encode_report(pid: int, event: int) -> bytes:
@@ -79,6 +82,7 @@ class Worker:
         self._wake_r = -1
         self._wake_w = -1
         self._poller: select.epoll | None = None
+        self._accept_failing = False
 
     # -- the app's API -------------------------------------------------------
 
@@ -131,9 +135,15 @@ class Worker:
                 except (BlockingIOError, InterruptedError):
                     continue  # another worker got it first
                 except OSError as exc:
-                    if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EMFILE, errno.ENFILE):
+                    if exc.errno in _NO_RESOURCES:
+                        # The connection stays queued and the socket readable: polling
+                        # again at once would spin. Wait (a stop request ends the wait).
+                        self._accept_paused(exc)
+                        break
+                    if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
                         continue
                     raise
+                self._accept_failing = False
                 board.state[0] = BUSY
                 board.beat[0] = time.monotonic()
                 return conn, addr
@@ -142,6 +152,20 @@ class Worker:
         board.state[0] = BUSY
         board.beat[0] = time.monotonic()
         return None
+
+    def _accept_paused(self, exc: OSError) -> None:
+        if not self._accept_failing:
+            self._accept_failing = True
+            self.log.error(
+                "worker[%d] cannot accept: %s; retrying every %gs",
+                self.nr,
+                exc.strerror,
+                _ACCEPT_PAUSE_SECONDS,
+            )
+        try:
+            select.select([self._wake_r], [], [], _ACCEPT_PAUSE_SECONDS)
+        except (OSError, ValueError):
+            time.sleep(_ACCEPT_PAUSE_SECONDS)
 
     def __repr__(self) -> str:
         return f"<Worker nr={self.nr} pid={self.pid} alive={self.alive}>"
