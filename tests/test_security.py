@@ -81,6 +81,11 @@ def test_pid_file_is_never_written_through_a_planted_symlink(public_dir, user, t
     victim.write_text("root's precious file\n")
     pid_path = public_dir / "u.pid"
     as_user(user, lambda: os.symlink(victim, pid_path))
+    # And at the temporary names the master writes first (`.u.pid.PID.tmp`), for
+    # the pids it is likely to get.
+    last = int(Path("/proc/sys/kernel/ns_last_pid").read_text())
+    bait = [public_dir / f".u.pid.{pid}.tmp" for pid in range(last + 1, last + 300)]
+    as_user(user, lambda: [os.symlink(victim, path) for path in bait] and None)
     assert pid_path.is_symlink() and pid_path.lstat().st_uid == user.uid
     run = start_in(tmp_path, "--pid", str(pid_path), "--workers", "1")
     try:
@@ -91,6 +96,7 @@ def test_pid_file_is_never_written_through_a_planted_symlink(public_dir, user, t
         assert st.st_mode & 0o022 == 0, oct(st.st_mode)  # umask 0, still not writable by others
         assert pid_path.read_text().strip() == str(run.pid)
         assert victim.read_text() == "root's precious file\n"
+        assert public_dir / f".u.pid.{run.pid}.tmp" in bait  # the bait was in its way
         # The other user cannot replace it now (sticky directory, root's file).
         assert as_user(user, lambda: os.unlink(pid_path)).startswith("PermissionError")
         run.signal(signal.SIGTERM)
