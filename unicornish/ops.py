@@ -132,10 +132,16 @@ def status_from_pid_file(path: str) -> dict[str, Any]:
     except psutil.AccessDenied:
         raise NoAnswer(f"cannot inspect pid {pid}: permission denied", EXIT_UNKNOWN) from None
     workers = []
+    master_sid = _sid(pid)
     for child in children:
         try:
             name = child.name()
             if child.status() == psutil.STATUS_ZOMBIE or not name.startswith("worker["):
+                continue
+            # An orphan that a worker forked inherits its title and, under
+            # --subreaper or as pid 1, the master as parent; only a worker leads
+            # a process group of its own within the master's session.
+            if _pgid(child.pid) != child.pid or _sid(child.pid) != master_sid:
                 continue
             nr = int(name[7:-1])
             age = now - child.create_time()
@@ -162,6 +168,20 @@ def status_from_pid_file(path: str) -> dict[str, Any]:
         },
         "workers": workers,
     }
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def _sid(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
 
 
 def _app_from_title(proc: psutil.Process) -> str | None:
