@@ -296,3 +296,35 @@ def test_another_uid_is_refused_even_when_the_file_mode_would_let_it_in(start, a
         assert ctl(path, "status")[0] == 0  # root may
         run.signal(signal.SIGTERM)
         assert run.wait_exit(5) == 0
+
+
+def test_new_options_from_a_config_file(start, app_file, tmp_path):
+    app = app_file(LOOP_APP)
+    path = tmp_path / "ctl.sock"
+    config = tmp_path / "conf.py"
+    config.write_text(
+        f"app = {str(app)!r}\nworkers = 2\ncontrol = {str(path)!r}\nterm = 'graceful'\n"
+        "subreaper = True\nmax_tasks = 100000\nmax_memory = 512\ngive_up_after = 60\n"
+    )
+    run = start("-c", str(config))
+    run.wait_ready(2)
+    log = run.log()
+    assert "TERM means graceful stop (--term graceful)" in log
+    assert "child subreaper" in log
+    assert "unknown setting" not in log
+    code, reply = ctl(path, "status")
+    assert code == 0 and reply["master"]["workers_wanted"] == 2
+    run.signal(signal.SIGTERM)
+    assert run.wait_exit(10) == 0
+    assert "TERM received: graceful stop" in run.log()
+    # Bad values in the file: one line, exit 1, before anything starts.
+    for line, word in (
+        ("term = 'later'", "term"),
+        ("max_memory = -5", "max_memory"),
+        ("user = 'a:b:c'", "user"),
+        ("max_tasks = 'many'", "max_tasks"),
+    ):
+        config.write_text(f"app = {str(app)!r}\n{line}\n")
+        result = run_cli("-c", str(config))
+        assert result.returncode == 1, (line, result.stderr)
+        assert result.stderr.startswith("unicornish: error: config file") and word in result.stderr
