@@ -103,14 +103,19 @@ def test_subreaper_reaps_a_dead_workers_child_without_mistaking_it(start, app_fi
     assert run.wait_exit(5) == 0
 
 
-# As pid 1: worker[0] leaves two orphans behind (one exits 5 at once, one runs
-# until TERM and says so); each is in a session of its own, so no worker's
-# process group signal reaches it.
+# As pid 1: worker[0] leaves three orphans behind (one exits 5 at once, one runs
+# until TERM and says so, one ignores TERM); each is in a session of its own,
+# so no worker's process group signal reaches it.
 PID1_APP = """
 import os, signal, sys, time
 OUT = {out!r}
 def _orphan(code, wait_for_term):
     os.setsid()
+    if wait_for_term == "ignore":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        open(os.path.join(OUT, "stubborn-running"), "w").close()
+        while True:
+            time.sleep(0.1)
     if wait_for_term:
         def on_term(signum, frame):
             open(os.path.join(OUT, "orphan-got-term"), "w").close()
@@ -125,7 +130,7 @@ def worker_start(worker):
     flag = os.path.join(OUT, "forked")
     if worker.nr == 0 and not os.path.exists(flag):
         open(flag, "w").close()
-        for code, wait in ((5, False), (0, True)):
+        for code, wait in ((5, False), (0, True), (0, "ignore")):
             if os.fork() == 0:
                 _orphan(code, wait)
         sys.exit(0)
@@ -177,13 +182,19 @@ def test_pid1_reaps_orphans_and_term_stops_everything(in_pid_namespace, app_file
     out = tmp_path / "out"
     out.mkdir()
     app = app_file(PID1_APP.format(out=str(out)))
-    proc, log = start_as_pid1(in_pid_namespace, tmp_path, "--app", str(app), "--workers", "2")
+    proc, log = start_as_pid1(
+        in_pid_namespace, tmp_path, "--app", str(app), "--workers", "2", "--graceful-timeout", "1"
+    )
     wait_until(lambda: log.exists() and "master process ready pid=1" in log.read_text(), 10,
                "the master as pid 1")  # fmt: skip
     assert "running as pid 1" in log.read_text()
     wait_until(lambda: "reaped orphan" in log.read_text(), 10, "an orphan reaped by pid 1")
     assert "status=exit 5" in log.read_text()
-    wait_until(lambda: (out / "orphan-running").exists(), 5, "the long-lived orphan")
+    wait_until(
+        lambda: (out / "orphan-running").exists() and (out / "stubborn-running").exists(),
+        5,
+        "the long-lived orphans",
+    )
     master = psutil.Process(proc.pid).children()[0]
     wait_until(lambda: len(real_workers(master.pid)) == 2, 10, "2 workers again")
     assert zombies_under(proc.pid) == []
@@ -191,7 +202,8 @@ def test_pid1_reaps_orphans_and_term_stops_everything(in_pid_namespace, app_file
     assert proc.wait(15) == 0  # unshare passes on the master's exit code
     text = log.read_text()
     assert "TERM received: quick stop" in text
-    assert "pid 1: sending TERM to 1 leftover processes" in text
+    assert "pid 1: sending TERM to 2 leftover processes" in text
+    assert "pid 1: leftover processes did not exit; sending SIGKILL" in text
     assert "master exited" in text
     # The orphan got a TERM (a chance to clean up), not just the namespace's SIGKILL.
     assert (out / "orphan-got-term").exists()

@@ -854,6 +854,16 @@ class Master:
         except OSError:
             pass
         deadline = time.monotonic() + min(QUICK_STOP_WAIT, self.settings.graceful_timeout)
+        # Only the wake-up pipe (SIGCHLD): a pending report or control client
+        # must not turn this wait into a busy loop.
+        waiter = selectors.DefaultSelector()
+        waiter.register(self._wake_r, selectors.EVENT_READ)
+        try:
+            self._wait_for_leftovers(deadline, waiter)
+        finally:
+            waiter.close()
+
+    def _wait_for_leftovers(self, deadline: float, waiter: selectors.BaseSelector) -> None:
         sent_kill = False
         while True:
             try:
@@ -876,15 +886,15 @@ class Master:
                 sent_kill = True
                 deadline = time.monotonic() + 1.0
                 continue
-            self.selector.select(remaining)  # SIGCHLD wakes us through the wake-up pipe
+            waiter.select(remaining)  # SIGCHLD wakes us through the wake-up pipe
             self._read_signals(None)
             self.signal_queue.clear()
 
     def finish(self) -> int:
-        if self.pid == 1:
-            self.stop_leftovers()
         if self.control is not None:
             self.control.close()
+        if self.pid == 1:
+            self.stop_leftovers()
         if self.ready_fd is not None:
             if not self.ready_failed:
                 daemon.report(
