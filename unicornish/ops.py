@@ -73,6 +73,8 @@ def request(path: str, payload: dict[str, Any], timeout: float = REPLY_TIMEOUT) 
                 f"cannot talk to {path}: permission denied (only root and the master's user may)",
                 EXIT_UNKNOWN,
             ) from None
+        except TimeoutError:
+            raise NoAnswer(f"no answer from {path} within {timeout:g}s", EXIT_UNKNOWN) from None
         except OSError as exc:
             why = exc.strerror or exc
             raise NoAnswer(f"not running: cannot connect to {path}: {why}") from None
