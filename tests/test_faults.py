@@ -739,3 +739,32 @@ def test_worker_out_of_fds_in_accept_does_not_spin(start, app_file, tmp_path):
     client.close()
     assert run.worker_pids() == {0: pid}
     assert run.count(r"worker\[0\] cannot accept: Too many open files") == 1
+
+
+def test_app_closing_inherited_fds_still_counts_as_ready(start, app_file, tmp_path):
+    """os.closerange() in after_fork (daemon-style code) closes the worker's report
+    pipe too: the master must still see it ready (its scoreboard), or READY=1 and
+    every HUP would wait for it forever."""
+    app = app_file("""
+        import os, time
+        def after_fork(worker):
+            os.closerange(3, 1024)
+        def worker_start(worker):
+            time.sleep(0.05)
+    """)
+    notify_path = str(tmp_path / "notify.sock")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(notify_path)
+    notify.settimeout(10)
+    try:
+        run = start("--app", str(app), "--workers", "2", env={"NOTIFY_SOCKET": notify_path})
+        old = run.wait_ready(2)
+        said = ""
+        while "READY=1" not in said:
+            said += notify.recv(4096).decode()
+        run.signal(signal.SIGHUP)
+        run.wait_log(r"reload done: 2 workers run the new app", 1, 10)
+        new = run.wait_workers(2)
+        assert not set(new.values()) & set(old.values())
+    finally:
+        notify.close()

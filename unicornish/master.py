@@ -52,6 +52,9 @@ if TYPE_CHECKING:
 QUICK_STOP_WAIT = 5.0
 # After the traceback signal, how long a stuck worker gets to dump its stack.
 TRACEBACK_GRACE = 0.2
+# How often the scoreboards of booting workers are looked at, for a worker
+# that cannot send its ready report.
+BOOT_CHECK = 0.25
 # A master that woke this much later than it meant to was suspended.
 OVERSLEEP = 1.0
 
@@ -170,7 +173,7 @@ class Master:
         self._report_r, self._report_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         # Extra fds (control socket, its clients) that a forked worker must close.
         self.child_closes: list[Callable[[], None]] = []
-        self.timers: list[Callable[[float], float | None]] = []
+        self.timers: list[Callable[[float], float | None]] = [self._booting_deadline]
         self._fork_mask: set[int | signal.Signals] = set()
         self.control: ControlServer | None = None  # --control: set by ControlServer.install
         self.identity: Identity | None = None  # --user, resolved at start and on HUP
@@ -299,15 +302,26 @@ class Master:
             pass
 
     def _read_reports(self, fileobj: Any = None) -> None:
+        now = time.monotonic()
         try:
             data = os.read(self._report_r, 65536)
         except BlockingIOError:
-            return
-        now = time.monotonic()
+            data = b""
         for pid, event in decode_reports(data):
             w = self.workers.get(pid)
             if w is not None and event == REPORT_READY and w.ready_at is None:
                 w.ready_at = now
+        # An app that closed the fds it inherited (os.closerange() in after_fork)
+        # cannot report: its scoreboard still shows it has started its loop.
+        for w in self.workers.values():
+            if w.ready_at is None and w.board.state[0] != BOOTING:
+                w.ready_at = now
+
+    def _booting_deadline(self, now: float) -> float | None:
+        """While a worker boots, look at its scoreboard now and then (see above)."""
+        if any(w.ready_at is None and not w.stopping for w in self.workers.values()):
+            return now + BOOT_CHECK
+        return None
 
     # -- signals ----------------------------------------------------------------
 
