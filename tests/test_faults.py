@@ -768,3 +768,45 @@ def test_app_closing_inherited_fds_still_counts_as_ready(start, app_file, tmp_pa
         assert not set(new.values()) & set(old.values())
     finally:
         notify.close()
+
+
+def test_control_socket_flood_and_silent_clients(start, app_file, tmp_path):
+    """Hundreds of connections that say nothing, and one that pipelines thousands
+    of requests without reading a reply: the master's fds stay bounded, it keeps
+    serving signals, and it is back to normal once the silent ones time out."""
+    app = app_file(LOOP_APP)
+    control = str(tmp_path / "ctl.sock")
+    run = start("--app", str(app), "--workers", "2", "--control", control)
+    run.wait_ready(2)
+    base = len(os.listdir(f"/proc/{run.pid}/fd"))
+    greedy = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    greedy.connect(control)
+    greedy.setblocking(False)
+    sent = 0
+    try:
+        while sent < 2_000_000:
+            sent += greedy.send(b"status\n" * 1000)
+    except BlockingIOError:
+        pass  # the master stopped reading it: it answers only as fast as replies are read
+    silent = []
+    for _ in range(200):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(5)
+        try:
+            sock.connect(control)
+        except (BlockingIOError, TimeoutError):
+            sock.close()  # the backlog is full: fine, that is the kernel's limit
+            continue
+        silent.append(sock)
+    assert len(os.listdir(f"/proc/{run.pid}/fd")) <= base + 64 + 2
+    run.signal(signal.SIGTTIN)  # the loop still runs
+    run.wait_workers(3)
+    for sock in silent:
+        sock.close()
+    greedy.close()
+    wait_until(lambda: len(os.listdir(f"/proc/{run.pid}/fd")) == base, 10, "the fds back")
+    done = subprocess.run(
+        [str(BIN), "ctl", "--control", control, "status"], capture_output=True, timeout=20
+    )
+    assert done.returncode == 0, done
+    assert sent > 7 * 1000  # it did get a pile of requests
