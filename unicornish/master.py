@@ -15,6 +15,7 @@ import gc
 import math
 import os
 import random
+import select
 import selectors
 import signal
 import socket
@@ -52,6 +53,8 @@ if TYPE_CHECKING:
 QUICK_STOP_WAIT = 5.0
 # After the traceback signal, how long a stuck worker gets to dump its stack.
 TRACEBACK_GRACE = 0.2
+# After an unexpected error in the master's loop, wait this long (or for a signal).
+LOOP_ERROR_PAUSE = 0.5
 # How often the scoreboards of booting workers are looked at, for a worker
 # that cannot send its ready report.
 BOOT_CHECK = 0.25
@@ -213,25 +216,40 @@ class Master:
         if self.settings.pid:
             self._write_pid_file(self.settings.pid)
         while True:
-            self.process_signals()
-            self.reap_all_workers()
-            now = time.monotonic()
-            if self.control is not None:
-                self.control.expire(now)
-            self.give_up.check(now)  # before the stopping test: it may stop us
-            if self.stopping:
-                self.kill_workers_past_deadline()
-                if not self.workers:
-                    break
-                self.ping_watchdog()
-            else:
-                self.maintain_worker_count()
-                self.kill_stuck_workers()
-                self.kill_workers_past_deadline()
-                self.memory_limit.check(time.monotonic())
-                self.announce()
-            self.sleep()
+            try:
+                self.process_signals()
+                self.reap_all_workers()
+                now = time.monotonic()
+                if self.control is not None:
+                    self.control.expire(now)
+                self.give_up.check(now)  # before the stopping test: it may stop us
+                if self.stopping:
+                    self.kill_workers_past_deadline()
+                    if not self.workers:
+                        break
+                    self.ping_watchdog()
+                else:
+                    self.maintain_worker_count()
+                    self.kill_stuck_workers()
+                    self.kill_workers_past_deadline()
+                    self.memory_limit.check(time.monotonic())
+                    self.announce()
+                self.sleep()
+            except Exception:  # noqa: BLE001 - as Unicorn's "master loop error": never die of it
+                self._loop_error()
         return self.finish()
+
+    def _loop_error(self) -> None:
+        """Log an unexpected error of the loop (a MemoryError, a bug) and go on,
+        after a pause that a signal cuts short, so a lasting one cannot spin."""
+        try:
+            self.log.exception("master loop error; carrying on")
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            select.select([self._wake_r], [], [], LOOP_ERROR_PAUSE)
+        except (OSError, ValueError):
+            pass
 
     def _write_pid_file(self, path: str) -> None:
         try:
@@ -518,7 +536,13 @@ class Master:
 
     def spawn_worker(self, nr: int) -> WorkerProc | None:
         self.log.info("worker[%d] spawning..", nr)
-        board = Scoreboard()
+        try:
+            board = Scoreboard()
+        except (OSError, MemoryError) as exc:  # out of memory or address space
+            why = getattr(exc, "strerror", None) or type(exc).__name__
+            self.log.error("worker[%d] cannot spawn: scoreboard: %s; retrying", nr, why)
+            self.backoff.record_exit(nr, time.monotonic(), None, 1, None)
+            return None
         max_tasks = self.worker_max_tasks()
         record = WorkerProc(
             nr=nr,
@@ -909,14 +933,6 @@ class Master:
             self.control.close()
         if self.pid == 1:
             self.stop_leftovers()
-        if self.ready_fd is not None:
-            if not self.ready_failed:
-                daemon.report(
-                    self.ready_fd,
-                    f"master pid={self.pid} exited {self.exit_code} before it was ready "
-                    "(see its log)",
-                )
-            self._close_ready_fd()
         if self.settings.pid:
             pidfile.remove_if_ours(self.settings.pid, self.pid)
             pidfile.remove_if_ours(self.settings.pid + ".oldbin", self.pid)
@@ -925,6 +941,16 @@ class Master:
         shared = self.reexec_pid is not None or reexec.predecessor_alive(self)
         listeners_module.close_all(self.listeners, unlink_unix=not shared)
         self.log.info("master exited")
+        if self.ready_fd is not None:
+            # -D, never ready: the launcher exits 1 at this EOF, so only once
+            # everything above (pid file, sockets) is cleaned up.
+            if not self.ready_failed:
+                daemon.report(
+                    self.ready_fd,
+                    f"master pid={self.pid} exited {self.exit_code} before it was ready "
+                    "(see its log)",
+                )
+            self._close_ready_fd()
         return self.exit_code
 
 
