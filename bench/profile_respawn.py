@@ -10,9 +10,10 @@ mode, it SIGKILLs one of 4 idle workers `--kills` times under `perf record`
 same clock as the bench) and splits each respawn into:
 
     victim exit   SIGKILL until the dying worker is gone (its pidfd turns readable,
-                  as SIGCHLD is sent): kernel teardown
-    wake          until the master's first system call (scheduling, signal handler)
-    master        the master's own work until fork() has copied the process
+                  as SIGCHLD is sent): kernel teardown, as seen by the bench
+    to wake       SIGKILL until the master's first system call (teardown, SIGCHLD,
+                  scheduling, the signal handler)
+    master        the master's own work from then until fork() has copied the process
     fork->child   until the new child first runs
     child         the child's own work until it announces readiness
 
@@ -29,6 +30,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,7 +38,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import BenchError, become_subreaper, percentile, pidfd, wait_exits  # noqa: E402
+from harness import BenchError, become_subreaper, pidfd, wait_exits  # noqa: E402
 from servers import BENCH, PEERS, Launcher, availability  # noqa: E402
 
 EVENTS = [
@@ -119,7 +121,6 @@ def phases(
         # The victim's own events vanish as it exits (perf detaches before SIGCHLD is
         # sent), so its exit is the moment the bench's pidfd turned readable.
         woke = next((e[1] for e in ev if e[0] == master), None)
-        sigchld = min(t_exit, woke) if woke is not None else t_exit
         fork = next(
             (
                 e[1]
@@ -147,8 +148,8 @@ def phases(
         res.append(
             {
                 "total": ready - t0,
-                "victim exit": sigchld - t0,
-                "wake": woke - sigchld,
+                "victim exit": t_exit - t0,
+                "to wake": woke - t0,
                 "master": fork - woke,
                 "fork->child": first - fork,
                 "child": ready - first,
@@ -177,10 +178,10 @@ def main() -> int:
     launcher = Launcher(work)
     lines = [
         f"respawn profile: {args.kills} x SIGKILL one of 4 idle workers, per peer and mode; "
-        "medians (ms; counts are per respawn)",
+        "means (ms; counts are per respawn); total = to wake + master + fork->child + child",
         "",
     ]
-    cols = ["total", "victim exit", "wake", "master", "fork->child", "child"]
+    cols = ["total", "victim exit", "to wake", "master", "fork->child", "child"]
     counts = ["master syscalls", "master faults", "child syscalls", "child faults"]
     header = f"{'peer':<11} {'mode':<10} " + " ".join(f"{c:>11}" for c in cols + counts)
     lines += [header, "-" * len(header)]
@@ -204,8 +205,8 @@ def main() -> int:
                 if not timing or not cnt:
                     lines.append(f"{peer:<11} {mode:<10} no complete respawn in the trace")
                     continue
-                cells = [percentile([r[c] for r in timing], 0.5) * 1000 for c in cols]
-                cells += [percentile([r[c] for r in cnt], 0.5) for c in counts]
+                cells = [statistics.fmean(r[c] for r in timing) * 1000 for c in cols]
+                cells += [statistics.fmean(r[c] for r in cnt) for c in counts]
                 lines.append(
                     f"{peer:<11} {mode:<10} "
                     + " ".join(f"{v:>11.2f}" for v in cells[: len(cols)])

@@ -92,7 +92,7 @@ def text_table(rows: list[Row]) -> str:
             shown[0] = ""
         last = cells[0]
         lines.append(sep.join(c.ljust(w) for c, w in zip(shown, widths, strict=True)).rstrip())
-    notes = [f"  {r.scenario}: {r.note}" for r in rows if r.note]
+    notes = list(dict.fromkeys(f"  {r.scenario}: {r.note}" for r in rows if r.note))
     if notes:
         lines.append("")
         lines.append("notes:")

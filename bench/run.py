@@ -56,6 +56,29 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _busy(seconds: float = 1.0) -> float:
+    """Share of all CPUs busy over `seconds` (from /proc/stat), before the bench starts."""
+
+    def snap() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            vals = [int(x) for x in f.readline().split()[1:]]
+        idle = vals[3] + vals[4]
+        return sum(vals) - idle, sum(vals)
+
+    b0, t0 = snap()
+    time.sleep(seconds)
+    b1, t1 = snap()
+    return (b1 - b0) / max(1, t1 - t0)
+
+
+def _loadavg() -> float:
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[0])
+    except (OSError, ValueError):
+        return float("nan")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats, shorter windows (< 2 min)")
@@ -78,6 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     if not become_subreaper():
         print("bench: warning: could not become a child subreaper", file=sys.stderr)
 
+    busy = _busy()
+    load_start = _loadavg()
+    if busy > 0.1:
+        print(
+            f"bench: warning: the machine is not quiet ({busy:.0%} of the CPUs busy before"
+            " the start); timings will be noisy",
+            file=sys.stderr,
+        )
     avail = availability()
     vers = versions()
     started = time.monotonic()
@@ -136,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         "versions": vers,
         "unicornish_rev": _git_rev(),
         "availability": {k: (v or "installed") for k, v in avail.items()},
+        "cpu_busy_before_start": round(busy, 3),
+        "loadavg_start": load_start,
+        "loadavg_end": _loadavg(),
         "failures": failures,
         "interrupted": interrupted,
     }
@@ -144,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         f"unicornish bench ({cmd}; {os.cpu_count()} CPUs, {meta['host']['cpu']}; {elapsed:.0f} s)"
     )
     print("versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()))
+    print(
+        f"machine: {busy:.0%} of CPUs busy before the start; load average {load_start:.2f}"
+        f" at the start, {meta['loadavg_end']:.2f} at the end"
+    )
     print("ratio = unicornish / the better peer (lower is better for times, syscalls, memory;")
     print("        higher for tasks/s, where the ratio is against a bare Python loop)")
     print()

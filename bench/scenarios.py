@@ -152,9 +152,7 @@ def _settle(seconds: float = 0.3) -> None:
 # -- 1. respawn ------------------------------------------------------------------------------
 
 
-def respawn_once(
-    ctx: Ctx, peer: str, preload: bool, kills: int
-) -> tuple[list[float], list[float]]:
+def respawn_once(ctx: Ctx, peer: str, preload: bool, kills: int) -> tuple[list[float], list[float]]:
     """(latencies, victim exit times): SIGKILL to replacement ready, SIGKILL to victim gone.
 
     The second tells the kernel's share (tearing the victim down, which comes
@@ -530,9 +528,11 @@ for _ in itertools.repeat(None):
 def _rates(ctx: Ctx, box: Any, windows: int, window: float) -> list[float]:
     got = ctx.launcher.ann.wait(
         box,
-        lambda ms: [x for x in ms if x.kind == "rate"][:windows]
-        if sum(x.kind == "rate" for x in ms) >= windows
-        else None,
+        lambda ms: (
+            [x for x in ms if x.kind == "rate"][:windows]
+            if sum(x.kind == "rate" for x in ms) >= windows
+            else None
+        ),
         windows * window + 30,
     )
     return [float(x.extra[0]) for x in got]  # type: ignore[attr-defined]
