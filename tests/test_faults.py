@@ -580,6 +580,33 @@ def test_master_out_of_file_descriptors(start, app_file, tmp_path):
     assert run.wait_exit(10) == 0
 
 
+def vm_size(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmSize")
+
+
+def test_master_out_of_memory(start, app_file):
+    """RLIMIT_AS at the master's current size: every new mapping (a worker's
+    scoreboard, Python's own allocations) fails. The master must not die."""
+    app = app_file(LOOP_APP)
+    run = start("--app", str(app), "--workers", "2")
+    pids = run.wait_ready(2)
+    proc = psutil.Process(run.pid)
+    limits = proc.rlimit(psutil.RLIMIT_AS)
+    proc.rlimit(psutil.RLIMIT_AS, (vm_size(run.pid), limits[1]))
+    run.signal(signal.SIGTTIN)
+    os.kill(pids[1], signal.SIGKILL)
+    run.wait_log(r"worker\[\d\] cannot spawn: scoreboard: Cannot allocate memory|loop error", 1, 10)
+    assert alive(run.pid)
+    proc.rlimit(psutil.RLIMIT_AS, limits)
+    run.wait_workers(3, 20)
+    run.signal(signal.SIGQUIT)
+    assert run.wait_exit(10) == 0
+
+
 PIDS_CGROUP = Path("/sys/fs/cgroup/pids")
 
 
@@ -810,3 +837,27 @@ def test_control_socket_flood_and_silent_clients(start, app_file, tmp_path):
     )
     assert done.returncode == 0, done
     assert sent > 7 * 1000  # it did get a pile of requests
+
+
+@pytest.mark.parametrize("hook", ["before_fork", "before_exec"])
+def test_master_hook_calling_sys_exit_does_not_end_the_master(start, app_file, hook):
+    """User code that runs in the master (before_fork with --preload, before_exec on
+    USR2) calling sys.exit() is an error in that hook, not a way out of the master."""
+    app = app_file(f"""
+        import sys, time
+        def {hook}(arg):
+            sys.exit("bye from {hook}")
+        def worker_start(worker):
+            time.sleep(0.05)
+    """)
+    run = start("--app", str(app), "--workers", "2", "--preload")
+    run.wait_ready(2)
+    if hook == "before_exec":
+        run.signal(signal.SIGUSR2)
+        run.wait_log(r"master process ready", 2, 15)
+    else:
+        os.kill(run.worker_pids()[0], signal.SIGKILL)
+    run.wait_log(rf"{hook} failed", 1, 10)
+    assert "SystemExit: bye from" in run.log()
+    assert alive(run.pid)
+    run.wait_workers(2)

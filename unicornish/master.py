@@ -559,7 +559,7 @@ class Master:
         for hook in self.hooks("before_fork"):
             try:
                 hook(probe)
-            except Exception:  # noqa: BLE001 - the user's hook must not kill the master
+            except BaseException:  # noqa: BLE001 - not even sys.exit() in the hook kills the master
                 self.log.exception("worker[%d] before_fork failed", nr)
         _flush_stdio()
         if self.app is not None:

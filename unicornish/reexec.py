@@ -94,7 +94,7 @@ def start_new_master(master: Master) -> None:
     for hook in master.hooks("before_exec"):
         try:
             hook(master)
-        except Exception:  # noqa: BLE001 - the user's hook must not kill the master
+        except BaseException:  # noqa: BLE001 - not even sys.exit() in the hook kills the master
             log.exception("before_exec failed")
     fds = [sock.fileno() for sock in master.listeners]
     env = dict(os.environ)
