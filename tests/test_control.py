@@ -328,3 +328,20 @@ def test_new_options_from_a_config_file(start, app_file, tmp_path):
         result = run_cli("-c", str(config))
         assert result.returncode == 1, (line, result.stderr)
         assert result.stderr.startswith("unicornish: error: config file") and word in result.stderr
+
+
+def test_failed_upgrade_gives_the_socket_back(start, app_file, tmp_path):
+    app = app_file(LOOP_APP)
+    path = tmp_path / "ctl.sock"
+    run = start("--app", str(app), "--workers", "1", "--control", str(path))
+    run.wait_ready(1)
+    app.write_text("def worker_start(worker)\n    pass\n")  # the new master cannot start
+    code, reply = ctl(path, "upgrade")
+    assert code == 0 and reply["ok"] is True
+    run.wait_log(r"new master pid=\d+ exited \(exit 1\); this master carries on")
+    wait_until(lambda: path.exists() and not Path(str(path) + ".oldbin").exists(), 5, "PATH back")
+    code, reply = ctl(path, "status")
+    assert code == 0 and reply["master"]["pid"] == run.pid
+    run.signal(signal.SIGTERM)
+    assert run.wait_exit(5) == 0
+    assert not path.exists()
