@@ -509,6 +509,10 @@ class Master:
             self.reloading = False
             self.previous_app = None
             self.previous_settings = None
+            if gc.get_freeze_count():
+                # The old preloaded app sits in the frozen generation, out of the
+                # collector's reach; thaw so it can be freed. The next fork freezes again.
+                gc.unfreeze()
             self.log.info("reload done: %d workers run the new app", self.wanted)
         missing = [nr for nr in self.missing_slots() if self.backoff.not_before(nr) <= now]
         if not missing:
