@@ -161,6 +161,7 @@ def plot_respawn(path: str, raw: dict[str, Any], title: str) -> str | None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return "matplotlib not installed"
     colors = {"unicornish": "#c2185b", "gunicorn": "#2e7d32", "unicorn": "#1565c0"}
@@ -183,6 +184,8 @@ def plot_respawn(path: str, raw: dict[str, Any], title: str) -> str | None:
             )
             ax.axvline(v["p50"] * 1000, color=colors[peer], lw=0.8, ls=":")
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(f"respawn latency, {label}")
         ax.set_xlabel("SIGKILL to replacement ready (ms, log scale)")
         ax.grid(True, which="both", alpha=0.3)

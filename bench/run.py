@@ -71,6 +71,15 @@ def _busy(seconds: float = 1.0) -> float:
     return (b1 - b0) / max(1, t1 - t0)
 
 
+def _cpu_snapshot() -> tuple[float, float]:
+    """(CPU seconds used by everything on the machine, by this bench and all it reaped)."""
+    with open("/proc/stat") as f:
+        vals = [int(x) for x in f.readline().split()[1:]]
+    busy = (sum(vals[:8]) - vals[3] - vals[4]) / os.sysconf("SC_CLK_TCK")
+    t = os.times()
+    return busy, t.user + t.system + t.children_user + t.children_system
+
+
 def _loadavg() -> float:
     try:
         with open("/proc/loadavg") as f:
@@ -85,6 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     names = [n for n, _ in ALL]
     ap.add_argument("--only", default="", help="comma-separated subset of: " + ",".join(names))
     ap.add_argument("--out", default=os.path.join(BENCH, "results"), help="results directory")
+    ap.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="first wait up to SECONDS for 3 quiet seconds in a row (< 10%% of the CPUs busy)",
+    )
     ap.add_argument("-v", "--verbose", action="store_true", help="show each master's command")
     args = ap.parse_args(argv)
     only = [s for s in args.only.split(",") if s]
@@ -101,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     if not become_subreaper():
         print("bench: warning: could not become a child subreaper", file=sys.stderr)
 
+    if args.wait_quiet > 0:
+        end = time.monotonic() + args.wait_quiet
+        quiet = 0
+        while quiet < 3 and time.monotonic() < end:
+            quiet = quiet + 1 if _busy() < 0.1 else 0
     busy = _busy()
     load_start = _loadavg()
     if busy > 0.1:
@@ -109,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             " the start); timings will be noisy",
             file=sys.stderr,
         )
+    cpu0 = _cpu_snapshot()
     avail = availability()
     vers = versions()
     started = time.monotonic()
@@ -144,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
         launcher.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
+    cpu1 = _cpu_snapshot()
+    # Everything the bench started is reaped by it (it is their subreaper), so what the
+    # machine used beyond our own and our children's CPU time was someone else's work.
+    others = max(0.0, (cpu1[0] - cpu0[0]) - (cpu1[1] - cpu0[1]))
+    others_share = others / max(1e-9, (time.monotonic() - started) * (os.cpu_count() or 1))
     rows.sort(key=lambda r: int(r.scenario.split()[0]))  # stable: keeps each scenario's order
     elapsed = time.monotonic() - started
     cmd = "make bench" + (" QUICK=1" if args.quick else "")
@@ -168,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         "unicornish_rev": _git_rev(),
         "availability": {k: (v or "installed") for k, v in avail.items()},
         "cpu_busy_before_start": round(busy, 3),
+        "cpu_share_used_by_other_processes": round(others_share, 3),
         "loadavg_start": load_start,
         "loadavg_end": _loadavg(),
         "failures": failures,
@@ -179,8 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()))
     print(
-        f"machine: {busy:.0%} of CPUs busy before the start; load average {load_start:.2f}"
-        f" at the start, {meta['loadavg_end']:.2f} at the end"
+        f"machine: {busy:.0%} of the CPUs busy before the start; other processes used"
+        f" {others_share:.0%} of the CPUs during the run"
+        + (" - NOT QUIET, figures are noisy" if others_share > 0.05 else "")
     )
     print("ratio = unicornish / the better peer (lower is better for times, syscalls, memory;")
     print("        higher for tasks/s, where the ratio is against a bare Python loop)")
