@@ -97,9 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--wait-quiet",
         type=float,
-        default=0.0,
+        default=None,
         metavar="SECONDS",
-        help="first wait up to SECONDS for 3 quiet seconds in a row (< 10%% of the CPUs busy)",
+        help="first wait up to SECONDS (default 60; --quick: 10) for 3 seconds in a row"
+        " with < 10%% of the CPUs busy",
     )
     ap.add_argument("-v", "--verbose", action="store_true", help="show each master's command")
     args = ap.parse_args(argv)
@@ -117,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     if not become_subreaper():
         print("bench: warning: could not become a child subreaper", file=sys.stderr)
 
+    if args.wait_quiet is None:
+        args.wait_quiet = 10.0 if args.quick else 60.0
     if args.wait_quiet > 0:
         end = time.monotonic() + args.wait_quiet
         quiet = 0

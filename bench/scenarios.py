@@ -441,7 +441,17 @@ def s5_idle_master(ctx: Ctx) -> list[Row]:
                 L.stop(m)
                 del masters[(peer, cname)]
         _settle(1.0)
-        # (a) system calls, all idle masters at once, every thread of each master (no -f:
+        # (a) CPU time, before any strace (attaching and detaching wakes a master up)
+        ctx.log(f"5 idle master: CPU time of {len(masters)} masters for {window:g} s")
+        before = {key: cpu_seconds(m.pid) for key, m in masters.items()}
+        time.sleep(window)
+        for key, m in masters.items():
+            used = cpu_seconds(m.pid) - before[key]
+            peer, cname = key
+            entry = result[cname].setdefault(peer, {})
+            if isinstance(entry, dict):
+                entry["cpu_s"] = used
+        # (b) system calls, all idle masters at once, every thread of each master (no -f:
         # the workers are not traced).
         if strace:
             ctx.log(f"5 idle master: strace of {len(masters)} masters for {window:g} s")
@@ -462,18 +472,9 @@ def s5_idle_master(ctx: Ctx) -> list[Row]:
             for proc, _out in tracers.values():
                 L.reaper.wait_reaped(proc.pid, 10)
             for (peer, cname), (_proc, out) in tracers.items():
-                parsed = parse_strace(out)
-                result[cname][peer] = {"strace": parsed}
-        # (b) CPU time, without strace, same window
-        ctx.log(f"5 idle master: CPU time of {len(masters)} masters for {window:g} s")
-        before = {key: cpu_seconds(m.pid) for key, m in masters.items()}
-        time.sleep(window)
-        for key, m in masters.items():
-            used = cpu_seconds(m.pid) - before[key]
-            peer, cname = key
-            entry = result[cname].setdefault(peer, {})
-            if isinstance(entry, dict):
-                entry["cpu_s"] = used
+                entry = result[cname].setdefault(peer, {})
+                if isinstance(entry, dict):
+                    entry["strace"] = parse_strace(out)
     finally:
         for m in masters.values():
             L.stop(m)
