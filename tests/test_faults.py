@@ -861,3 +861,32 @@ def test_master_hook_calling_sys_exit_does_not_end_the_master(start, app_file, h
     assert "SystemExit: bye from" in run.log()
     assert alive(run.pid)
     run.wait_workers(2)
+
+
+def test_worker_exiting_0_right_away_is_a_loop_too(start, app_file):
+    """An app whose worker_start calls sys.exit(0) at once, every time: without a
+    backoff the master would fork as fast as it can (~80 workers a second here).
+    A --max-tasks recycle is asked for, and is not slowed down."""
+    app = app_file("""
+        import sys
+        def worker_start(worker):
+            sys.exit(0)
+    """)
+    run = start("--app", str(app), "--workers", "2")
+    run.wait_log(r"exited soon after spawning \(\d+ times in a row\): crash loop", 1, 5)
+    began = time.monotonic()
+    first = run.count(r"spawned pid=")
+    wait_until(lambda: time.monotonic() - began >= 2, 3, "two seconds")
+    assert run.count(r"spawned pid=") - first < 20
+    run.signal(signal.SIGTERM)
+    assert run.wait_exit(5) == 0
+
+
+def test_max_tasks_recycling_is_not_taken_for_a_crash_loop(start, app_file):
+    app = app_file("""
+        def worker_start(worker):
+            pass
+    """)
+    run = start("--app", str(app), "--workers", "2", "--max-tasks", "3")
+    run.wait_log(r"recycled after \d+ tasks", 20, 10)
+    assert "crash loop" not in run.log()

@@ -53,6 +53,8 @@ if TYPE_CHECKING:
 QUICK_STOP_WAIT = 5.0
 # After the traceback signal, how long a stuck worker gets to dump its stack.
 TRACEBACK_GRACE = 0.2
+# How an unasked-for exit 0 counts for the crash-loop backoff (any non-zero code).
+EXIT_UNASKED = 255
 # After an unexpected error in the master's loop, wait this long (or for a signal).
 LOOP_ERROR_PAUSE = 0.5
 # How often the scoreboards of booting workers are looked at, for a worker
@@ -467,10 +469,17 @@ class Master:
         if not was_ready and self.reloading and w.generation == self.generation:
             self.abort_reload(w, code)
             return
-        delay = self.backoff.record_exit(w.nr, now, ready_at, code, signum)
+        recycled = bool(w.max_tasks) and tasks >= (w.max_tasks or 0)
+        # An exit 0 nobody asked for (the app calls sys.exit(0) or its after_fork
+        # ends the process) right after spawning is a loop too: back off, or the
+        # master would fork as fast as it can. A --max-tasks recycle is asked for.
+        counted = EXIT_UNASKED if code == 0 and not recycled else code
+        delay = self.backoff.record_exit(w.nr, now, ready_at, counted, signum)
         if delay > 0:
             crashes = self.backoff.crashes(w.nr)
             why = "could not boot" if code == EXIT_BOOT_FAILED else "died soon after spawning"
+            if code == 0:
+                why = "exited soon after spawning"
             self.log.warning(
                 "%s %s (%d times in a row): crash loop, respawning in %.2fs",
                 w.label,
