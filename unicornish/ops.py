@@ -80,6 +80,8 @@ def request(path: str, payload: dict[str, Any], timeout: float = REPLY_TIMEOUT) 
             raise NoAnswer(f"not running: cannot connect to {path}: {why}") from None
         try:
             sock.sendall((json.dumps(payload) + "\n").encode())
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused at once (another user, too many clients): its reply waits below
         except OSError as exc:
             raise NoAnswer(f"the master at {path} hung up: {exc.strerror or exc}") from None
         data = bytearray()
