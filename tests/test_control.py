@@ -271,7 +271,10 @@ try:
 except PermissionError:
     print("EACCES")
     sys.exit(0)
-s.sendall(b'{"command": "stop"}\\n')
+try:
+    s.sendall(b'{"command": "stop"}\\n')
+except (BrokenPipeError, ConnectionResetError):
+    pass  # refused before it read the request: the reply still waits to be read
 data = s.recv(65536)
 print(data.decode().strip() or "EOF")
 """
