@@ -71,14 +71,25 @@ SIGNALS = {
     "WINCH": signal.SIGWINCH,
 }
 MAX_WORKERS = 7
-WANTED_LINE = re.compile(r"(TTIN|TTOU|WINCH): (\d+) workers wanted|(HUP) received")
+WANTED_LINE = re.compile(
+    r"(TTIN|TTOU|WINCH): (\d+) workers wanted|(HUP) received"
+    r"|(reload failed): new worker\[\d+\] exited before it was ready"
+)
 
 
 def wanted_from_log(text: str, configured: int) -> int:
-    """The worker count the master last said it wants, in the order it acted."""
-    wanted = configured
+    """The worker count the master last said it wants, in the order it acted
+    (mirroring Master.reload and abort_reload: an aborted reload puts back the
+    count from before the HUP, unless TTIN/TTOU changed it since)."""
+    wanted = previous = configured
     for match in WANTED_LINE.finditer(text):
-        wanted = configured if match.group(3) else int(match.group(2))
+        if match.group(3):
+            previous, wanted = wanted, configured
+        elif match.group(4):
+            if wanted == configured:
+                wanted = previous
+        else:
+            wanted = int(match.group(2))
     return wanted
 
 
