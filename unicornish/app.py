@@ -15,6 +15,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.machinery import ModuleSpec
 from types import ModuleType
 from typing import Any
 
@@ -83,6 +84,21 @@ def _exec_module(spec: importlib.machinery.ModuleSpec, module: ModuleType) -> No
         loader.exec_module(module)
 
 
+def _install_fresh(name: str, spec: ModuleSpec, module: ModuleType) -> ModuleType:
+    """Run a fresh module under `name`; on failure the previous one is put back."""
+    previous = sys.modules.get(name)
+    sys.modules[name] = module
+    try:
+        _exec_module(spec, module)
+    except BaseException:
+        if previous is not None:
+            sys.modules[name] = previous
+        else:
+            sys.modules.pop(name, None)
+        raise
+    return module
+
+
 def _exec_path(path: str) -> ModuleType:
     absolute = os.path.abspath(path)
     if not os.path.exists(absolute):
@@ -101,17 +117,7 @@ def _exec_path(path: str) -> ModuleType:
         raise AppError(f"cannot load app file: {path}")
     module = importlib.util.module_from_spec(spec)
     module.__unicornish_app__ = absolute  # type: ignore[attr-defined]
-    previous = sys.modules.get(name)
-    sys.modules[name] = module
-    try:
-        _exec_module(spec, module)
-    except BaseException:
-        if previous is not None:
-            sys.modules[name] = previous
-        else:
-            sys.modules.pop(name, None)
-        raise
-    return module
+    return _install_fresh(name, spec, module)
 
 
 def _exec_dotted(name: str) -> ModuleType:
@@ -130,17 +136,7 @@ def _exec_dotted(name: str) -> ModuleType:
     if spec is None or spec.loader is None:
         raise AppError(f"app module not found: {name}")
     module = importlib.util.module_from_spec(spec)
-    previous = sys.modules.get(name)
-    sys.modules[name] = module
-    try:
-        _exec_module(spec, module)
-    except BaseException:
-        if previous is not None:
-            sys.modules[name] = previous
-        else:
-            sys.modules.pop(name, None)
-        raise
-    return module
+    return _install_fresh(name, spec, module)
 
 
 def load_app(spec: str) -> App:

@@ -120,7 +120,7 @@ def probe_app(spec: str, identity: Identity | None = None, load: bool = True) ->
     With --user the child first becomes that user, as a worker will: a user
     that cannot be switched to, or cannot read the app, stops the start too."""
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-    _flush_stdio()
+    log.flush_stdio()
     pid = os.fork()
     if pid == 0:
         code = 0
@@ -141,7 +141,7 @@ def probe_app(spec: str, identity: Identity | None = None, load: bool = True) ->
             os.write(write_fd, f"cannot load app {spec}: {exc!r}".encode()[:4000])
             code = 1
         finally:
-            _flush_stdio()
+            log.flush_stdio()
             os._exit(code)
     os.close(write_fd)
     chunks = []
@@ -243,15 +243,6 @@ def run_master(argv: list[str]) -> int:
     if control_sock is not None and settings.control:
         control.ControlServer(master, control_sock, settings.control).install()
     return master.run()
-
-
-def _flush_stdio() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:  # None when Python started with that fd closed
-                stream.flush()
-        except Exception:  # noqa: BLE001 - a closed or full stdout must not stop us
-            pass
 
 
 def ensure_stdio() -> None:

@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import stat
+import sys
 import time
 
 LOGGER_NAME = "unicornish"
@@ -167,3 +168,13 @@ def reopen(path: str | None) -> str | None:
     except OSError as exc:
         return f"cannot reopen log file {path}: {exc.strerror or exc}"
     return None
+
+
+def flush_stdio() -> None:
+    """Flush Python's stdio buffers before a fork or an exit (a closed one is fine)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:  # noqa: BLE001 - nothing to flush into
+            pass

@@ -19,7 +19,6 @@ import select
 import selectors
 import signal
 import socket
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -574,7 +573,7 @@ class Master:
                 hook(probe)
             except BaseException:  # noqa: BLE001 - not even sys.exit() in the hook kills the master
                 self.log.exception("worker[%d] before_fork failed", nr)
-        _flush_stdio()
+        log.flush_stdio()
         if self.app is not None:
             gc.freeze()  # keep the preloaded app's pages shared after fork
         # Signals wait (blocked) until the child has its own handlers: a signal
@@ -653,7 +652,7 @@ class Master:
             except BaseException:  # noqa: BLE001
                 pass
         finally:
-            _flush_stdio()
+            log.flush_stdio()
             os._exit(code)
 
     # -- stopping workers --------------------------------------------------------
@@ -985,12 +984,3 @@ def precheck_app(spec: str) -> None:
         ) from None
     except ValueError as exc:
         raise AppError(f"cannot load app {spec}: {exc}") from None
-
-
-def _flush_stdio() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:
-                stream.flush()
-        except Exception:  # noqa: BLE001 - a closed stdout must not stop a fork
-            pass

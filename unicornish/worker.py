@@ -205,7 +205,7 @@ class Worker:
 
     def _on_term(self, signum: int, frame: object) -> None:
         # Quick stop: exit now, as Unicorn's workers do.
-        _flush_stdio()
+        log.flush_stdio()
         os._exit(EXIT_OK)
 
     def _on_usr1(self, signum: int, frame: object) -> None:
@@ -331,12 +331,3 @@ def _hooks(
 ) -> list[Callable[..., Any]]:
     """The config file's hook runs first, then the app's."""
     return [h for h in (config_hooks.get(name), app_hooks.get(name)) if h is not None]
-
-
-def _flush_stdio() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:
-                stream.flush()
-        except Exception:  # noqa: BLE001 - exiting anyway
-            pass
