@@ -216,7 +216,7 @@ def main() -> int:
     finally:
         launcher.close()
         shutil.rmtree(work, ignore_errors=True)
-    lines += ["", __doc__.split("\n\n")[2].strip()]
+    lines += ["", *(p.strip("\n") for p in __doc__.split("\n\n")[3:5])]
     text = "\n".join(lines)
     print(text)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
