@@ -310,8 +310,19 @@ SCENARIOS = {
 }
 
 
+@pytest.fixture
+def on_teardown():
+    """Stop the client threads even when an assertion ends the test early."""
+    calls: list[Any] = []
+    yield calls.append
+    for call in calls:
+        call()
+
+
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
-def test_chaos(start, app_file, tmp_path: Path, scenario: str, soak: bool, soak_seconds: float):
+def test_chaos(
+    start, app_file, tmp_path: Path, scenario: str, soak: bool, soak_seconds: float, on_teardown
+):
     spec = SCENARIOS[scenario]
     configured = int(spec["workers"])
     seconds = soak_seconds if soak else 5.0
@@ -328,6 +339,7 @@ def test_chaos(start, app_file, tmp_path: Path, scenario: str, soak: bool, soak_
     if spec.get("control"):
         args += ["--control", str(tmp_path / "ctl.sock")]
         notify = NotifyListener(str(tmp_path / "notify.sock"))
+        on_teardown(notify.finish)
         env = {"NOTIFY_SOCKET": str(tmp_path / "notify.sock")}
     run = start(*args, env=env)
     run.wait_ready(configured, timeout=20)
@@ -345,9 +357,11 @@ def test_chaos(start, app_file, tmp_path: Path, scenario: str, soak: bool, soak_
     requests = None
     if spec["listen"]:
         requests = Requests(("127.0.0.1", port))
+        on_teardown(requests.stop.set)
         requests.start(4)
     if spec.get("control"):
         control = ControlClient(str(tmp_path / "ctl.sock"))
+        on_teardown(control.stop.set)
         control.thread.start()
     chaos = Chaos(run.pid, configured, rng, keep_one=bool(spec["listen"]))
     started = time.monotonic()
