@@ -24,12 +24,14 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 # System tools some tests drive for real: systemd-analyze verifies the unit
-# files, logrotate rotates a live log. Installed only where missing.
+# files, logrotate rotates a live log, faketime jumps the wall clock.
+# Installed only where missing.
 TOOLS_STAMP := $(VENV)/.tools
 $(TOOLS_STAMP): $(STAMP)
 	@missing=""; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	command -v logrotate >/dev/null || missing="$$missing logrotate"; \
+	command -v faketime >/dev/null || missing="$$missing faketime"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			(apt-get update -qq && apt-get install -y -qq $$missing) >/dev/null; \
