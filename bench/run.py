@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=None,
         metavar="SECONDS",
-        help="first wait up to SECONDS (default 60; --quick: 10) for 3 seconds in a row"
+        help="first wait up to SECONDS (default 60; --quick: 0) for 3 seconds in a row"
         " with < 10%% of the CPUs busy",
     )
     ap.add_argument("-v", "--verbose", action="store_true", help="show each master's command")
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: warning: could not become a child subreaper", file=sys.stderr)
 
     if args.wait_quiet is None:
-        args.wait_quiet = 10.0 if args.quick else 60.0
+        args.wait_quiet = 0.0 if args.quick else 60.0
     if args.wait_quiet > 0:
         end = time.monotonic() + args.wait_quiet
         quiet = 0

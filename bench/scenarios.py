@@ -264,7 +264,7 @@ def s2_s3_cold_start_and_storm(ctx: Ctx) -> list[Row]:
                     cold[n][peer].append(max(got.values()) - m.t_launch)  # type: ignore[union-attr]
                     if n == 256:
                         ctx.log(f"3 respawn storm {peer}: SIGKILL all {n} workers")
-                        _settle(1.0)
+                        _settle(0.5 if ctx.quick else 1.0)
                         t = _storm(ctx, m, list(got), n)
                         if not isinstance(storm.get(peer), list):
                             storm[peer] = []
@@ -560,6 +560,7 @@ def s6_worker_loop(ctx: Ctx) -> list[Row]:
             raw[label] = {"windows": rates, **summary(rates)}
         except (BenchError, OSError, ValueError, IndexError) as exc:
             _report_error(ctx, f"worker loop {label}", exc)
+            ctx.log(f"  master log tail:\n{m.log_tail()}")
             res[label] = raw[label] = _err(exc)
         finally:
             L.stop(m)
