@@ -9,6 +9,7 @@ import socket
 import stat
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import psutil
@@ -43,14 +44,20 @@ def connect(path: Path) -> socket.socket:
     return sock
 
 
+_pending: weakref.WeakKeyDictionary[socket.socket, bytes] = weakref.WeakKeyDictionary()
+
+
 def read_line(sock: socket.socket) -> dict:
-    data = b""
-    while not data.endswith(b"\n"):
+    """One reply line; what a recv() brought beyond it waits for the next call."""
+    data = _pending.pop(sock, b"")
+    while b"\n" not in data:
         chunk = sock.recv(65536)
         if not chunk:
             break
         data += chunk
-    return json.loads(data.split(b"\n")[0])
+    line, _, rest = data.partition(b"\n")
+    _pending[sock] = rest
+    return json.loads(line)
 
 
 def test_socket_is_0600_and_every_command_works(start, app_file, tmp_path):
