@@ -161,6 +161,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("app", text, "a .py file path or a dotted module name (pkg.tasks)", "APP"),
     Option("workers", count, "workers to keep alive, 0 allowed (default 1)", "N"),
     Option(
+        "spares",
+        count,
+        "pre-forked standby processes that take a dead worker's slot at once (default 0)",
+        "N",
+    ),
+    Option(
         "poll",
         positive_seconds,
         "longest the master sleeps before re-checking its workers (default 30)",
@@ -248,6 +254,7 @@ OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 class Settings:
     app: str | None = None
     workers: int = 1
+    spares: int = 0
     poll: float = 30.0
     preload: bool = False
     timeout: float | None = None

@@ -36,6 +36,7 @@ from unicornish.errors import StartupError
 from unicornish.privileges import Identity
 from unicornish.recycle import GiveUp, MemoryLimit
 from unicornish.scoreboard import BOOTING, Scoreboard
+from unicornish.spares import Spares
 from unicornish.systemd import Notifier, monotonic_usec, watchdog_interval
 from unicornish.worker import (
     EXIT_BOOT_FAILED,
@@ -188,6 +189,7 @@ class Master:
         self.give_up = GiveUp(self)
         self.timers += [self.memory_limit.next_deadline, self.give_up.next_deadline]
         self.child_closes.append(self._close_ready_fd)
+        self.spares = Spares(self)  # --spares
 
     # -- start ----------------------------------------------------------------
 
@@ -226,13 +228,16 @@ class Master:
                 self.give_up.check(now)  # before the stopping test: it may stop us
                 if self.stopping:
                     self.kill_workers_past_deadline()
-                    if not self.workers:
+                    self.spares.kill_past_deadline(now)
+                    if not self.workers and not self.spares.procs:
                         break
                     self.ping_watchdog()
                 else:
                     self.maintain_worker_count()
+                    self.spares.maintain(now)
                     self.kill_stuck_workers()
                     self.kill_workers_past_deadline()
+                    self.spares.kill_past_deadline(now)
                     self.memory_limit.check(time.monotonic())
                     self.announce()
                 self.sleep()
@@ -415,6 +420,7 @@ class Master:
                 )
             elif not w.stopping:
                 self.stop_worker(w, signal.SIGQUIT, now, self.settings.graceful_timeout)
+        self.spares.stop_all(now, quick)
 
     # -- reaping -------------------------------------------------------------------
 
@@ -430,6 +436,8 @@ class Master:
             if pid == 0:
                 return
             text, code, signum = describe_status(status)
+            if self.spares.reaped(pid, text, code, signum):
+                continue
             if pid == self.reexec_pid:
                 self.new_master_exited(text)
                 continue
@@ -544,15 +552,18 @@ class Master:
         for nr in nrs:
             if self.stopping:
                 return
-            self.spawn_worker(nr)
+            if not self.spares.assign(nr):
+                self.spawn_worker(nr)
 
-    def spawn_worker(self, nr: int) -> WorkerProc | None:
-        self.log.info("worker[%d] spawning..", nr)
+    def spawn_worker(self, nr: int, assign_fd: int | None = None) -> WorkerProc | None:
+        """Fork a worker for slot `nr`, or a spare (nr -1) that waits on `assign_fd`."""
+        label = f"worker[{nr}]" if assign_fd is None else "spare"
+        self.log.info("%s spawning..", label)
         try:
             board = Scoreboard()
         except (OSError, MemoryError) as exc:  # out of memory or address space
             why = getattr(exc, "strerror", None) or type(exc).__name__
-            self.log.error("worker[%d] cannot spawn: scoreboard: %s; retrying", nr, why)
+            self.log.error("%s cannot spawn: scoreboard: %s; retrying", label, why)
             self.backoff.record_exit(nr, time.monotonic(), None, 1, None)
             return None
         max_tasks = self.worker_max_tasks()
@@ -572,7 +583,7 @@ class Master:
             try:
                 hook(probe)
             except BaseException:  # noqa: BLE001 - not even sys.exit() in the hook kills the master
-                self.log.exception("worker[%d] before_fork failed", nr)
+                self.log.exception("%s before_fork failed", label)
         log.flush_stdio()
         if self.app is not None:
             gc.freeze()  # keep the preloaded app's pages shared after fork
@@ -584,19 +595,20 @@ class Master:
         except OSError as exc:
             signal.pthread_sigmask(signal.SIG_SETMASK, self._fork_mask)
             board.close()
-            self.log.error("worker[%d] fork failed: %s; retrying", nr, exc.strerror or exc)
+            self.log.error("%s fork failed: %s; retrying", label, exc.strerror or exc)
             self.backoff.record_exit(nr, time.monotonic(), None, 1, None)
             return None
         if pid == 0:
-            self._become_worker(probe)
+            self._become_worker(probe, assign_fd)
         signal.pthread_sigmask(signal.SIG_SETMASK, self._fork_mask)
         try:
             os.setpgid(pid, pid)  # also done by the child; whoever runs first wins the race
         except OSError:
             pass
         record.pid = pid
-        self.workers[pid] = record
-        self.log.info("worker[%d] spawned pid=%d", nr, pid)
+        if assign_fd is None:
+            self.workers[pid] = record
+        self.log.info("%s spawned pid=%d", label, pid)
         return record
 
     def worker_max_tasks(self) -> int | None:
@@ -615,7 +627,7 @@ class Master:
             found.append(self.app.hooks[name])
         return found
 
-    def _become_worker(self, worker: Worker) -> None:
+    def _become_worker(self, worker: Worker, assign_fd: int | None = None) -> None:
         """In the child: drop the master's machinery, run the worker, never return."""
         code = 1
         try:
@@ -644,7 +656,7 @@ class Master:
             signal.pthread_sigmask(signal.SIG_SETMASK, self._fork_mask)
             worker.pid = os.getpid()
             code = worker.run(
-                self.app, self.settings.app or "", self.settings.hooks, self._report_w
+                self.app, self.settings.app or "", self.settings.hooks, self._report_w, assign_fd
             )
         except BaseException:  # noqa: BLE001 - the child must never return into the master's loop
             try:

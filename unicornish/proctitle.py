@@ -18,3 +18,8 @@ def set_master_title(app_name: str, old: bool = False) -> None:
 
 def set_worker_title(nr: int, app_name: str) -> None:
     _set(f"unicornish worker[{nr}] {app_name}", f"worker[{nr}]")
+
+
+def set_spare_title(app_name: str) -> None:
+    # Not `worker[...]`: a spare is no worker until the master gives it a slot.
+    _set(f"unicornish spare {app_name}", "spare")

@@ -34,6 +34,8 @@ EXIT_BOOT_FAILED = 3
 TRACEBACK_SIGNAL = signal.SIGUSR2
 
 _REPORT = struct.Struct("=ii")
+# What the master writes to a spare's pipe: the slot number it takes.
+_SLOT = struct.Struct("=i")
 REPORT_READY = 1
 REPORT_SIZE = _REPORT.size
 
@@ -47,6 +49,10 @@ _NO_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 def encode_report(pid: int, event: int) -> bytes:
     return _REPORT.pack(pid, event)
+
+
+def encode_slot(nr: int) -> bytes:
+    return _SLOT.pack(nr)
 
 
 def decode_reports(data: bytes) -> list[tuple[int, int]]:
@@ -251,14 +257,40 @@ class Worker:
 
     # -- the loop -------------------------------------------------------------
 
+    def wait_for_slot(self, assign_fd: int) -> int | None:
+        """A spare waits here, booted, until the master gives it a slot number.
+
+        None when it is asked to stop (QUIT, its master gone, the pipe closed).
+        """
+        poller = select.poll()
+        poller.register(assign_fd, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        while not self._stopping:
+            ready = {fd for fd, _events in poller.poll(_ACCEPT_CHECK_SECONDS * 1000)}
+            if assign_fd in ready:
+                try:
+                    data = os.read(assign_fd, 4)
+                except OSError:
+                    return None
+                return _SLOT.unpack(data)[0] if len(data) == _SLOT.size else None
+            if self._wake_r in ready:
+                self._drain_wake()
+            else:
+                self._check_master()
+        return None
+
     def run(
         self,
         app: App | None,
         app_spec: str,
         config_hooks: dict[str, Callable[..., Any]],
         report_fd: int,
+        assign_fd: int | None = None,
     ) -> int:
-        proctitle.set_worker_title(self.nr, self._app_name)
+        if assign_fd is None:
+            proctitle.set_worker_title(self.nr, self._app_name)
+        else:
+            proctitle.set_spare_title(self._app_name)
         if self.master_pid != os.getppid():
             # The master died between fork and here; the death signal was set too late.
             self._master_gone = True
@@ -267,8 +299,17 @@ class Worker:
             try:
                 app = load_app(app_spec)
             except AppError as exc:
-                self.log.error("worker[%d] cannot load app: %s", self.nr, exc)
+                what = f"worker[{self.nr}]" if assign_fd is None else "spare"
+                self.log.error("%s cannot load app: %s", what, exc)
                 return EXIT_BOOT_FAILED
+        if assign_fd is not None:
+            nr = self.wait_for_slot(assign_fd)
+            os.close(assign_fd)
+            if nr is None:
+                return EXIT_OK
+            self.nr = nr
+            self.log = log.get_logger(f"worker{nr}")
+            proctitle.set_worker_title(nr, self._app_name)
         self.app = app
         for hook in _hooks(config_hooks, app.hooks, "after_fork"):
             try:
