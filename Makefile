@@ -47,7 +47,7 @@ check: lint typecheck test
 soak: $(STAMP)
 	$(PY) -m pytest -q tests/chaos --soak
 
-bench: $(STAMP)
+bench:
 	bash bench/setup.sh
 	bench/.venv/bin/python bench/run.py $(if $(QUICK),--quick)
 

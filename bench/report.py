@@ -183,6 +183,19 @@ def plot_respawn(path: str, raw: dict[str, Any], title: str) -> str | None:
                 label=f"{peer}: p50 {v['p50'] * 1000:.1f} ms, p90 {v['p90'] * 1000:.1f} ms",
             )
             ax.axvline(v["p50"] * 1000, color=colors[peer], lw=0.8, ls=":")
+        spare = (data.get(f"{label}, --spares 1") or {}).get("unicornish")
+        if isinstance(spare, dict) and spare.get("samples_s"):
+            xs = sorted(x * 1000 for x in spare["samples_s"])
+            ys = [(i + 1) / len(xs) for i in range(len(xs))]
+            ax.step(
+                xs,
+                ys,
+                where="post",
+                color=colors["unicornish"],
+                ls="--",
+                label=f"unicornish --spares 1: p50 {spare['p50'] * 1000:.1f} ms, "
+                f"p90 {spare['p90'] * 1000:.1f} ms",
+            )
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())

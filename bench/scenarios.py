@@ -152,14 +152,16 @@ def _settle(seconds: float = 0.3) -> None:
 # -- 1. respawn ------------------------------------------------------------------------------
 
 
-def respawn_once(ctx: Ctx, peer: str, preload: bool, kills: int) -> tuple[list[float], list[float]]:
+def respawn_once(
+    ctx: Ctx, peer: str, preload: bool, kills: int, spares: int = 0
+) -> tuple[list[float], list[float]]:
     """(latencies, victim exit times): SIGKILL to replacement ready, SIGKILL to victim gone.
 
     The second tells the kernel's share (tearing the victim down, which comes
     before any SIGCHLD) from the master's and the new worker's.
     """
     L = ctx.launcher
-    m = L.start(peer, 4, preload=preload)
+    m = L.start(peer, 4, preload=preload, spares=spares)
     try:
         live = set(L.wait_ready(m, 4, timeout=60))
         seen = set(live)
@@ -235,6 +237,28 @@ def s1_respawn(ctx: Ctx) -> list[Row]:
         if _num(mine) and best is not None:
             p50.met = mine <= 0.5 * best
         rows += part + [ex]
+        # The same, with one booted spare standing by (unicornish --spares 1).
+        if not ctx.missing("unicornish"):
+            ctx.log(f"1 respawn [{label}] unicornish --spares 1: {kills} x SIGKILL")
+            with_spare = dict(samples)
+            try:
+                with_spare["unicornish"], _ = respawn_once(ctx, "unicornish", preload, kills, 1)
+            except (BenchError, OSError) as exc:
+                _report_error(ctx, "respawn unicornish --spares 1", exc)
+                with_spare["unicornish"] = _err(exc)
+            ctx.raw["respawn"][f"{label}, --spares 1"] = {
+                "unicornish": with_spare["unicornish"]
+                if not isinstance(with_spare["unicornish"], list)
+                else {"samples_s": with_spare["unicornish"], **summary(with_spare["unicornish"])}
+            }
+            spare_rows = _stat_rows("1 respawn", f"{label}, --spares 1", "ms", with_spare, 1000.0)
+            sp50 = spare_rows[0]
+            sbest = sp50.best_peer()
+            smine = sp50.values.get("unicornish")
+            sp50.target = "<= 0.5 x better peer"
+            if _num(smine) and sbest is not None:
+                sp50.met = smine <= 0.5 * sbest
+            rows += spare_rows
     return rows
 
 

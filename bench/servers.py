@@ -150,6 +150,7 @@ class Launcher:
         preload: bool = False,
         timeout: int | None = None,
         extra_env: dict[str, str] | None = None,
+        spares: int = 0,
     ) -> Master:
         """app: 'idle' (waits on a listener), 'heap' (~100 MB preloaded), 'loop' (empty task)."""
         self._n += 1
@@ -177,6 +178,8 @@ class Launcher:
                 cmd.append("--preload")
             if timeout:
                 cmd += ["--timeout", str(timeout)]
+            if spares:
+                cmd += ["--spares", str(spares)]
         elif peer == "gunicorn":
             cmd = gunicorn_cmd()
             assert cmd and app != "loop"

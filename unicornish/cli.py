@@ -269,6 +269,11 @@ def main(argv: list[str] | None = None) -> NoReturn:
             code = ops.main(args)
         else:
             code = run_master(args)
+            # The master is done (workers reaped, pid file gone, "master exited"
+            # logged): skip interpreter finalisation, which took 30-90 ms of a
+            # graceful stop, as the workers already do.
+            log.flush_stdio()
+            os._exit(code)
     except KeyboardInterrupt:
         code = 130
     raise SystemExit(code)
