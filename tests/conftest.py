@@ -16,6 +16,7 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -50,6 +51,7 @@ class Run:
         log_file: bool,
         cwd: Path | None = None,
         prefix: list[str] | None = None,
+        stderr: Any = None,
     ):
         self.tmp = tmp
         self.log_path = tmp / "unicornish.log"
@@ -69,7 +71,7 @@ class Run:
             cmd,
             stdin=subprocess.DEVNULL,
             stdout=self._out,
-            stderr=self._err,
+            stderr=self._err if stderr is None else stderr,
             cwd=str(cwd or tmp),
             env=full_env,
             start_new_session=True,

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from conftest import BIN, ROOT, Run
+from conftest import ROOT, Run
 
 DOCS = ROOT / "docs"
 RESULTS = DOCS / "reliability"
@@ -140,31 +140,7 @@ class PrefixedRun(Run):
         log_file: bool = True,
         stderr: Any = None,
     ) -> None:
-        self.tmp = tmp
-        self.log_path = tmp / "unicornish.log"
-        self.out_path = tmp / "stdout.txt"
-        self.err_path = tmp / "stderr.txt"
-        cmd = [*prefix, str(BIN), *args]
-        if log_file:
-            cmd += ["--log-file", str(self.log_path)]
-        self.cmd = cmd
-        full_env = dict(os.environ)
-        full_env.pop("NOTIFY_SOCKET", None)
-        full_env.update(env or {})
-        self._out = open(self.out_path, "wb")
-        self._err = open(self.err_path, "wb")
-        self.proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=self._out,
-            stderr=self._err if stderr is None else stderr,
-            cwd=str(tmp),
-            env=full_env,
-            start_new_session=True,
-        )
-        self.pid = self.proc.pid
-        self.sid = self.pid
-        self.seen: set[int] = set()
+        super().__init__(tmp, args, env, log_file, prefix=prefix, stderr=stderr)
 
 
 class ScratchUser:
