@@ -192,6 +192,15 @@ def respawn_once(
         L.stop(m)
 
 
+def _half_of_better_peer(p50: Row) -> None:
+    """The respawn target: unicornish's p50 at most half of the better peer's."""
+    best = p50.best_peer()
+    mine = p50.values.get("unicornish")
+    p50.target = "<= 0.5 x better peer"
+    if _num(mine) and best is not None:
+        p50.met = mine <= 0.5 * best
+
+
 def s1_respawn(ctx: Ctx) -> list[Row]:
     kills = 10 if ctx.quick else 50
     rows: list[Row] = []
@@ -230,12 +239,7 @@ def s1_respawn(ctx: Ctx) -> list[Row]:
             "'of which victim exit': SIGKILL until the killed worker is gone (kernel teardown,"
             " before any SIGCHLD), the part no master can shorten"
         )
-        p50 = part[0]
-        best = p50.best_peer()
-        mine = p50.values.get("unicornish")
-        p50.target = "<= 0.5 x better peer"
-        if _num(mine) and best is not None:
-            p50.met = mine <= 0.5 * best
+        _half_of_better_peer(part[0])
         rows += part + [ex]
         # The same, with one booted spare standing by (unicornish --spares 1).
         if not ctx.missing("unicornish"):
@@ -252,12 +256,7 @@ def s1_respawn(ctx: Ctx) -> list[Row]:
                 else {"samples_s": with_spare["unicornish"], **summary(with_spare["unicornish"])}
             }
             spare_rows = _stat_rows("1 respawn", f"{label}, --spares 1", "ms", with_spare, 1000.0)
-            sp50 = spare_rows[0]
-            sbest = sp50.best_peer()
-            smine = sp50.values.get("unicornish")
-            sp50.target = "<= 0.5 x better peer"
-            if _num(smine) and sbest is not None:
-                sp50.met = smine <= 0.5 * sbest
+            _half_of_better_peer(spare_rows[0])
             rows += spare_rows
     return rows
 
