@@ -117,11 +117,7 @@ def test_respawns_leak_nothing(start, app_file, tmp_path, preload, soak):
         "rss_after": after["rss"],
         "children_after": len(kids),
     }
-    print(f"\nrespawns {'preload' if preload else 'plain'}: {figures}")
-    if soak:
-        from reliability import record_part
-
-        record_part("leaks", "respawns-preload" if preload else "respawns-plain", figures)
+    report("respawns-preload" if preload else "respawns-plain", figures, soak)
 
 
 def gone(pid: int) -> bool:
@@ -137,8 +133,8 @@ def ready_master_lines(log: str) -> list[int]:
     return [int(pid) for pid in re.findall(r"master process ready pid=(\d+)", log)]
 
 
-def test_usr2_rollback_cycles_leak_nothing(start, app_file, tmp_path, soak):
-    """USR2, then QUIT the new master: the old one carries on, unchanged."""
+def start_upgradable(start, app_file, tmp_path):
+    """A master with what a USR2 hands over: pid file, a listener, a control socket."""
     app = app_file(APP)
     pid_file = tmp_path / "u.pid"
     run = start(
@@ -154,6 +150,20 @@ def test_usr2_rollback_cycles_leak_nothing(start, app_file, tmp_path, soak):
         str(tmp_path / "ctl.sock"),
     )
     run.wait_ready(2, 20)
+    return run, pid_file
+
+
+def report(name: str, figures: dict, soak: bool) -> None:
+    print(f"\n{name}: {figures}")
+    if soak:
+        from reliability import record_part
+
+        record_part("leaks", name, figures)
+
+
+def test_usr2_rollback_cycles_leak_nothing(start, app_file, tmp_path, soak):
+    """USR2, then QUIT the new master: the old one carries on, unchanged."""
+    run, pid_file = start_upgradable(start, app_file, tmp_path)
     workers = sorted(worker_children(run.pid))
 
     def one_cycle(n: int) -> None:
@@ -195,30 +205,12 @@ def test_usr2_rollback_cycles_leak_nothing(start, app_file, tmp_path, soak):
         "rss_after": after["rss"],
         "children_after": 2,
     }
-    print(f"\nusr2 rollback: {figures}")
-    if soak:
-        from reliability import record_part
-
-        record_part("leaks", "usr2-rollback", figures)
+    report("usr2-rollback", figures, soak)
 
 
 def test_usr2_upgrade_cycles_leak_nothing(start, app_file, tmp_path, soak):
     """USR2, then QUIT the old master, ten times: generation 11 looks like generation 1."""
-    app = app_file(APP)
-    pid_file = tmp_path / "u.pid"
-    run = start(
-        "--app",
-        str(app),
-        "--workers",
-        "2",
-        "--pid",
-        str(pid_file),
-        "--listen",
-        f"unix:{tmp_path}/l.sock",
-        "--control",
-        str(tmp_path / "ctl.sock"),
-    )
-    run.wait_ready(2, 20)
+    run, pid_file = start_upgradable(start, app_file, tmp_path)
     current = run.pid
     first = snapshot(current)
     started = time.monotonic()
@@ -254,8 +246,4 @@ def test_usr2_upgrade_cycles_leak_nothing(start, app_file, tmp_path, soak):
         "rss_first": first["rss"],
         "rss_last": last["rss"],
     }
-    print(f"\nusr2 upgrade: {figures}")
-    if soak:
-        from reliability import record_part
-
-        record_part("leaks", "usr2-upgrade", figures)
+    report("usr2-upgrade", figures, soak)
