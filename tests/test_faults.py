@@ -679,7 +679,7 @@ def test_deadlines_never_read_the_wall_clock():
         "localtime(now)",
         "wall = time.time()",  # status output
         # cpu percent = cpu time / (now - psutil's create_time), which is wall-clock based
-        "control.py: now = time.time() if now is None else now",
+        "procstats.py: now = time.time() if now is None else now",
         "ops.py: now = time.time()",
     )
     suspicious = [

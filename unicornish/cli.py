@@ -237,11 +237,9 @@ def run_master(argv: list[str]) -> int:
     if _startup_stderr not in (2, ready_fd):
         os.close(_startup_stderr)
     _startup_stderr = 2
-    master = Master(settings, cli_values, app, listeners, warnings)
-    master.identity = identity
-    master.ready_fd = ready_fd
-    if control_sock is not None and settings.control:
-        control.ControlServer(master, control_sock, settings.control).install()
+    master = Master(
+        settings, cli_values, app, listeners, warnings, identity, ready_fd, control_sock
+    )
     return master.run()
 
 

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from unicornish.errors import StartupError
-
-HOOK_NAMES = ("before_fork", "after_fork", "worker_exit", "before_exec")
+from unicornish.protocol import HOOK_NAMES, MAX_WORKERS
 
 # The directory the master was started in: relative --pid/--log-file paths mean it.
 try:
@@ -53,6 +52,25 @@ def count(value: Any) -> int:
             raise ValueError(f"must be {what}, got {value!r}") from None
     if number < 0:
         raise ValueError(f"must be {what}, got {value!r}")
+    return number
+
+
+def worker_total(value: Any) -> int:
+    """A worker (or spare) count: 0 to MAX_WORKERS."""
+    number = count(value)
+    if number > MAX_WORKERS:
+        raise ValueError(f"must be at most {MAX_WORKERS}, got {value!r}")
+    return number
+
+
+# The longest sleep --poll may ask for: a day (the master wakes for events anyway).
+MAX_POLL = 86_400.0
+
+
+def poll_seconds(value: Any) -> float:
+    number = positive_seconds(value)
+    if number > MAX_POLL:
+        raise ValueError(f"must be at most {MAX_POLL:g} seconds, got {value!r}")
     return number
 
 
@@ -159,17 +177,22 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("app", text, "a .py file path or a dotted module name (pkg.tasks)", "APP"),
-    Option("workers", count, "workers to keep alive, 0 allowed (default 1)", "N"),
+    Option(
+        "workers",
+        worker_total,
+        f"workers to keep alive, 0 to {MAX_WORKERS} (default 1)",
+        "N",
+    ),
     Option(
         "spares",
-        count,
+        worker_total,
         "pre-forked standby processes that take a dead worker's slot at once (default 0)",
         "N",
     ),
     Option(
         "poll",
-        positive_seconds,
-        "longest the master sleeps before re-checking its workers (default 30)",
+        poll_seconds,
+        "longest the master sleeps before re-checking its workers (default 30, at most a day)",
         "SECONDS",
     ),
     Option("preload", flag, "load the app once in the master, before forking", is_flag=True),

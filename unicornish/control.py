@@ -30,25 +30,28 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import selectors
 import socket
 import stat
 import struct
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
-
-import psutil
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 from unicornish.errors import StartupError
+from unicornish.eventloop import EventLoop
+from unicornish.procstats import process_stats
+from unicornish.protocol import (
+    MAX_LINE,
+    RequestError,
+    describe_request,
+    parse_request,
+)
 from unicornish.scoreboard import BUSY
+from unicornish.workers import WorkerProc
 
-if TYPE_CHECKING:
-    from unicornish.master import Master
-
-# A request line longer than this is refused and the connection closed.
-MAX_LINE = 64 * 1024
 # A client that sends nothing (or reads nothing) for this long is dropped.
 CLIENT_TIMEOUT = 5.0
 # More connections than this at once are refused (each costs an fd).
@@ -61,13 +64,29 @@ LINES_PER_WAKE = 8
 ACCEPT_PAUSE = 1.0
 RECV_SIZE = 65536
 
-COMMANDS = ("status", "scale", "ttin", "ttou", "reload", "reopen", "stop", "upgrade")
-
 _PEERCRED = struct.Struct("3i")
 
 
-class RequestError(Exception):
-    """A request the master will not run; the message goes back to the client."""
+class Commands(Protocol):
+    """What the control socket asks of the master: the same code as the signals."""
+
+    @property
+    def stopping(self) -> str | None: ...
+
+    @property
+    def wanted(self) -> int: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def stop(self, quick: bool, why: str) -> None: ...
+
+    def scale(self, wanted: int, why: str) -> None: ...
+
+    def reload(self, why: str) -> str | None: ...
+
+    def reopen_logs(self) -> str | None: ...
+
+    def upgrade(self, why: str) -> tuple[int | None, str | None]: ...
 
 
 # -- creating the socket ------------------------------------------------------
@@ -131,43 +150,22 @@ def bind(path: str) -> socket.socket:
     return sock
 
 
-# -- per-process numbers, shared with `unicornish status --pid` ----------------
+# -- status -------------------------------------------------------------------
 
 
-def process_stats(pid: int, now: float | None = None) -> dict[str, Any]:
-    """rss and uss in bytes, cpu in percent since the process started (as ps shows it)."""
-    stats: dict[str, Any] = {"rss": None, "uss": None, "cpu": None}
-    now = time.time() if now is None else now
-    try:
-        proc = psutil.Process(pid)
-        with proc.oneshot():
-            times = proc.cpu_times()
-            created = proc.create_time()
-            try:
-                full = proc.memory_full_info()
-                stats["rss"], stats["uss"] = int(full.rss), int(full.uss)
-            except psutil.AccessDenied:
-                stats["rss"] = int(proc.memory_info().rss)
-        elapsed = max(now - created, 0.001)
-        stats["cpu"] = round(100.0 * (times.user + times.system) / elapsed, 1)
-    except psutil.Error:
-        pass
-    return stats
-
-
-def collect_status(master: Master) -> dict[str, Any]:
+def collect_status(master: dict[str, Any], procs: Iterable[WorkerProc]) -> dict[str, Any]:
+    """The JSON of `status`: the master's own figures, then one entry per worker."""
     now = time.monotonic()
     wall = time.time()
     workers = []
-    for w in sorted(master.workers.values(), key=lambda w: (w.nr, w.spawned_at)):
+    for w in sorted(procs, key=lambda w: (w.nr, w.spawned_at)):
         board = w.board
-        state = board.state_name()
         beat = board.beat_time()
         entry: dict[str, Any] = {
             "nr": w.nr,
             "pid": w.pid,
             "age": round(now - w.spawned_at, 3),
-            "state": state,
+            "state": board.state_name(),
             "tasks": board.task_count(),
             "task_age": round(max(0.0, now - beat), 3)
             if beat and int(board.state[0]) == BUSY
@@ -175,66 +173,10 @@ def collect_status(master: Master) -> dict[str, Any]:
         }
         entry.update(process_stats(w.pid, wall))
         workers.append(entry)
-    return {
-        "master": {
-            "pid": master.pid,
-            "uptime": round(now - master.started_at, 3),
-            "app": master.app_name,
-            "workers_wanted": master.wanted,
-            "workers_running": len(master.live_workers()),
-        },
-        "workers": workers,
-    }
+    return {"master": master, "workers": workers}
 
 
 # -- requests -------------------------------------------------------------------
-
-
-def parse_request(text: str) -> tuple[str, dict[str, Any]]:
-    """A JSON object, or `ctl` words; returns (command, parameters)."""
-    if text[0] in "{[":
-        try:
-            request = json.loads(text)
-        except (ValueError, RecursionError):
-            raise RequestError("bad request: not valid JSON") from None
-        if not isinstance(request, dict):
-            raise RequestError("bad request: expected a JSON object")
-        command = request.get("command")
-        if not isinstance(command, str):
-            raise RequestError('bad request: "command" must be a string')
-        params = {k: v for k, v in request.items() if k != "command"}
-    else:
-        words = text.split()
-        command, rest = words[0], words[1:]
-        params = {}
-        if command == "scale" and len(rest) == 1:
-            params["workers"] = rest[0]
-            rest = []
-        elif command == "stop" and rest == ["--quick"]:
-            params["quick"] = True
-            rest = []
-        if rest:
-            raise RequestError(f"bad request: unexpected arguments for {command[:40]!r}")
-    if command not in COMMANDS:
-        raise RequestError(
-            f"unknown command {command[:40]!r}; commands: {', '.join(COMMANDS)} (stop [--quick])"
-        )
-    if command == "scale":
-        params["workers"] = _worker_count(params.get("workers"))
-    if command == "stop":
-        quick = params.get("quick", False)
-        if not isinstance(quick, bool):
-            raise RequestError('bad request: "quick" must be true or false')
-        params["quick"] = quick
-    return command, params
-
-
-def _worker_count(value: Any) -> int:
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise RequestError(f"scale needs a whole number of workers >= 0, got {value!r}")
-    return value
 
 
 def encode(reply: dict[str, Any]) -> bytes:
@@ -271,12 +213,20 @@ class Client:
 
 
 class ControlServer:
-    def __init__(self, master: Master, sock: socket.socket, path: str) -> None:
-        self.master = master
+    def __init__(
+        self,
+        loop: EventLoop,
+        log: logging.Logger,
+        commands: Commands,
+        sock: socket.socket,
+        path: str,
+    ) -> None:
+        self.loop = loop
+        self.commands = commands
         self.sock = sock
         self.path = path
         self.original_path = path
-        self.log = master.log
+        self.log = log
         self.uid = os.geteuid()
         self.clients: dict[int, Client] = {}
         self.paused_until: float | None = None
@@ -288,21 +238,13 @@ class ControlServer:
             self.inode = None
 
     def install(self) -> None:
-        self.master.selector.register(self.sock, selectors.EVENT_READ, self._on_accept)
-        self.master.child_closes.append(self.close_in_child)
-        self.master.timers.append(self.next_deadline)
-        self.master.control = self
+        self.loop.add_reader(self.sock, self._on_accept)
+        self.loop.close_in_child(self.close_in_child)
 
     # -- the loop's side -----------------------------------------------------------
 
-    def next_deadline(self, now: float) -> float | None:
-        deadlines = [c.deadline for c in self.clients.values()]
-        if self.paused_until is not None:
-            deadlines.append(self.paused_until)
-        return min(deadlines) if deadlines else None
-
-    def expire(self, now: float) -> None:
-        """Called on every turn of the master's loop: drop silent clients."""
+    def tick(self, now: float) -> float | None:
+        """Drop silent clients, listen again after a pause; the next such deadline."""
         for client in list(self.clients.values()):
             if now >= client.deadline:
                 self.log.info(
@@ -312,11 +254,15 @@ class ControlServer:
         if self.paused_until is not None and now >= self.paused_until:
             self.paused_until = None
             try:
-                self.master.selector.register(self.sock, selectors.EVENT_READ, self._on_accept)
+                self.loop.add_reader(self.sock, self._on_accept)
             except (KeyError, ValueError, OSError):
                 pass
+        deadlines = [c.deadline for c in self.clients.values()]
+        if self.paused_until is not None:
+            deadlines.append(self.paused_until)
+        return min(deadlines) if deadlines else None
 
-    def _on_accept(self, fileobj: Any) -> None:
+    def _on_accept(self) -> None:
         for _ in range(ACCEPTS_PER_WAKE):
             try:
                 conn, _addr = self.sock.accept()
@@ -334,10 +280,7 @@ class ControlServer:
             self._admit(conn)
 
     def _pause(self) -> None:
-        try:
-            self.master.selector.unregister(self.sock)
-        except (KeyError, ValueError):
-            pass
+        self.loop.remove(self.sock)
         self.paused_until = time.monotonic() + ACCEPT_PAUSE
 
     def _admit(self, conn: socket.socket) -> None:
@@ -370,13 +313,10 @@ class ControlServer:
             return
         client = Client(conn, pid, uid, time.monotonic() + CLIENT_TIMEOUT)
         self.clients[conn.fileno()] = client
-        self.master.selector.register(conn, selectors.EVENT_READ, self._callback(client))
+        self.loop.add_reader(conn, self._callback(client))
 
-    def _callback(self, client: Client) -> Callable[[Any], None]:
-        def on_event(fileobj: Any) -> None:
-            self._on_event(client)
-
-        return on_event
+    def _callback(self, client: Client) -> Callable[[], None]:
+        return lambda: self._on_event(client)
 
     def _on_event(self, client: Client) -> None:
         if client.outbuf:
@@ -464,7 +404,7 @@ class ControlServer:
         if events != client.events:
             client.events = events
             try:
-                self.master.selector.modify(client.sock, events, self._callback(client))
+                self.loop.set_events(client.sock, events, self._callback(client))
             except (KeyError, ValueError, OSError):
                 self._close(client)
 
@@ -472,10 +412,7 @@ class ControlServer:
         fd = client.sock.fileno()
         if fd >= 0:
             self.clients.pop(fd, None)
-            try:
-                self.master.selector.unregister(client.sock)
-            except (KeyError, ValueError):
-                pass
+            self.loop.remove(client.sock)
         client.sock.close()
 
     # -- commands ----------------------------------------------------------------------
@@ -495,7 +432,10 @@ class ControlServer:
             return
         if command != "status":
             self.log.info(
-                "control: %s from pid=%d uid=%d", _describe(command, params), client.pid, client.uid
+                "control: %s from pid=%d uid=%d",
+                describe_request(command, params),
+                client.pid,
+                client.uid,
             )
         try:
             reply = self.run(command, params)
@@ -509,9 +449,9 @@ class ControlServer:
         self._send(client)
 
     def run(self, command: str, params: dict[str, Any]) -> dict[str, Any]:
-        m = self.master
+        m = self.commands
         if command == "status":
-            return {"ok": True, **collect_status(m)}
+            return {"ok": True, **m.status()}
         if command == "stop":
             m.stop(quick=params["quick"], why="control stop")
             return {"ok": True, "stopping": m.stopping}
@@ -523,7 +463,7 @@ class ControlServer:
                 "ttin": m.wanted + 1,
                 "ttou": m.wanted - 1,
             }[command]
-            m.scale(wanted, f"control {_describe(command, params)}")
+            m.scale(wanted, f"control {describe_request(command, params)}")
             return {"ok": True, "workers_wanted": m.wanted}
         if command == "reload":
             failure = m.reload(why="control reload")
@@ -532,14 +472,10 @@ class ControlServer:
             failure = m.reopen_logs()
             return error(failure) if failure else {"ok": True}
         if command == "upgrade":
-            if m.reexec_pid is not None:
-                return error(f"new master pid={m.reexec_pid} is still running")
-            if m.is_old:
-                return error("this master was already replaced by a new one")
-            m.reexec()
-            if m.reexec_pid is None:
-                return error("upgrade failed; see the master's log")
-            return {"ok": True, "new_master_pid": m.reexec_pid}
+            pid, refusal = m.upgrade(why="control upgrade")
+            if pid is None:
+                return error(refusal or "upgrade failed; see the master's log")
+            return {"ok": True, "new_master_pid": pid}
         return error(f"unknown command {command!r}")
 
     # -- USR2 and exit -----------------------------------------------------------------
@@ -587,10 +523,7 @@ class ControlServer:
             if client.outbuf:
                 self._send(client)
             self._close(client)
-        try:
-            self.master.selector.unregister(self.sock)
-        except (KeyError, ValueError):
-            pass
+        self.loop.remove(self.sock)
         self.sock.close()
         if self._is_ours(self.path):
             try:
@@ -611,11 +544,3 @@ def _send_and_close(conn: socket.socket, reply: dict[str, Any]) -> None:
     except OSError:
         pass
     conn.close()
-
-
-def _describe(command: str, params: dict[str, Any]) -> str:
-    if command == "scale":
-        return f"scale {params.get('workers')}"
-    if command == "stop" and params.get("quick"):
-        return "stop --quick"
-    return command

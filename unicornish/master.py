@@ -1,132 +1,69 @@
 """The master: one loop, woken by signals, worker reports and deadlines.
 
-Signal handlers do nothing but wake the loop: CPython's C-level handler
-writes each signal's number to our self-pipe (signal.set_wakeup_fd), and the
-loop reads those bytes as its queue of signals, in order. Everything else -
-reaping, spawning, killing, reloading, re-exec - happens here, in
-`run()`. The loop sleeps in one epoll_wait until a signal, a worker report,
-a control request or the earliest deadline (a timeout, a graceful-stop
-SIGKILL, a crash-loop respawn) or --poll: no busy loop, no fixed tick.
+Each turn reads the signals, reaps, then asks every duty to act and to say
+when it next needs the master (`tick(now) -> deadline or None`), the way
+Unicorn's murder_lazy_workers kills *and* returns the next sleep. The master
+sleeps in one epoll_wait until the earliest of those deadlines (capped by
+--poll) or an event: what it does and when it wakes come from the same code.
+A duty that fails is logged (rate-limited) and retried after a pause; it
+never keeps a signal, a stop or the control socket from being handled.
 """
 
 from __future__ import annotations
 
 import gc
-import math
 import os
-import random
-import select
-import selectors
 import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import Any
 
 import psutil
 
 from unicornish import app as app_module
-from unicornish import daemon, linux, log, pidfile, privileges, proctitle, reexec
+from unicornish import linux, log, pid1, pidfile, proctitle
 from unicornish import listeners as listeners_module
-from unicornish.app import App, AppError, load_app
-from unicornish.backoff import CrashBackoff
-from unicornish.config import Settings, build_settings
-from unicornish.errors import StartupError
-from unicornish.privileges import Identity
-from unicornish.recycle import GiveUp, MemoryLimit
-from unicornish.scoreboard import BOOTING, Scoreboard
-from unicornish.spares import Spares
-from unicornish.systemd import Notifier, monotonic_usec, watchdog_interval
-from unicornish.worker import (
+from unicornish.app import App
+from unicornish.config import Settings
+from unicornish.control import ControlServer, collect_status
+from unicornish.eventloop import EventLoop
+from unicornish.pool import Pool, ScaleLog
+from unicornish.privileges import Identity, chown_for_workers
+from unicornish.protocol import (
     EXIT_BOOT_FAILED,
-    REPORT_READY,
-    TRACEBACK_SIGNAL,
-    Worker,
-    decode_reports,
+    HANDLED_SIGNALS,
+    MAX_WORKERS,
+    describe_status,
 )
-
-if TYPE_CHECKING:
-    from unicornish.control import ControlServer
+from unicornish.readiness import Readiness
+from unicornish.recycle import GiveUp, MemoryLimit
+from unicornish.reexec import Upgrade
+from unicornish.reload import (
+    ReloadError,
+    RollingReload,
+    apply_settings,
+    become_subreaper,
+    build_release,
+    write_pid_file,
+)
+from unicornish.spares import Spares
+from unicornish.spawner import Release, Spawner
+from unicornish.systemd import Notifier, Watchdog, monotonic_usec
+from unicornish.timeouts import Timeouts
+from unicornish.workers import Stopper, WorkerProc, WorkerTable
 
 # Quick stop (TERM/INT): how long workers get to exit before SIGKILL, at most.
 QUICK_STOP_WAIT = 5.0
-# After the traceback signal, how long a stuck worker gets to dump its stack.
-TRACEBACK_GRACE = 0.2
-# How an unasked-for exit 0 counts for the crash-loop backoff (any non-zero code).
-EXIT_UNASKED = 255
-# After an unexpected error in the master's loop, wait this long (or for a signal).
-LOOP_ERROR_PAUSE = 0.5
-# How often the scoreboards of booting workers are looked at, for a worker
-# that cannot send its ready report.
-BOOT_CHECK = 0.25
-# A master that woke this much later than it meant to was suspended.
-OVERSLEEP = 1.0
+# After a duty failed, it is asked again this much later (a signal still wakes us).
+ERROR_PAUSE = 0.5
+# The same failure is logged again at most this often.
+ERROR_LOG_EVERY = 10.0
+# HUPs closer together than this make one reload (a storm forks a few generations).
+RELOAD_COALESCE = 1.0
 
-HANDLED_SIGNALS = (
-    signal.SIGINT,
-    signal.SIGTERM,
-    signal.SIGQUIT,
-    signal.SIGHUP,
-    signal.SIGTTIN,
-    signal.SIGTTOU,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGWINCH,
-    signal.SIGCHLD,
-    signal.SIGCONT,
-)
-
-
-def _ignore(signum: int, frame: object) -> None:
-    """The loop reads the signal from the wake-up pipe; nothing to do here."""
-
-
-def describe_status(status: int) -> tuple[str, int | None, int | None]:
-    """`exit 0` / `killed by SIGKILL`, with the exit code or the signal number."""
-    if os.WIFSIGNALED(status):
-        signum = os.WTERMSIG(status)
-        try:
-            name = signal.Signals(signum).name
-        except ValueError:
-            name = f"signal {signum}"
-        return f"killed by {name}", None, signum
-    code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else status
-    return f"exit {code}", code, None
-
-
-def signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
-
-
-@dataclass(eq=False)
-class WorkerProc:
-    """The master's record of one worker process."""
-
-    nr: int
-    pid: int
-    generation: int
-    board: Scoreboard
-    spawned_at: float
-    spawned_wall: float
-    ready_at: float | None = None
-    stop_signal: str | None = None
-    kill_at: float | None = None
-    killed: bool = False
-    timed_out: bool = False
-    max_tasks: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def label(self) -> str:
-        return f"worker[{self.nr}]"
-
-    @property
-    def stopping(self) -> bool:
-        return self.stop_signal is not None
+Duty = Callable[[float], "float | None"]
 
 
 class Master:
@@ -137,74 +74,189 @@ class Master:
         app: App | None,
         listeners: list[socket.socket],
         warnings: list[str] | None = None,
+        identity: Identity | None = None,
+        ready_fd: int | None = None,
+        control_sock: socket.socket | None = None,
     ) -> None:
-        self.settings = settings
-        self.cli_values = cli_values
-        self.app = app  # set only with --preload
-        self.listeners = listeners
         self.pid = os.getpid()
-        self.create_time = psutil.Process(self.pid).create_time()
         self.log = log.get_logger()
         self.started_at = time.monotonic()
-        self.app_name = app_module.describe(settings.app or "")
-        self.workers: dict[int, WorkerProc] = {}
-        self.wanted = settings.workers
-        self.generation = 0
-        self.previous_app: App | None = None
-        # What a failed reload goes back to (set by HUP, cleared when it is done).
-        self.previous_settings: Settings | None = None
-        self.previous_identity: Identity | None = None
-        self.previous_wanted = self.wanted
-        self.reload_wanted = self.wanted
-        self.reloading = False
+        self.cli_values = cli_values
+        self.listeners = listeners
+        self.release = Release(settings, app, identity, app_module.describe(settings.app or ""))
         self.stopping: str | None = None
-        self.backoff = CrashBackoff()
-        self.signal_queue: list[int] = []
-        self.grace_from = 0.0
-        self.reexec_pid: int | None = None
-        self.is_old = False
-        # Set in a master started by USR2: the old master (our parent) and
-        # whether this one has finished that upgrade (reexec.take_over).
-        self.old_master_pid = reexec.old_master_from_env()
-        self.took_over = False
-        self.notifier = Notifier()
-        self.last_status = ""
-        self.announced_ready = False
-        self.watchdog = watchdog_interval()
-        self.next_watchdog = 0.0
-        self.selector = selectors.DefaultSelector()
-        self._startup_warnings = list(warnings or [])
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._report_r, self._report_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        # Extra fds (control socket, its clients) that a forked worker must close.
-        self.child_closes: list[Callable[[], None]] = []
-        self.timers: list[Callable[[float], float | None]] = [self._booting_deadline]
-        self._fork_mask: set[int | signal.Signals] = set()
-        self.control: ControlServer | None = None  # --control: set by ControlServer.install
-        self.identity: Identity | None = None  # --user, resolved at start and on HUP
-        self.ready_fd: int | None = None  # -D: the launcher waits here for "ready"
-        self.ready_failed = False  # -D: the reason was sent already
         self.exit_code = 0
-        self.memory_limit = MemoryLimit(self)
-        self.give_up = GiveUp(self)
-        self.timers += [self.memory_limit.next_deadline, self.give_up.next_deadline]
-        self.child_closes.append(self._close_ready_fd)
-        self.spares = Spares(self)  # --spares
+        self.grace_from = 0.0  # busy workers' --timeout counts from here after a suspension
+        self.rolling: RollingReload | None = None
+        self.last_reload_at = -RELOAD_COALESCE
+        self.reload_pending = False
+        self.errors: dict[str, tuple[float, int]] = {}
+        self.startup_warnings = list(warnings or [])
+        self.loop = loop = EventLoop()
+        self.notifier = Notifier()
+        self.table = table = WorkerTable()
+        self.stopper = Stopper(self.log, [table])
+        report_r, report_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        loop.add_reader(report_r, lambda: self.pool.read_reports(report_r))
+        loop.close_in_child(lambda: os.close(report_r))
+        loop.close_in_child(table.close_in_child)
+        create_time = psutil.Process(self.pid).create_time()
+        spawner = Spawner(loop, self.log, self.pid, create_time, listeners, report_w)
+        self.pool = Pool(
+            table, spawner, self.stopper, self.log, self.current, self.is_stopping, settings.workers
+        )
+        self.pool.on_reload_done = self.reload_done
+        self.spares = Spares(
+            spawner,
+            self.stopper,
+            self.pool.backoff,
+            table,
+            self.log,
+            self.current,
+            lambda: self.pool.wanted,
+            self.is_stopping,
+        )
+        self.pool.spares = self.spares
+        self.stopper.tables.append(self.spares.procs)
+        loop.close_in_child(self.spares.close_in_child)
+        self.scale_log = ScaleLog(self.log)
+        self.upgrade_ = Upgrade(
+            self.log,
+            self.notifier,
+            listeners,
+            lambda: self.settings.pid,
+            lambda: self.readiness.status_line(),
+            lambda old: proctitle.set_master_title(self.release.app_name, old=old),
+            self.run_before_exec,
+        )
+        self.readiness = Readiness(
+            table,
+            self.notifier,
+            self.log,
+            lambda: self.pool.wanted,
+            lambda: self.rolling is not None or self.stopping is not None,
+            self.upgrade_.announce_ready,
+            ready_fd,
+        )
+        loop.close_in_child(self.readiness.close_in_child)
+        self.control: ControlServer | None = None
+        if control_sock is not None and settings.control:
+            self.control = ControlServer(loop, self.log, self, control_sock, settings.control)
+            self.upgrade_.control = self.control
+        # In this order: a duty may change what a later one sees (a reload, the
+        # pool's stops), and the stop deadlines are looked at last.
+        self.duties: list[tuple[str, Duty]] = [
+            ("pending reload", self.reload_when_due),
+            ("pool", self.pool.tick),
+            ("spares", self.spares.tick),
+            ("timeouts", self.timeouts_duty().tick),
+            ("max-memory", self.memory_duty().tick),
+            ("give-up", self.give_up_duty().tick),
+            ("readiness", self.readiness.tick),
+            ("watchdog", Watchdog(self.notifier, self.is_stopping).tick),
+            ("scale log", self.scale_log.tick),
+        ]
+        if self.control is not None:
+            self.duties.append(("control", self.control.tick))
+        self.duties.append(("stop deadlines", self.stopper.tick))
 
-    # -- start ----------------------------------------------------------------
+    # -- what the duties read ---------------------------------------------------
 
-    def install_signals(self) -> None:
-        for signum in HANDLED_SIGNALS:
-            signal.signal(signum, _ignore)
-        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
-        self.selector.register(self._wake_r, selectors.EVENT_READ, self._read_signals)
-        self.selector.register(self._report_r, selectors.EVENT_READ, self._read_reports)
+    @property
+    def settings(self) -> Settings:
+        return self.release.settings
+
+    @property
+    def wanted(self) -> int:
+        return self.pool.wanted
+
+    def current(self) -> Release:
+        return self.release
+
+    def is_stopping(self) -> bool:
+        return self.stopping is not None
+
+    def timeouts_duty(self) -> Timeouts:
+        def timeout() -> float | None:
+            return None if self.stopping else self.settings.timeout
+
+        return Timeouts(self.table, self.stopper, self.log, timeout, lambda: self.grace_from)
+
+    def memory_duty(self) -> MemoryLimit:
+        return MemoryLimit(
+            self.table,
+            self.stopper,
+            self.log,
+            lambda: self.settings.max_memory,
+            lambda: self.settings.graceful_timeout,
+            self.is_stopping,
+        )
+
+    def give_up_duty(self) -> GiveUp:
+        self.give_up = GiveUp(
+            self.table,
+            self.log,
+            lambda: None if self.stopping else self.settings.give_up_after,
+            lambda: self.pool.wanted,
+            lambda: self.grace_from,
+            lambda: self.stop(quick=True, why="--give-up-after", exit_code=1),
+            time.monotonic(),
+        )
+        return self.give_up
+
+    # -- the loop ----------------------------------------------------------------
 
     def run(self) -> int:
+        self.start()
+        while True:
+            self.guarded("signals", self.process_signals)
+            self.guarded("reaping", self.reap_all_workers)
+            if self.stopping and not len(self.table) and not len(self.spares.procs):
+                break
+            now = time.monotonic()
+            wake = now + self.settings.poll
+            for name, duty in self.duties:
+                when = self.guarded(name, duty, now)
+                if when is not None:
+                    wake = min(wake, when)
+            self.guarded("sleep", self.sleep, wake)
+        return self.finish()
+
+    def guarded(self, name: str, step: Callable[..., Any], *args: Any) -> Any:
+        """Run one step; an error is logged (rate-limited) and the step is asked
+        again after ERROR_PAUSE: it can neither end nor spin the master."""
+        try:
+            return step(*args)
+        except Exception:  # noqa: BLE001 - as Unicorn's "master loop error": never die of it
+            now = time.monotonic()
+            last, suppressed = self.errors.get(name, (-ERROR_LOG_EVERY, 0))
+            if now - last >= ERROR_LOG_EVERY:
+                more = f" ({suppressed} more since)" if suppressed else ""
+                try:
+                    self.log.exception("master loop error in %s%s; carrying on", name, more)
+                except Exception:  # noqa: BLE001
+                    pass
+                self.errors[name] = (now, 0)
+            else:
+                self.errors[name] = (last, suppressed + 1)
+            if name == "sleep":
+                self.loop.pause(ERROR_PAUSE)
+            return now + ERROR_PAUSE
+
+    def sleep(self, wake: float) -> None:
+        before = self.loop.suspended_at
+        self.loop.wait(wake)
+        if self.loop.suspended_at != before:
+            self.grace_from = self.loop.suspended_at
+            self.log.warning("master was suspended; busy workers get a fresh --timeout")
+
+    def start(self) -> None:
         linux.load()
-        self.install_signals()
-        proctitle.set_master_title(self.app_name)
-        for warning in self._startup_warnings:
+        self.loop.install_signals(HANDLED_SIGNALS)
+        if self.control is not None:
+            self.control.install()
+        proctitle.set_master_title(self.release.app_name)
+        for warning in self.startup_warnings:
             self.log.warning("%s", warning)
         if self.notifier.error:
             self.log.warning("%s", self.notifier.error)
@@ -213,173 +265,54 @@ class Master:
         self.log.info("master process ready pid=%d", self.pid)
         self.log.info("TERM means %s stop (--term %s)", self.settings.term, self.settings.term)
         if self.settings.subreaper:
-            self.become_subreaper()
+            become_subreaper(self.log)
         if self.pid == 1:
             self.log.info("running as pid 1: every orphan is reaped here; TERM stops everything")
         if self.settings.pid:
-            self._write_pid_file(self.settings.pid)
-        while True:
-            try:
-                self.process_signals()
-                self.reap_all_workers()
-                now = time.monotonic()
-                if self.control is not None:
-                    self.control.expire(now)
-                self.give_up.check(now)  # before the stopping test: it may stop us
-                if self.stopping:
-                    self.kill_workers_past_deadline()
-                    self.spares.kill_past_deadline(now)
-                    if not self.workers and not self.spares.procs:
-                        break
-                    self.ping_watchdog()
-                else:
-                    self.maintain_worker_count()
-                    self.spares.maintain(now)
-                    self.kill_stuck_workers()
-                    self.kill_workers_past_deadline()
-                    self.spares.kill_past_deadline(now)
-                    self.memory_limit.check(time.monotonic())
-                    self.announce()
-                self.sleep()
-            except Exception:  # noqa: BLE001 - as Unicorn's "master loop error": never die of it
-                self._loop_error()
-        return self.finish()
+            write_pid_file(self.settings.pid, self.log)
 
-    def _loop_error(self) -> None:
-        """Log an unexpected error of the loop (a MemoryError, a bug) and go on,
-        after a pause that a signal cuts short, so a lasting one cannot spin."""
-        try:
-            self.log.exception("master loop error; carrying on")
-        except Exception:  # noqa: BLE001
-            pass
-        try:
-            select.select([self._wake_r], [], [], LOOP_ERROR_PAUSE)
-        except (OSError, ValueError):
-            pass
-
-    def _write_pid_file(self, path: str) -> None:
-        try:
-            pidfile.write(path, self.pid)
-        except OSError as exc:
-            self.log.error("cannot write pid file %s: %s", path, exc.strerror or exc)
-
-    # -- sleeping and waking --------------------------------------------------
-
-    def next_deadline(self, now: float) -> float:
-        deadline = now + self.settings.poll
-        if self.signal_queue:
-            return now
-        for w in self.workers.values():
-            if w.kill_at is not None and not w.killed:
-                deadline = min(deadline, w.kill_at)
-        timeout = self.settings.timeout
-        if timeout and not self.stopping:
-            for w in self.workers.values():
-                if w.timed_out or w.killed:
-                    continue
-                beat = w.board.beat[0]
-                if beat:
-                    deadline = min(deadline, max(beat, self.grace_from) + timeout)
-                else:
-                    # Not in a task (booting, idle in accept()): nothing wakes us when
-                    # one starts, so look again within `timeout`. A task starting at
-                    # b is then seen by b + timeout, and killed at b + timeout.
-                    deadline = min(deadline, now + timeout)
-        if not self.stopping:
-            for nr in self.missing_slots():
-                deadline = min(deadline, self.backoff.not_before(nr))
-        if self.watchdog is not None and not (self.stopping and self.notifier.quiet):
-            deadline = min(deadline, self.next_watchdog)  # see ping_watchdog()
-        for timer in self.timers:
-            when = timer(now)
-            if when is not None:
-                deadline = min(deadline, when)
-        return deadline
-
-    def sleep(self) -> None:
-        now = time.monotonic()
-        deadline = self.next_deadline(now)
-        # Round up a little: waking a hair early would only mean sleeping again.
-        wait = max(0.0, deadline - now)
-        if wait:
-            wait = math.ceil(wait * 1000) / 1000
-        events = self.selector.select(wait)
-        woke = time.monotonic()
-        if woke - (now + wait) > OVERSLEEP:
-            self.grace_from = woke
-            self.log.warning(
-                "master was suspended for %.1fs; busy workers get a fresh --timeout",
-                woke - now - wait,
-            )
-        for key, _mask in events:
-            callback = key.data
-            callback(key.fileobj)
-
-    def _read_signals(self, fileobj: Any) -> None:
-        try:
-            while True:
-                data = os.read(self._wake_r, 4096)
-                if not data:
-                    break
-                self.signal_queue.extend(data)
-        except BlockingIOError:
-            pass
-
-    def _read_reports(self, fileobj: Any = None) -> None:
-        now = time.monotonic()
-        try:
-            data = os.read(self._report_r, 65536)
-        except BlockingIOError:
-            data = b""
-        for pid, event in decode_reports(data):
-            w = self.workers.get(pid)
-            if w is not None and event == REPORT_READY and w.ready_at is None:
-                w.ready_at = now
-        # An app that closed the fds it inherited (os.closerange() in after_fork)
-        # cannot report: its scoreboard still shows it has started its loop.
-        for w in self.workers.values():
-            if w.ready_at is None and w.board.state[0] != BOOTING:
-                w.ready_at = now
-
-    def _booting_deadline(self, now: float) -> float | None:
-        """While a worker boots, look at its scoreboard now and then (see above)."""
-        if any(w.ready_at is None and not w.stopping for w in self.workers.values()):
-            return now + BOOT_CHECK
-        return None
-
-    # -- signals ----------------------------------------------------------------
+    # -- signals -------------------------------------------------------------------
 
     def process_signals(self) -> None:
-        queue, self.signal_queue = self.signal_queue, []
-        for signum in queue:
-            if signum == signal.SIGCHLD:
-                continue  # reap_all_workers runs on every turn of the loop
-            if signum == signal.SIGCONT:
-                self.grace_from = time.monotonic()
-                continue
+        queue = self.loop.take_signals()
+        ttin, ttou = queue.count(signal.SIGTTIN), queue.count(signal.SIGTTOU)
+        if ttin or ttou:
+            self.change_count(ttin, ttou)
+        for signum in dict.fromkeys(queue):  # once each: a burst of HUPs is one reload
             handler = self.signal_handlers().get(signum)
             if handler is not None:
-                handler()
+                self.guarded(signal.Signals(signum).name, handler)
 
     def signal_handlers(self) -> dict[int, Callable[[], object]]:
         return {
             signal.SIGINT: lambda: self.stop(quick=True, why="INT"),
             signal.SIGTERM: lambda: self.stop(quick=self.settings.term == "quick", why="TERM"),
             signal.SIGQUIT: lambda: self.stop(quick=False, why="QUIT"),
-            signal.SIGHUP: self.reload,
-            signal.SIGTTIN: lambda: self.scale(self.wanted + 1, "TTIN"),
-            signal.SIGTTOU: lambda: self.scale(self.wanted - 1, "TTOU"),
+            signal.SIGHUP: self.hup,
             signal.SIGUSR1: self.reopen_logs,
-            signal.SIGUSR2: self.reexec,
+            signal.SIGUSR2: lambda: self.upgrade("USR2"),
             signal.SIGWINCH: self.winch,
+            signal.SIGCONT: self.resumed,
         }
 
-    def scale(self, wanted: int, why: str) -> None:
+    def resumed(self) -> None:
+        self.grace_from = time.monotonic()
+
+    def change_count(self, ttin: int, ttou: int) -> None:
+        for why, times in (("TTIN", ttin), ("TTOU", ttou)):
+            if times:
+                step = times if why == "TTIN" else -times
+                self.scale(self.pool.wanted + step, why, times)
+
+    def scale(self, wanted: int, why: str, times: int = 1) -> None:
         if self.stopping:
             self.log.info("%s ignored: master is stopping", why)
             return
-        self.wanted = max(0, wanted)
-        self.log.info("%s: %d workers wanted", why, self.wanted)
+        if wanted > MAX_WORKERS:
+            self.log.warning("%s: at most %d workers; count kept", why, MAX_WORKERS)
+            wanted = MAX_WORKERS
+        self.pool.scale(wanted)
+        self.scale_log.changed(time.monotonic(), why, times, self.pool.wanted)
 
     def winch(self) -> None:
         try:
@@ -399,413 +332,105 @@ class Master:
         else:
             self.log.info("reopened log files")
             # A new file (logrotate's `create`) must stay writable by --user workers.
-            chown_error = privileges.chown_for_workers(self.settings.log_file, self.identity)
+            chown_error = chown_for_workers(self.settings.log_file, self.release.identity)
             if chown_error:
                 self.log.warning("%s", chown_error)
-        for w in self.workers.values():
-            self._signal(w, signal.SIGUSR1)
+        for w in self.table:
+            self.stopper.signal(w, signal.SIGUSR1)
+        self.spares.reopen_logs()
         return error
 
-    def stop(self, quick: bool, why: str) -> None:
+    def upgrade(self, why: str) -> tuple[int | None, str | None]:
+        """USR2 and `ctl upgrade`: a new master beside this one."""
+        return self.upgrade_.start(why, bool(self.stopping))
+
+    def run_before_exec(self) -> None:
+        for hook in self.release.hooks("before_exec"):
+            try:
+                hook(self)
+            except BaseException:  # noqa: BLE001 - not even sys.exit() in the hook kills the master
+                self.log.exception("before_exec failed")
+
+    def stop(self, quick: bool, why: str, exit_code: int | None = None) -> None:
+        if exit_code is not None:
+            self.exit_code = exit_code
         if self.stopping == "quick" or (self.stopping == "graceful" and not quick):
             return
         self.stopping = "quick" if quick else "graceful"
         self.log.info("%s received: %s stop", why, self.stopping)
         self.notifier.send("STOPPING=1")
         now = time.monotonic()
-        for w in list(self.workers.values()):
+        grace = self.settings.graceful_timeout
+        wait = min(QUICK_STOP_WAIT, grace) if quick else grace
+        for w in self.table:
             if quick:
-                self.stop_worker(
-                    w, signal.SIGTERM, now, min(QUICK_STOP_WAIT, self.settings.graceful_timeout)
-                )
+                self.stopper.stop(w, signal.SIGTERM, now, wait)
             elif not w.stopping:
-                self.stop_worker(w, signal.SIGQUIT, now, self.settings.graceful_timeout)
-        self.spares.stop_all(now, quick)
+                self.stopper.stop(w, signal.SIGQUIT, now, wait)
+        self.spares.stop_all(now, quick, wait)
 
-    # -- reaping -------------------------------------------------------------------
+    # -- reload (HUP) ----------------------------------------------------------------
 
-    def reap_all_workers(self) -> None:
-        self._read_reports()  # a ready report may sit in the pipe behind an exit
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            except InterruptedError:
-                continue
-            if pid == 0:
-                return
-            text, code, signum = describe_status(status)
-            if self.spares.reaped(pid, text, code, signum):
-                continue
-            if pid == self.reexec_pid:
-                self.new_master_exited(text)
-                continue
-            w = self.workers.pop(pid, None)
-            if w is None:
-                # Not ours: an orphan handed to us as subreaper or pid 1.
-                self.on_orphan_reaped(pid, text)
-                continue
-            self.log.info("reaped pid=%d %s status=%s", pid, w.label, text)
-            self.worker_reaped(w, code, signum)
+    def hup(self) -> None:
+        if time.monotonic() - self.last_reload_at < RELOAD_COALESCE:
+            self.reload_pending = True  # one reload for a storm of HUPs
+        else:
+            self.reload("HUP")
 
-    def on_orphan_reaped(self, pid: int, text: str) -> None:
-        self.log.info("reaped orphan pid=%d status=%s", pid, text)
-
-    def worker_reaped(self, w: WorkerProc, code: int | None, signum: int | None) -> None:
-        now = time.monotonic()
-        was_ready = w.ready_at is not None or w.board.state[0] != BOOTING
-        ready_at = w.ready_at if w.ready_at is not None else (now if was_ready else None)
-        tasks = w.board.task_count()
-        w.board.close()
-        self.give_up.on_reaped(w, now)
-        if code == 0 and w.max_tasks and tasks >= w.max_tasks and not w.stopping:
-            self.log.info("%s pid=%d recycled after %d tasks (--max-tasks)", w.label, w.pid, tasks)
-        if code == EXIT_BOOT_FAILED and self.ready_fd is not None and not self.stopping:
-            # -D, not ready yet: the start failed. Say why, and leave nothing running;
-            # the launching command exits 1 once we are gone (the pipe closes).
-            reason = f"{w.label} could not boot (exit {code}); see the log"
-            self.log.error("-D: the start failed: %s", reason)
-            daemon.report(self.ready_fd, reason)
-            self.ready_failed = True
-            self.exit_code = 1
-            self.stop(quick=True, why="-D start failed")
-            return
-        if w.stopping or w.timed_out or self.stopping:
-            return
-        if not was_ready and self.reloading and w.generation == self.generation:
-            self.abort_reload(w, code)
-            return
-        recycled = bool(w.max_tasks) and tasks >= (w.max_tasks or 0)
-        # An exit 0 nobody asked for (the app calls sys.exit(0) or its after_fork
-        # ends the process) right after spawning is a loop too: back off, or the
-        # master would fork as fast as it can. A --max-tasks recycle is asked for.
-        counted = EXIT_UNASKED if code == 0 and not recycled else code
-        delay = self.backoff.record_exit(w.nr, now, ready_at, counted, signum)
-        if delay > 0:
-            crashes = self.backoff.crashes(w.nr)
-            why = "could not boot" if code == EXIT_BOOT_FAILED else "died soon after spawning"
-            if code == 0:
-                why = "exited soon after spawning"
-            self.log.warning(
-                "%s %s (%d times in a row): crash loop, respawning in %.2fs",
-                w.label,
-                why,
-                crashes,
-                delay,
-            )
-
-    # -- keeping the count -------------------------------------------------------
-
-    def live_workers(self) -> list[WorkerProc]:
-        return [w for w in self.workers.values() if not w.stopping]
-
-    def missing_slots(self) -> list[int]:
-        have = {w.nr for w in self.live_workers() if w.generation == self.generation}
-        return [nr for nr in range(self.wanted) if nr not in have]
-
-    def maintain_worker_count(self) -> None:
-        now = time.monotonic()
-        current = [w for w in self.live_workers() if w.generation == self.generation]
-        old = [w for w in self.live_workers() if w.generation < self.generation]
-        ready_slots = {w.nr for w in current if w.ready_at is not None}
-        for w in current:
-            if w.nr >= self.wanted:
-                self.stop_worker(w, signal.SIGQUIT, now, self.settings.graceful_timeout)
-        # No old worker is stopped before one new worker proved the new app
-        # boots, not even one above the new count: the reload may yet fail.
-        validated = bool(ready_slots) or self.wanted == 0
-        old_slots = set()
-        for w in old:
-            if w.nr in ready_slots or (w.nr >= self.wanted and validated):
-                self.stop_worker(w, signal.SIGQUIT, now, self.settings.graceful_timeout)
-            elif w.nr < self.wanted:
-                old_slots.add(w.nr)
-        if self.reloading and not old and ready_slots.issuperset(range(self.wanted)):
-            self.reloading = False
-            self.previous_app = None
-            self.previous_settings = None
-            if gc.get_freeze_count():
-                # The old preloaded app sits in the frozen generation, out of the
-                # collector's reach; thaw so it can be freed. The next fork freezes again.
-                gc.unfreeze()
-            self.log.info("reload done: %d workers run the new app", self.wanted)
-        missing = [nr for nr in self.missing_slots() if self.backoff.not_before(nr) <= now]
-        if not missing:
-            return
-        # Replacing a running old worker waits for the new one to be ready
-        # (a few at a time): a broken reload must never cost a serving worker.
-        booting_replacements = sum(1 for w in current if w.ready_at is None and w.nr in old_slots)
-        batch = max(1, math.ceil(self.wanted / 4))
-        to_spawn = []
-        for nr in missing:
-            if nr in old_slots:
-                if booting_replacements >= batch:
-                    continue
-                booting_replacements += 1
-            to_spawn.append(nr)
-        if to_spawn:
-            self.spawn_missing_workers(to_spawn)
-
-    def spawn_missing_workers(self, nrs: list[int]) -> None:
-        self.log.info("spawning %d missing workers:", len(nrs))
-        for nr in nrs:
-            if self.stopping:
-                return
-            if not self.spares.assign(nr):
-                self.spawn_worker(nr)
-
-    def spawn_worker(self, nr: int, assign_fd: int | None = None) -> WorkerProc | None:
-        """Fork a worker for slot `nr`, or a spare (nr -1) that waits on `assign_fd`."""
-        label = f"worker[{nr}]" if assign_fd is None else "spare"
-        self.log.info("%s spawning..", label)
-        try:
-            board = Scoreboard()
-        except (OSError, MemoryError) as exc:  # out of memory or address space
-            why = getattr(exc, "strerror", None) or type(exc).__name__
-            self.log.error("%s cannot spawn: scoreboard: %s; retrying", label, why)
-            self.backoff.record_exit(nr, time.monotonic(), None, 1, None)
+    def reload_when_due(self, now: float) -> float | None:
+        if not self.reload_pending:
             return None
-        max_tasks = self.worker_max_tasks()
-        record = WorkerProc(
-            nr=nr,
-            pid=0,
-            generation=self.generation,
-            board=board,
-            spawned_at=time.monotonic(),
-            spawned_wall=time.time(),
-            max_tasks=max_tasks,
-        )
-        probe = Worker(
-            nr, self.pid, self.create_time, self.listeners, board, self.app_name, max_tasks
-        )
-        for hook in self.hooks("before_fork"):
-            try:
-                hook(probe)
-            except BaseException:  # noqa: BLE001 - not even sys.exit() in the hook kills the master
-                self.log.exception("%s before_fork failed", label)
-        log.flush_stdio()
-        if self.app is not None:
-            gc.freeze()  # keep the preloaded app's pages shared after fork
-        # Signals wait (blocked) until the child has its own handlers: a signal
-        # caught in between would go to our wake-up pipe, as if sent to us.
-        self._fork_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
-        try:
-            pid = os.fork()
-        except OSError as exc:
-            signal.pthread_sigmask(signal.SIG_SETMASK, self._fork_mask)
-            board.close()
-            self.log.error("%s fork failed: %s; retrying", label, exc.strerror or exc)
-            self.backoff.record_exit(nr, time.monotonic(), None, 1, None)
-            return None
-        if pid == 0:
-            self._become_worker(probe, assign_fd)
-        signal.pthread_sigmask(signal.SIG_SETMASK, self._fork_mask)
-        try:
-            os.setpgid(pid, pid)  # also done by the child; whoever runs first wins the race
-        except OSError:
-            pass
-        record.pid = pid
-        if assign_fd is None:
-            self.workers[pid] = record
-        self.log.info("%s spawned pid=%d", label, pid)
-        return record
+        due = self.last_reload_at + RELOAD_COALESCE
+        if now < due:
+            return due
+        self.reload_pending = False
+        self.reload("HUP")
+        return now  # the pool has a new release to roll out: another turn at once
 
-    def worker_max_tasks(self) -> int | None:
-        limit: int | None = getattr(self.settings, "max_tasks", None)
-        if not limit:
-            return None
-        # Jitter, so workers started together are not all recycled together.
-        return max(1, limit + random.randint(0, max(0, limit // 10)))
-
-    def hooks(self, name: str) -> list[Callable[..., Any]]:
-        found = []
-        config_hook = self.settings.hooks.get(name)
-        if config_hook is not None:
-            found.append(config_hook)
-        if self.app is not None and name in self.app.hooks:
-            found.append(self.app.hooks[name])
-        return found
-
-    def _become_worker(self, worker: Worker, assign_fd: int | None = None) -> None:
-        """In the child: drop the master's machinery, run the worker, never return."""
-        code = 1
-        try:
-            signal.set_wakeup_fd(-1)
-            try:
-                os.setpgid(0, 0)
-            except OSError:
-                pass
-            self.selector.close()
-            for close in self.child_closes:
-                close()
-            if self.identity is not None:
-                # Before the parent-death signal: changing uid/gid clears it.
-                try:
-                    privileges.drop(self.identity)
-                except OSError as exc:
-                    self.log.error(
-                        "worker[%d] %s", worker.nr, privileges.drop_error(self.identity, exc)
-                    )
-                    code = EXIT_BOOT_FAILED
-                    return
-            linux.set_parent_death_signal(signal.SIGQUIT)
-            worker.install_signals(
-                self.settings.log_file, (self._wake_r, self._wake_w, self._report_r)
-            )
-            signal.pthread_sigmask(signal.SIG_SETMASK, self._fork_mask)
-            worker.pid = os.getpid()
-            code = worker.run(
-                self.app, self.settings.app or "", self.settings.hooks, self._report_w, assign_fd
-            )
-        except BaseException:  # noqa: BLE001 - the child must never return into the master's loop
-            try:
-                self.log.exception("worker[%d] failed", worker.nr)
-            except BaseException:  # noqa: BLE001
-                pass
-        finally:
-            log.flush_stdio()
-            os._exit(code)
-
-    # -- stopping workers --------------------------------------------------------
-
-    def _signal(self, w: WorkerProc, signum: int, group: bool = False) -> None:
-        try:
-            if group:
-                os.killpg(w.pid, signum)
-            else:
-                os.kill(w.pid, signum)
-        except ProcessLookupError:
-            if group:
-                try:
-                    os.kill(w.pid, signum)
-                except OSError:
-                    pass
-        except PermissionError as exc:
-            self.log.error("cannot signal %s pid=%d: %s", w.label, w.pid, exc.strerror)
-
-    def stop_worker(self, w: WorkerProc, signum: int, now: float, wait: float) -> None:
-        """Ask a worker to stop; SIGKILL its process group once `wait` has passed."""
-        self._signal(w, signum, group=signum == signal.SIGTERM)
-        w.stop_signal = signal_name(signum)
-        deadline = now + wait
-        w.kill_at = deadline if w.kill_at is None else min(w.kill_at, deadline)
-
-    def kill_workers_past_deadline(self) -> None:
-        now = time.monotonic()
-        for w in list(self.workers.values()):
-            if w.kill_at is not None and not w.killed and now >= w.kill_at:
-                if w.timed_out:
-                    self.log.error("%s pid=%d killed after its task timed out", w.label, w.pid)
-                elif w.stopping:
-                    self.log.warning(
-                        "%s pid=%d did not stop after %s; sending SIGKILL",
-                        w.label,
-                        w.pid,
-                        w.stop_signal,
-                    )
-                self._signal(w, signal.SIGKILL, group=True)
-                w.killed = True
-
-    def kill_stuck_workers(self) -> None:
-        timeout = self.settings.timeout
-        if not timeout:
-            return
-        now = time.monotonic()
-        for w in self.workers.values():
-            if w.timed_out or w.killed:
-                continue
-            beat = w.board.beat[0]
-            if not beat:
-                continue
-            started = max(beat, self.grace_from)
-            if now - started >= timeout:
-                w.timed_out = True
-                self.log.error(
-                    "%s pid=%d timed out: task running for %.1fs (--timeout %gs); "
-                    "dumping its traceback, then SIGKILL",
-                    w.label,
-                    w.pid,
-                    now - beat,
-                    timeout,
-                )
-                self._signal(w, TRACEBACK_SIGNAL)
-                w.kill_at = now + TRACEBACK_GRACE
-
-    # -- reload (HUP) --------------------------------------------------------------
-
-    def reload(self, why: str = "HUP") -> str | None:
+    def reload(self, why: str) -> str | None:
         """HUP and `ctl reload`; returns why the reload was refused, if it was."""
         if self.stopping:
             return "master is stopping"
+        self.last_reload_at = time.monotonic()
         self.log.info("%s received: reloading config and app", why)
         self.notifier.send("RELOADING=1", monotonic_usec())
         try:
-            settings, warnings = build_settings(self.cli_values)
-        except StartupError as exc:
-            self.log.error("reload failed: %s; old settings and workers kept", exc)
+            release, warnings = build_release(self.cli_values, self.release.generation + 1)
+        except ReloadError as exc:
+            self.log.error("%s", exc)
             self.notifier.send("READY=1")
-            return f"reload failed: {exc}; old settings and workers kept"
+            return str(exc)
         for warning in warnings:
             self.log.warning("%s", warning)
-        try:
-            identity = privileges.resolve(settings.user) if settings.user else None
-        except StartupError as exc:
-            self.log.error("reload failed: %s; old settings and workers kept", exc)
-            self.notifier.send("READY=1")
-            return f"reload failed: {exc}; old settings and workers kept"
-        new_app: App | None = None
-        try:
-            if settings.preload:
-                new_app = load_app(settings.app or "")
-            else:
-                precheck_app(settings.app or "")
-        except AppError as exc:
-            self.log.error("reload failed: %s; old workers kept", exc)
-            self.notifier.send("READY=1")
-            return f"reload failed: {exc}; old workers kept"
-        self.previous_settings = self.settings
-        self.previous_identity = self.identity
-        self.previous_wanted = self.wanted
-        self.apply_settings(settings)
-        self.identity = identity
-        self.previous_app = self.app
-        self.app = new_app
-        self.set_app_name(settings.app)
-        self.wanted = settings.workers
-        self.reload_wanted = settings.workers
-        self.generation += 1
-        self.reloading = True
-        self.announced_ready = False
+        # A HUP during a reload still goes back to the last *proven* release.
+        rolling = self.rolling
+        rollback = rolling.rollback if rolling else self.release
+        rollback_wanted = rolling.rollback_wanted if rolling else self.pool.wanted
+        self.rolling = RollingReload(rollback, rollback_wanted, release.settings.workers)
+        self.switch_to(release)
+        self.pool.scale(release.settings.workers)
+        self.pool.reloading = True
+        self.readiness.announced = False
         return None
 
-    def set_app_name(self, spec: str | None) -> None:
-        """The app's short name in titles and status (HUP may name another app)."""
-        name = app_module.describe(spec or "")
-        if name != self.app_name:
-            self.app_name = name
-            proctitle.set_master_title(name, old=self.is_old)
+    def switch_to(self, release: Release) -> None:
+        old = self.release
+        self.release = release
+        apply_settings(old.settings, release.settings, self.log)
+        if release.app_name != old.app_name:
+            proctitle.set_master_title(release.app_name, old=self.upgrade_.is_old)
 
-    def apply_settings(self, settings: Settings) -> None:
-        old = self.settings
-        self.settings = settings
-        if settings.log_file != old.log_file and settings.log_file:
-            error = log.reopen(settings.log_file)
-            if error:
-                self.log.error("%s", error)
-        if settings.pid != old.pid:
-            if old.pid:
-                pidfile.remove_if_ours(old.pid, self.pid)
-            if settings.pid:
-                self._write_pid_file(settings.pid)
-        if settings.listen != old.listen:
-            self.log.warning("listen addresses changed: they take effect on USR2 (re-exec)")
-        if settings.control != old.control:
-            self.log.warning("control socket changed: it takes effect on USR2 (re-exec)")
-        if settings.subreaper and not old.subreaper:
-            self.become_subreaper()
+    def reload_done(self) -> None:
+        self.rolling = None
+        if gc.get_freeze_count():
+            # The old preloaded app sits in the frozen generation, out of the
+            # collector's reach; thaw so it can be freed. The next fork freezes again.
+            gc.unfreeze()
+        self.log.info("reload done: %d workers run the new app", self.pool.wanted)
 
     def abort_reload(self, failed: WorkerProc, code: int | None) -> None:
+        rolling = self.rolling
+        assert rolling is not None
         self.log.error(
             "reload failed: new %s exited before it was ready (status %s); "
             "old workers and settings kept",
@@ -813,186 +438,94 @@ class Master:
             code,
         )
         now = time.monotonic()
-        for w in self.live_workers():
-            if w.generation == self.generation and w.ready_at is None:
+        # A generation of its own for what we go back to: spares of the failed
+        # release are retired, and every worker still running counts as current.
+        generation = self.release.generation + 1
+        for w in self.table.live():
+            if w.generation == self.release.generation and w.ready_at is None:
                 # QUIT, not TERM: one may be ready and serving already, its report
                 # still in the pipe; it finishes that request. SIGKILL soon after.
-                self.stop_worker(w, signal.SIGQUIT, now, QUICK_STOP_WAIT)
-        for w in self.workers.values():
-            w.generation = self.generation
-        # Back to where the HUP found us: the old app (None: workers load it),
-        # the old settings, and the old count unless TTIN/TTOU changed it since.
-        self.app = self.previous_app
-        self.previous_app = None
-        if self.previous_settings is not None:
-            self.apply_settings(self.previous_settings)
-            self.identity = self.previous_identity
-            self.set_app_name(self.settings.app)
-            self.previous_settings = None
-        if self.wanted == self.reload_wanted:
-            self.wanted = self.previous_wanted
-        self.reloading = False
+                self.stopper.stop(w, signal.SIGQUIT, now, QUICK_STOP_WAIT)
+            w.generation = generation
+        self.switch_to(replace(rolling.rollback, generation=generation))
+        if self.pool.wanted == rolling.wanted:
+            self.pool.scale(rolling.rollback_wanted)
+        self.rolling = None
+        self.pool.reloading = False
         self.notifier.send("READY=1")
 
-    # -- re-exec (USR2) -----------------------------------------------------------
+    # -- reaping -----------------------------------------------------------------------
 
-    def reexec(self) -> None:
-        reexec.start_new_master(self)
-
-    def new_master_exited(self, text: str) -> None:
-        reexec.new_master_exited(self, text)
-
-    # -- systemd --------------------------------------------------------------------
-
-    def ping_watchdog(self) -> None:
-        """WATCHDOG=1 every WATCHDOG_USEC/2, stopping included (a graceful stop can
-        outlast the watchdog); not after a hand-over, when the new master pings."""
-        if self.watchdog is None or (self.stopping and self.notifier.quiet):
-            return
-        now = time.monotonic()
-        if now >= self.next_watchdog:
-            self.notifier.send("WATCHDOG=1")
-            self.next_watchdog = now + self.watchdog
-
-    def announce(self) -> None:
-        self.ping_watchdog()
-        if self.announced_ready:
-            if self.notifier.enabled:
-                status = self.status_line()
-                if status != self.last_status:  # the worker count changed (TTIN/TTOU, a crash)
-                    self.last_status = status
-                    self.notifier.send(status)
-            return
-        if self.reloading:
-            return
-        ready = [w for w in self.live_workers() if w.ready_at is not None]
-        if len(ready) >= self.wanted:
-            self.announced_ready = True
-            self.on_ready(len(ready))
-
-    def status_line(self) -> str:
-        count = sum(1 for w in self.live_workers() if w.ready_at is not None)
-        return f"STATUS={count} workers running, master pid={self.pid}"
-
-    def on_ready(self, count: int) -> None:
-        if self.ready_fd is not None:  # -D: the launching command may now exit 0
-            daemon.notify_ready(self.ready_fd, self.pid)
-            self.ready_fd = None
-        self.last_status = self.status_line()
-        lines = ["READY=1", self.last_status]
-        if self.old_master_pid is not None and not self.took_over:
-            reexec.take_over(self, lines)  # MAINPID= under systemd, then QUIT the old master
-        else:
-            self.notifier.send(*lines)
-
-    # -- exit -------------------------------------------------------------------------
-
-    def become_subreaper(self) -> None:
-        if linux.set_child_subreaper():
-            self.log.info("child subreaper: orphaned descendants of workers are reaped here")
-        else:
-            self.log.error("--subreaper: prctl(PR_SET_CHILD_SUBREAPER) failed")
-
-    def _close_ready_fd(self) -> None:
-        if self.ready_fd is not None:
-            try:
-                os.close(self.ready_fd)
-            except OSError:
-                pass
-            self.ready_fd = None
-
-    def stop_leftovers(self) -> None:
-        """As pid 1 (a container's init), whatever still runs is ours to stop and reap:
-        TERM to every process of the namespace, then SIGKILL after a short wait."""
-        try:
-            leftovers = psutil.Process(self.pid).children(recursive=True)
-        except psutil.Error:
-            return
-        if not leftovers:
-            return
-        self.log.info("pid 1: sending TERM to %d leftover processes", len(leftovers))
-        try:
-            os.kill(-1, signal.SIGTERM)
-        except OSError:
-            pass
-        deadline = time.monotonic() + min(QUICK_STOP_WAIT, self.settings.graceful_timeout)
-        # Only the wake-up pipe (SIGCHLD): a pending report or control client
-        # must not turn this wait into a busy loop.
-        waiter = selectors.DefaultSelector()
-        waiter.register(self._wake_r, selectors.EVENT_READ)
-        try:
-            self._wait_for_leftovers(deadline, waiter)
-        finally:
-            waiter.close()
-
-    def _wait_for_leftovers(self, deadline: float, waiter: selectors.BaseSelector) -> None:
-        sent_kill = False
+    def reap_all_workers(self) -> None:
+        self.pool.notice_ready(time.monotonic(), self.table)  # before exits: was it ready?
         while True:
             try:
-                while True:
-                    pid, status = os.waitpid(-1, os.WNOHANG)
-                    if pid == 0:
-                        break
-                    self.on_orphan_reaped(pid, describe_status(status)[0])
+                pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                if sent_kill:
-                    return
-                self.log.warning("pid 1: leftover processes did not exit; sending SIGKILL")
-                try:
-                    os.kill(-1, signal.SIGKILL)
-                except OSError:
-                    pass
-                sent_kill = True
-                deadline = time.monotonic() + 1.0
+            if pid == 0:
+                return
+            text, code, signum = describe_status(status)
+            if self.spares.reaped(pid, text, code, signum):
                 continue
-            waiter.select(remaining)  # SIGCHLD wakes us through the wake-up pipe
-            self._read_signals(None)
-            self.signal_queue.clear()
+            if pid == self.upgrade_.pid:
+                self.upgrade_.exited(text, bool(self.stopping))
+                continue
+            w = self.table.pop(pid)
+            if w is None:  # not ours: an orphan handed to us as subreaper or pid 1
+                self.log.info("reaped orphan pid=%d status=%s", pid, text)
+                continue
+            self.log.info("reaped pid=%d %s status=%s", pid, w.label, text)
+            self.worker_reaped(w, code, signum)
+
+    def worker_reaped(self, w: WorkerProc, code: int | None, signum: int | None) -> None:
+        now = time.monotonic()
+        was_ready = w.started_loop()
+        if was_ready and w.ready_at is None:
+            w.ready_at = now
+        tasks = w.board.task_count()
+        w.board.close()
+        self.give_up.on_reaped(w, now)
+        if code == 0 and w.max_tasks and tasks >= w.max_tasks and not w.stopping:
+            self.log.info("%s pid=%d recycled after %d tasks (--max-tasks)", w.label, w.pid, tasks)
+        if code == EXIT_BOOT_FAILED and not self.stopping:
+            reason = f"{w.label} could not boot (exit {code}); see the log"
+            if self.readiness.boot_failed(reason):
+                # -D, not ready yet: leave nothing running; the launcher exits 1.
+                self.stop(quick=True, why="-D start failed", exit_code=1)
+                return
+        if w.stopping or w.timed_out or self.stopping:
+            return
+        if not was_ready and self.rolling and w.generation == self.release.generation:
+            self.abort_reload(w, code)
+            return
+        self.pool.record_exit(w, code, signum, now, tasks)
+
+    # -- status and exit -------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        summary = {
+            "pid": self.pid,
+            "uptime": round(time.monotonic() - self.started_at, 3),
+            "app": self.release.app_name,
+            "workers_wanted": self.pool.wanted,
+            "workers_running": len(self.table.live()),
+        }
+        return collect_status(summary, self.table)
 
     def finish(self) -> int:
         if self.control is not None:
             self.control.close()
         if self.pid == 1:
-            self.stop_leftovers()
+            wait = min(QUICK_STOP_WAIT, self.settings.graceful_timeout)
+            pid1.stop_leftovers(self.loop, self.log, wait)
         if self.settings.pid:
             pidfile.remove_if_ours(self.settings.pid, self.pid)
             pidfile.remove_if_ours(self.settings.pid + ".oldbin", self.pid)
         # A unix socket file stays while another master serves it: our successor
         # (USR2), or the old master that started us (the back-out procedure).
-        shared = self.reexec_pid is not None or reexec.predecessor_alive(self)
+        shared = self.upgrade_.pid is not None or self.upgrade_.predecessor_alive()
         listeners_module.close_all(self.listeners, unlink_unix=not shared)
         self.log.info("master exited")
-        if self.ready_fd is not None:
-            # -D, never ready: the launcher exits 1 at this EOF, so only once
-            # everything above (pid file, sockets) is cleaned up.
-            if not self.ready_failed:
-                daemon.report(
-                    self.ready_fd,
-                    f"master pid={self.pid} exited {self.exit_code} before it was ready "
-                    "(see its log)",
-                )
-            self._close_ready_fd()
+        self.readiness.close(self.exit_code)
         return self.exit_code
-
-
-def precheck_app(spec: str) -> None:
-    """Catch a syntax error in the master, without running the app's code."""
-    if not app_module.is_path(spec):
-        return
-    try:
-        with open(spec, "rb") as handle:
-            source = handle.read()
-    except OSError as exc:
-        raise AppError(f"cannot read app file {spec}: {exc.strerror}") from None
-    try:
-        compile(source, spec, "exec")
-    except SyntaxError as exc:
-        raise AppError(
-            f"cannot load app {spec}: SyntaxError: {exc.msg}"
-            + (f" (line {exc.lineno})" if exc.lineno else "")
-        ) from None
-    except ValueError as exc:
-        raise AppError(f"cannot load app {spec}: {exc}") from None

@@ -27,8 +27,9 @@ from typing import Any
 import psutil
 
 from unicornish import pidfile
-from unicornish.control import MAX_LINE, process_stats
 from unicornish.errors import UsageError
+from unicornish.procstats import process_stats
+from unicornish.protocol import COMMANDS_HELP, MAX_LINE
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -41,10 +42,7 @@ REPLY_TIMEOUT = 10.0
 MAX_REPLY = 64 * 1024 * 1024
 
 STATUS_USAGE = "usage: unicornish status [--control PATH | --pid FILE] [--json]"
-CTL_USAGE = (
-    "usage: unicornish ctl [--control PATH] COMMAND [ARG]  "
-    "(status, scale N, ttin, ttou, reload, reopen, stop [--quick], upgrade)"
-)
+CTL_USAGE = f"usage: unicornish ctl [--control PATH] COMMAND [ARG]  ({COMMANDS_HELP})"
 
 
 class NoAnswer(Exception):

@@ -12,67 +12,70 @@
   can take over (a restart, an alert) instead of a crash loop going on forever.
 
 (`--max-tasks` is counted by the worker itself: see worker.Worker._loop.)
-Each check is called on every turn of the master's loop and does its work
-only when due; its `next_deadline` is in `Master.timers`, so that the loop
-wakes up for it.
+Each is a duty of the master's loop: `tick(now)` does the work that is due
+and returns when it is next due, so what it does and when the master wakes
+for it come from the same code.
 """
 
 from __future__ import annotations
 
+import logging
 import signal
-import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import psutil
 
 from unicornish.backoff import STABLE_AFTER
-
-if TYPE_CHECKING:
-    from unicornish.master import Master, WorkerProc
+from unicornish.workers import Stopper, WorkerProc, WorkerTable
 
 MEMORY_CHECK_INTERVAL = 3.0
 MIB = 1024 * 1024
 
 
 class MemoryLimit:
-    def __init__(self, master: Master) -> None:
-        self.master = master
+    def __init__(
+        self,
+        table: WorkerTable,
+        stopper: Stopper,
+        log: logging.Logger,
+        limit_mib: Callable[[], float | None],
+        graceful_timeout: Callable[[], float],
+        is_stopping: Callable[[], bool],
+    ) -> None:
+        self.table = table
+        self.stopper = stopper
+        self.log = log
+        self.limit_mib = limit_mib
+        self.graceful_timeout = graceful_timeout
+        self.is_stopping = is_stopping
         self.next_check: float | None = None
 
-    def next_deadline(self, now: float) -> float | None:
-        if not self.master.settings.max_memory or self.master.stopping:
+    def tick(self, now: float) -> float | None:
+        limit = self.limit_mib()
+        if not limit or self.is_stopping():
+            self.next_check = None
             return None
         if self.next_check is None:
             self.next_check = now + MEMORY_CHECK_INTERVAL
+        if now >= self.next_check:
+            self.next_check = now + MEMORY_CHECK_INTERVAL
+            limit_bytes = int(limit * MIB)
+            for w in self.table.live():
+                uss = _uss_over(w.pid, limit_bytes)
+                if uss is not None:
+                    self.recycle(w, uss, limit, now)
         return self.next_check
 
-    def check(self, now: float) -> None:
-        limit = self.master.settings.max_memory
-        if not limit:
-            self.next_check = None
-            return
-        if self.next_check is None:
-            self.next_check = now + MEMORY_CHECK_INTERVAL
-            return
-        if now < self.next_check:
-            return
-        self.next_check = now + MEMORY_CHECK_INTERVAL
-        limit_bytes = int(limit * MIB)
-        for w in self.master.live_workers():
-            uss = _uss_over(w.pid, limit_bytes)
-            if uss is not None:
-                self.recycle(w, uss, limit, now)
-
     def recycle(self, w: WorkerProc, uss: int, limit: float, now: float) -> None:
-        self.master.log.warning(
+        self.log.warning(
             "%s pid=%d uses %.1f MiB USS, over --max-memory %g MiB: recycling it gracefully",
             w.label,
             w.pid,
             uss / MIB,
             limit,
         )
-        w.extra["recycled"] = "max-memory"
-        self.master.stop_worker(w, signal.SIGQUIT, now, self.master.settings.graceful_timeout)
+        w.recycled = "max-memory"
+        self.stopper.stop(w, signal.SIGQUIT, now, self.graceful_timeout())
 
 
 def _uss_over(pid: int, limit_bytes: int) -> int | None:
@@ -96,58 +99,57 @@ class GiveUp:
     ready but not yet proven, the decision waits for it to prove itself or die.
     """
 
-    def __init__(self, master: Master) -> None:
-        self.master = master
-        self.last_ok = time.monotonic()
+    def __init__(
+        self,
+        table: WorkerTable,
+        log: logging.Logger,
+        limit: Callable[[], float | None],
+        wanted: Callable[[], int],
+        grace_from: Callable[[], float],
+        give_up: Callable[[], None],
+        now: float,
+    ) -> None:
+        self.table = table
+        self.log = log
+        self.limit = limit
+        self.wanted = wanted
+        self.grace_from = grace_from
+        self.give_up = give_up
+        self.last_ok = now
         self.idle = True
-
-    def _limit(self) -> float | None:
-        if self.master.stopping:
-            return None
-        return self.master.settings.give_up_after
-
-    def stable_after(self, limit: float) -> float:
-        return min(limit, STABLE_AFTER)
-
-    def next_deadline(self, now: float) -> float | None:
-        limit = self._limit()
-        if not limit or self.master.wanted == 0:
-            return None
-        stable = self.stable_after(limit)
-        pending = [
-            w.ready_at + stable
-            for w in self.master.live_workers()
-            if w.ready_at is not None and w.ready_at + stable > now
-        ]
-        if pending:
-            return min(pending)
-        when = max(self.last_ok, self.master.grace_from) + limit
-        return when if when > now else None
 
     def on_reaped(self, w: WorkerProc, now: float) -> None:
         """A worker that had stayed up kept things healthy until now."""
-        limit = self.master.settings.give_up_after
-        if limit and w.ready_at is not None and now - w.ready_at >= self.stable_after(limit):
+        limit = self.limit()
+        if limit and w.ready_at is not None and now - w.ready_at >= min(limit, STABLE_AFTER):
             self.last_ok = max(self.last_ok, now)
 
-    def check(self, now: float) -> None:
-        limit = self._limit()
-        master = self.master
-        if not limit or master.wanted == 0 or self.idle:
+    def tick(self, now: float) -> float | None:
+        limit = self.limit()
+        wanted = self.wanted()
+        if not limit or wanted == 0:
+            self.idle = True
+            return None
+        if self.idle:
+            # Just starting to watch: the clock starts now.
+            self.idle = False
             self.last_ok = now
-            self.idle = not limit or master.wanted == 0
-            return
-        stable = self.stable_after(limit)
-        up = [w for w in master.live_workers() if w.ready_at is not None]
-        if any(now - w.ready_at >= stable for w in up if w.ready_at is not None):
+            return now + limit
+        stable = min(limit, STABLE_AFTER)
+        up: list[float] = [w.ready_at for w in self.table.live() if w.ready_at is not None]
+        if any(now - ready_at >= stable for ready_at in up):
             self.last_ok = now
-            return
-        if now - max(self.last_ok, master.grace_from) < limit or up:
-            return
-        master.log.error(
+            # Healthy: nothing to watch until a death, and a death wakes the master.
+            return None
+        if up:
+            return min(ready_at + stable for ready_at in up)  # wait for one to prove itself
+        give_up_at = max(self.last_ok, self.grace_from()) + limit
+        if now < give_up_at:
+            return give_up_at
+        self.log.error(
             "no worker stayed up for %gs while %d were wanted: giving up (--give-up-after), exit 1",
             limit,
-            master.wanted,
+            wanted,
         )
-        master.exit_code = 1
-        master.stop(quick=True, why="--give-up-after")
+        self.give_up()
+        return now  # stopping now: the other duties must see it at once

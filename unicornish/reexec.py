@@ -15,20 +15,21 @@ never gets ready leaves the old one in charge.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import socket
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
 from unicornish import listeners as listeners_module
-from unicornish import pidfile, proctitle
+from unicornish import pidfile
 from unicornish.listeners import FD_ENV, SYSTEMD_FD_ENV
-from unicornish.systemd import monotonic_usec
+from unicornish.protocol import HANDLED_SIGNALS
+from unicornish.systemd import Notifier, monotonic_usec
 
-if TYPE_CHECKING:
-    from unicornish.master import Master
-
-__all__ = ["FD_ENV", "OLD_MASTER_ENV", "start_new_master", "new_master_exited", "take_over"]
+__all__ = ["FD_ENV", "OLD_MASTER_ENV", "Upgrade"]
 
 OLD_MASTER_ENV = "UNICORNISH_OLD_MASTER"
 
@@ -64,143 +65,203 @@ def old_master_from_env() -> int | None:
     return pid if pid == os.getppid() else None
 
 
-def predecessor_alive(master: Master) -> bool:
-    """True while the old master that started this one still runs (it is our parent)."""
-    old = master.old_master_pid
-    return old is not None and os.getppid() == old
+class SocketFile(Protocol):
+    """The control socket's file, moved aside while a new master binds its path."""
+
+    def move_aside(self) -> None: ...
+
+    def move_back(self) -> None: ...
 
 
-def start_new_master(master: Master) -> None:
-    log = master.log
-    if master.stopping:
-        log.info("USR2 ignored: master is stopping")
-        return
-    if master.reexec_pid is not None:
-        log.warning("USR2 ignored: new master pid=%d is still running", master.reexec_pid)
-        return
-    if master.is_old:
-        log.warning("USR2 ignored: this master was already replaced by a new one")
-        return
-    path = master.settings.pid
-    if path:
-        if pidfile.read_pid(path) == master.pid:
+class Upgrade:
+    """USR2 and `ctl upgrade` in the old master; the hand-over in the new one."""
+
+    def __init__(
+        self,
+        log: logging.Logger,
+        notifier: Notifier,
+        listeners: list[socket.socket],
+        pid_path: Callable[[], str | None],
+        status_line: Callable[[], str],
+        set_title: Callable[[bool], None],
+        before_exec: Callable[[], None],
+    ) -> None:
+        self.log = log
+        self.notifier = notifier
+        self.listeners = listeners
+        self.pid_path = pid_path
+        self.status_line = status_line
+        self.set_title = set_title
+        self.before_exec = before_exec
+        self.control: SocketFile | None = None
+        self.my_pid = os.getpid()
+        self.pid: int | None = None  # the new master we started, while it runs
+        self.is_old = False  # replaced: a new master runs beside us
+        # Set in a master started by USR2: the old master (our parent) and
+        # whether this one has finished that upgrade (take_over).
+        self.old_master_pid = old_master_from_env()
+        self.took_over = False
+
+    def predecessor_alive(self) -> bool:
+        """True while the old master that started this one still runs (it is our parent)."""
+        old = self.old_master_pid
+        return old is not None and os.getppid() == old
+
+    def refusal(self, stopping: bool) -> str | None:
+        """Why an upgrade cannot start now, in the same words for USR2 and `ctl`."""
+        if stopping:
+            return "master is stopping"
+        if self.pid is not None:
+            return f"new master pid={self.pid} is still running"
+        if self.is_old:
+            return "this master was already replaced by a new one"
+        if self.predecessor_alive():
+            # Unicorn refuses this too: FILE.oldbin would be overwritten, and the
+            # first master would serve on beside the third.
+            return (
+                f"old master pid={self.old_master_pid} still runs; "
+                "QUIT it (or back out) before upgrading again"
+            )
+        return None
+
+    def start(self, why: str, stopping: bool) -> tuple[int | None, str | None]:
+        """Fork and exec a new master; (its pid, None) or (None, why not)."""
+        reason = self.refusal(stopping)
+        if reason is not None:
+            self.log.warning("%s ignored: %s", why, reason)
+            return None, reason
+        path = self.pid_path()
+        if path and pidfile.read_pid(path) == self.my_pid:
             try:
                 os.rename(path, path + ".oldbin")
             except OSError as exc:
-                log.error("USR2 failed: cannot rename pid file %s: %s", path, exc.strerror)
-                return
-    if master.control is not None:
-        master.control.move_aside()  # PATH -> PATH.oldbin: the new master binds PATH
-    for hook in master.hooks("before_exec"):
-        try:
-            hook(master)
-        except BaseException:  # noqa: BLE001 - not even sys.exit() in the hook kills the master
-            log.exception("before_exec failed")
-    fds = [sock.fileno() for sock in master.listeners]
-    env = dict(os.environ)
-    env[FD_ENV] = ",".join(str(fd) for fd in fds)
-    env[SYSTEMD_FD_ENV] = ",".join(str(fd) for fd in listeners_module.systemd_fds(master.listeners))
-    env[OLD_MASTER_ENV] = str(master.pid)
-    argv = command_line()
-    cwd = START_DIRECTORY
-    env["PWD"] = cwd
-    # Before the fork: systemd must see RELOADING=1 before the new master's MAINPID=.
-    master.notifier.send("RELOADING=1", monotonic_usec(), "STATUS=USR2: starting a new master")
-    from unicornish.master import HANDLED_SIGNALS
+                self.log.error("%s failed: cannot rename pid file %s: %s", why, path, exc.strerror)
+                return None, f"cannot rename pid file {path}: {exc.strerror}"
+        if self.control is not None:
+            self.control.move_aside()  # PATH -> PATH.oldbin: the new master binds PATH
+        self.before_exec()
+        pid = self._fork_exec(why)
+        if pid is None:
+            self._restore_pid_file()
+            if self.control is not None:
+                self.control.move_back()
+            self.notifier.send("READY=1", self.status_line())
+            return None, "fork failed; see the master's log"
+        self.pid = pid
+        self.is_old = True
+        # From now on the new master may become systemd's main process at any time:
+        # nothing but watchdog pings from us, STOPPING=1 above all.
+        self.notifier.quiet = True
+        self.set_title(True)
+        return pid, None
 
-    # Signals wait (blocked) across the fork: one caught by the child before
-    # exec would land in our wake-up pipe, as if sent to us.
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
-    try:
-        pid = os.fork()
-    except OSError as exc:
+    def _fork_exec(self, why: str) -> int | None:
+        fds = [sock.fileno() for sock in self.listeners]
+        env = dict(os.environ)
+        env[FD_ENV] = ",".join(str(fd) for fd in fds)
+        env[SYSTEMD_FD_ENV] = ",".join(
+            str(fd) for fd in listeners_module.systemd_fds(self.listeners)
+        )
+        env[OLD_MASTER_ENV] = str(self.my_pid)
+        argv = command_line()
+        cwd = START_DIRECTORY
+        env["PWD"] = cwd
+        # Before the fork: systemd must see RELOADING=1 before the new master's MAINPID=.
+        self.notifier.send("RELOADING=1", monotonic_usec(), "STATUS=USR2: starting a new master")
+        # Signals wait (blocked) across the fork: one caught by the child before
+        # exec would land in our wake-up pipe, as if sent to us.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            self.log.error("%s failed: fork: %s", why, exc.strerror)
+            return None
+        if pid == 0:
+            _exec_new_master(argv, env, cwd, fds, mask)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        log.error("USR2 failed: fork: %s", exc.strerror)
-        _restore_pid_file(master)
-        if master.control is not None:
-            master.control.move_back()
-        master.notifier.send("READY=1", master.status_line())
-        return
-    if pid == 0:
+        self.log.info("USR2: started new master pid=%d: %s", pid, " ".join(argv))
+        return pid
+
+    def _restore_pid_file(self) -> None:
+        path = self.pid_path()
+        if not path:
+            return
+        old = path + ".oldbin"
+        if pidfile.read_pid(old) == self.my_pid:
+            current = pidfile.read_pid(path)
+            if current is None or not pidfile.is_unicornish_master(current):
+                try:
+                    os.rename(old, path)
+                except OSError as exc:
+                    self.log.error("cannot restore pid file %s: %s", path, exc.strerror)
+
+    def exited(self, text: str, stopping: bool) -> None:
+        """The new master we started is gone: take the pid file and the socket back."""
+        pid = self.pid
+        self.pid = None
+        self.is_old = False
+        self._restore_pid_file()
+        if self.control is not None:
+            self.control.move_back()
+        if stopping:
+            # Stopping already (the new master took over, or we were told to quit):
+            # stay quiet towards systemd, and let the stop finish.
+            self.log.info("new master pid=%d exited (%s)", pid, text)
+            return
+        self.log.error("new master pid=%d exited (%s); this master carries on", pid, text)
+        self.set_title(False)
+        self.notifier.quiet = False
+        self.notifier.send("READY=1", self.status_line())
+
+    def announce_ready(self, lines: list[str]) -> None:
+        """Our workers are ready: say so, and in a new master finish the upgrade.
+
+        Under systemd, become the main process and stop the old master; without
+        it, the operator decides (QUIT the old master, or WINCH/HUP it to back out).
+        """
+        if self.old_master_pid is None or self.took_over:
+            self.notifier.send(*lines)
+            return
+        old = self.old_master_pid
+        self.took_over = True
+        if not self.notifier.enabled:
+            self.notifier.send(*lines)
+            if self.predecessor_alive():
+                self.log.info(
+                    "old master pid=%d still runs: send it QUIT to finish the upgrade", old
+                )
+            return
+        self.notifier.send(f"MAINPID={self.my_pid}", *lines)
+        if not self.notifier.barrier():
+            self.log.warning("systemd did not confirm MAINPID=%d in time; going on", self.my_pid)
+        if not self.predecessor_alive() or not pidfile.is_unicornish_master(old):
+            return
+        self.log.info("now systemd's main process; sending QUIT to old master pid=%d", old)
         try:
-            signal.set_wakeup_fd(-1)
-            for signum in HANDLED_SIGNALS:  # what exec would do; then a signal for the
-                signal.signal(signum, signal.SIG_DFL)  # new pid is the new master's
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # exec keeps the mask
-            for fd in fds:
-                os.set_inheritable(fd, True)
-            if "WATCHDOG_PID" in env:
-                env["WATCHDOG_PID"] = str(os.getpid())  # the watchdog follows the main pid
-            os.chdir(cwd)
-            os.execve(argv[0], argv, env)
-        except BaseException as exc:  # noqa: BLE001 - report and leave, never return to the loop
-            try:
-                os.write(2, f"unicornish: re-exec failed: {exc}\n".encode())
-            except OSError:
-                pass
-        os._exit(1)
-    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-    master.reexec_pid = pid
-    master.is_old = True
-    # From now on the new master may become systemd's main process at any time:
-    # nothing but watchdog pings from us, STOPPING=1 above all.
-    master.notifier.quiet = True
-    proctitle.set_master_title(master.app_name, old=True)
-    log.info("USR2: started new master pid=%d: %s", pid, " ".join(argv))
+            os.kill(old, signal.SIGQUIT)
+        except OSError as exc:
+            self.log.error("cannot signal old master pid=%d: %s", old, exc.strerror)
 
 
-def _restore_pid_file(master: Master) -> None:
-    path = master.settings.pid
-    if not path:
-        return
-    old = path + ".oldbin"
-    if pidfile.read_pid(old) == master.pid:
-        current = pidfile.read_pid(path)
-        if current is None or not pidfile.is_unicornish_master(current):
-            try:
-                os.rename(old, path)
-            except OSError as exc:
-                master.log.error("cannot restore pid file %s: %s", path, exc.strerror)
-
-
-def new_master_exited(master: Master, text: str) -> None:
-    pid = master.reexec_pid
-    master.reexec_pid = None
-    master.is_old = False
-    _restore_pid_file(master)
-    if master.control is not None:
-        master.control.move_back()
-    if master.stopping:
-        # Stopping already (the new master took over, or we were told to quit):
-        # stay quiet towards systemd, and let the stop finish.
-        master.log.info("new master pid=%d exited (%s)", pid, text)
-        return
-    master.log.error("new master pid=%d exited (%s); this master carries on", pid, text)
-    proctitle.set_master_title(master.app_name)
-    master.notifier.quiet = False
-    master.notifier.send("READY=1", master.status_line())
-
-
-def take_over(master: Master, lines: list[str]) -> None:
-    """The new master's workers are ready: finish the upgrade that started it.
-
-    Under systemd, become the main process and stop the old master; without
-    it, the operator decides (QUIT the old master, or WINCH/HUP it to back out).
-    """
-    old = master.old_master_pid
-    master.took_over = True
-    if not master.notifier.enabled:
-        master.notifier.send(*lines)
-        if predecessor_alive(master):
-            master.log.info("old master pid=%d still runs: send it QUIT to finish the upgrade", old)
-        return
-    master.notifier.send(f"MAINPID={master.pid}", *lines)
-    if not master.notifier.barrier():
-        master.log.warning("systemd did not confirm MAINPID=%d in time; going on", master.pid)
-    if old is None or not predecessor_alive(master) or not pidfile.is_unicornish_master(old):
-        return
-    master.log.info("now systemd's main process; sending QUIT to old master pid=%d", old)
+def _exec_new_master(
+    argv: list[str], env: dict[str, str], cwd: str, fds: list[int], mask: set[int | signal.Signals]
+) -> None:
+    """In the forked child: become the new master, or report and leave."""
     try:
-        os.kill(old, signal.SIGQUIT)
-    except OSError as exc:
-        master.log.error("cannot signal old master pid=%d: %s", old, exc.strerror)
+        signal.set_wakeup_fd(-1)
+        for signum in HANDLED_SIGNALS:  # what exec would do; then a signal for the
+            signal.signal(signum, signal.SIG_DFL)  # new pid is the new master's
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # exec keeps the mask
+        for fd in fds:
+            os.set_inheritable(fd, True)
+        if "WATCHDOG_PID" in env:
+            env["WATCHDOG_PID"] = str(os.getpid())  # the watchdog follows the main pid
+        os.chdir(cwd)
+        os.execve(argv[0], argv, env)
+    except BaseException as exc:  # noqa: BLE001 - report and leave, never return to the loop
+        try:
+            os.write(2, f"unicornish: re-exec failed: {exc}\n".encode())
+        except OSError:
+            pass
+    os._exit(1)

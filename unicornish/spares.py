@@ -16,76 +16,93 @@ are retired by closing their pipe. Off by default: a spare is one more process
 
 from __future__ import annotations
 
+import logging
 import os
+import random
 import signal
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
-from unicornish.worker import encode_slot
-
-if TYPE_CHECKING:
-    from unicornish.master import Master, WorkerProc
+from unicornish.backoff import CrashBackoff
+from unicornish.pool import jittered_max_tasks
+from unicornish.protocol import encode_slot
+from unicornish.spawner import Release, Spawner
+from unicornish.workers import Stopper, WorkerProc, WorkerTable
 
 SPARE_SLOT = -1  # the backoff key of spares
 
 
 class Spares:
-    def __init__(self, master: Master) -> None:
-        self.master = master
-        self.procs: dict[int, WorkerProc] = {}  # pid -> record; extra["assign_fd"]
-        master.child_closes.append(self.close_in_child)
-        master.timers.append(self.next_deadline)
+    def __init__(
+        self,
+        spawner: Spawner,
+        stopper: Stopper,
+        backoff: CrashBackoff,
+        workers: WorkerTable,
+        log: logging.Logger,
+        release: Callable[[], Release],
+        workers_wanted: Callable[[], int],
+        is_stopping: Callable[[], bool],
+    ) -> None:
+        self.spawner = spawner
+        self.stopper = stopper
+        self.backoff = backoff
+        self.workers = workers
+        self.log = log
+        self.release = release
+        self.workers_wanted = workers_wanted
+        self.is_stopping = is_stopping
+        self.procs = WorkerTable()
+        self.rng = random.Random()
 
-    @property
-    def wanted(self) -> int:
-        return int(getattr(self.master.settings, "spares", 0) or 0)
+    def _current(self, generation: int) -> list[WorkerProc]:
+        return [p for p in self.procs.live() if p.generation == generation]
 
-    def _current(self) -> list[WorkerProc]:
-        return [
-            p
-            for p in self.procs.values()
-            if p.generation == self.master.generation and not p.stopping
-        ]
+    # -- the duty -------------------------------------------------------------------
 
-    # -- the master's loop --------------------------------------------------------
-
-    def maintain(self, now: float) -> None:
+    def tick(self, now: float) -> float | None:
         """Retire spares of an old generation; fork missing ones (with backoff)."""
-        master = self.master
-        for proc in list(self.procs.values()):
-            if proc.generation != master.generation and not proc.stopping:
-                self.retire(proc, now, master.settings.graceful_timeout)
-        if master.stopping or master.wanted == 0:
-            return
-        missing = self.wanted - len(self._current())
-        if missing <= 0 or master.backoff.not_before(SPARE_SLOT) > now:
-            return
-        if any(w.extra.get("from_spare") and w.ready_at is None for w in master.workers.values()):
-            # A spare just took a slot: let it have the CPU until it is ready
-            # (its ready report wakes us), then fork the next spare.
-            return
+        release = self.release()
+        for proc in self.procs.live():
+            if proc.generation != release.generation:
+                self.retire(proc, now, release.settings.graceful_timeout)
+        wanted = release.settings.spares
+        if not wanted or self.is_stopping() or self.workers_wanted() == 0:
+            return None
+        missing = wanted - len(self._current(release.generation))
+        if missing <= 0:
+            return None
+        not_before = self.backoff.not_before(SPARE_SLOT)
+        if not_before > now:
+            return not_before
+        if any(w.from_spare and w.ready_at is None for w in self.workers.live()):
+            # A spare just took a slot: let it have the CPU until it is ready (its
+            # ready report, or the pool's boot check, wakes us); then fork the next.
+            return None
         for _ in range(missing):
-            self.spawn()
+            if not self.spawn(release):
+                return self.backoff.not_before(SPARE_SLOT)
+        return None
 
-    def spawn(self) -> None:
+    def spawn(self, release: Release) -> bool:
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-        # The child closes every spare's write end (close_in_child) and this one.
-        self._forking_write_fd = write_fd
+        limit = jittered_max_tasks(release.settings.max_tasks, self.rng)
         try:
-            proc = self.master.spawn_worker(SPARE_SLOT, assign_fd=read_fd)
+            proc = self.spawner.spawn(-1, release, limit, assign_fd=read_fd, close_fd=write_fd)
         finally:
-            self._forking_write_fd = -1
             os.close(read_fd)
         if proc is None:
             os.close(write_fd)
-            return
-        proc.extra["assign_fd"] = write_fd
-        self.procs[proc.pid] = proc
+            self.backoff.record_exit(SPARE_SLOT, time.monotonic(), None, 1, None)
+            return False
+        proc.assign_fd = write_fd
+        self.procs.add(proc)
+        return True
 
-    def assign(self, nr: int) -> bool:
-        """Give slot `nr` to a spare; False when none is there."""
-        for proc in self._current():
-            fd = proc.extra.get("assign_fd")
+    def assign(self, nr: int, release: Release) -> WorkerProc | None:
+        """Give slot `nr` to a spare of this release; None when none is there."""
+        for proc in self._current(release.generation):
+            fd = proc.assign_fd
             if fd is None:
                 continue
             try:
@@ -97,79 +114,60 @@ class Spares:
             # than at the next scheduler tick (measured: p50 7.4 -> 3.8 ms, and no
             # more two-humped distribution; a fork respawn does not gain from it).
             os.sched_yield()
-            proc.extra.pop("assign_fd")
-            del self.procs[proc.pid]
+            proc.assign_fd = None
+            self.procs.pop(proc.pid)
             proc.nr = nr
-            proc.extra["from_spare"] = True
+            proc.from_spare = True
             proc.spawned_at = time.monotonic()
             proc.spawned_wall = time.time()
-            proc.max_tasks = self.master.worker_max_tasks()
-            self.master.workers[proc.pid] = proc
-            self.master.log.info("worker[%d] spawning.. (a spare takes the slot)", nr)
-            self.master.log.info("worker[%d] spawned pid=%d", nr, proc.pid)
-            return True
-        return False
+            # proc.max_tasks stays the limit the spare was forked with: it counts by it.
+            self.log.info("worker[%d] spawning.. (a spare takes the slot)", nr)
+            self.log.info("worker[%d] spawned pid=%d", nr, proc.pid)
+            return proc
+        return None
 
     def retire(self, proc: WorkerProc, now: float, wait: float) -> None:
         """EOF on its pipe makes a spare exit; SIGKILL if it has not after `wait`."""
-        fd = proc.extra.pop("assign_fd", None)
-        if fd is not None:
-            os.close(fd)
+        if proc.assign_fd is not None:
+            os.close(proc.assign_fd)
+            proc.assign_fd = None
         proc.stop_signal = "EOF"
-        proc.kill_at = now + wait
+        self.stopper.kill_after(proc, now + wait)
 
-    def stop_all(self, now: float, quick: bool) -> None:
-        for proc in self.procs.values():
+    def stop_all(self, now: float, quick: bool, wait: float) -> None:
+        """The master stops: the same signals and waits as its workers get."""
+        for proc in self.procs:
             if quick:
-                self.master._signal(proc, signal.SIGTERM, group=True)
-            self.retire(proc, now, min(5.0, self.master.settings.graceful_timeout))
+                self.stopper.signal(proc, signal.SIGTERM, group=True)
+            self.retire(proc, now, wait)
 
-    def kill_past_deadline(self, now: float) -> None:
-        for proc in self.procs.values():
-            if proc.kill_at is not None and not proc.killed and now >= proc.kill_at:
-                self.master._signal(proc, signal.SIGKILL, group=True)
-                proc.killed = True
-
-    def next_deadline(self, now: float) -> float | None:
-        deadlines = [p.kill_at for p in self.procs.values() if p.kill_at and not p.killed]
-        if self.wanted and not self.master.stopping and len(self._current()) < self.wanted:
-            deadlines.append(max(now, self.master.backoff.not_before(SPARE_SLOT)))
-        return min(deadlines) if deadlines else None
+    def reopen_logs(self) -> None:
+        for proc in self.procs:
+            self.stopper.signal(proc, signal.SIGUSR1)
 
     def reaped(self, pid: int, text: str, code: int | None, signum: int | None) -> bool:
-        proc = self.procs.pop(pid, None)
+        proc = self.procs.pop(pid)
         if proc is None:
             return False
-        self.master.log.info("reaped pid=%d spare status=%s", pid, text)
-        fd = proc.extra.pop("assign_fd", None)
-        if fd is not None:
-            os.close(fd)
+        self.log.info("reaped pid=%d spare status=%s", pid, text)
+        if proc.assign_fd is not None:
+            os.close(proc.assign_fd)
+            proc.assign_fd = None
         proc.board.close()
-        if not proc.stopping and not self.master.stopping:
+        if not proc.stopping and not self.is_stopping():
             # A spare never gets ready as a worker: any death of its own is a crash.
-            delay = self.master.backoff.record_exit(
-                SPARE_SLOT, time.monotonic(), None, code, signum
-            )
+            delay = self.backoff.record_exit(SPARE_SLOT, time.monotonic(), None, code, signum)
             if delay > 0:
-                self.master.log.warning("spare died; forking the next one in %.2fs", delay)
+                self.log.warning("spare died; forking the next one in %.2fs", delay)
         return True
 
     # -- in a forked child ----------------------------------------------------------
 
-    _forking_write_fd = -1
-
     def close_in_child(self) -> None:
-        fds = [p.extra.get("assign_fd") for p in self.procs.values()]
-        fds.append(self._forking_write_fd)
-        for fd in fds:
-            if fd is not None and fd >= 0:
+        for proc in self.procs:
+            if proc.assign_fd is not None:
                 try:
-                    os.close(fd)
+                    os.close(proc.assign_fd)
                 except OSError:
                     pass
-
-    def close_all(self) -> None:
-        for proc in self.procs.values():
-            fd = proc.extra.pop("assign_fd", None)
-            if fd is not None:
-                os.close(fd)
+        self.procs.close_in_child()

@@ -7,6 +7,7 @@ import os
 import select
 import socket
 import time
+from collections.abc import Callable
 
 from unicornish import log
 
@@ -113,3 +114,22 @@ def watchdog_interval() -> float | None:
     if pid and (not pid.isdigit() or int(pid) != os.getpid()):
         return None
     return int(usec) / 2e6
+
+
+class Watchdog:
+    """WATCHDOG=1 every WATCHDOG_USEC/2, stopping included (a graceful stop can
+    outlast the watchdog); not after a hand-over, when the new master pings."""
+
+    def __init__(self, notifier: Notifier, is_stopping: Callable[[], bool]) -> None:
+        self.notifier = notifier
+        self.is_stopping = is_stopping
+        self.interval = watchdog_interval()
+        self.next_ping = 0.0
+
+    def tick(self, now: float) -> float | None:
+        if self.interval is None or (self.is_stopping() and self.notifier.quiet):
+            return None
+        if now >= self.next_ping:
+            self.notifier.send("WATCHDOG=1")
+            self.next_ping = now + self.interval
+        return self.next_ping

@@ -13,7 +13,6 @@ import os
 import select
 import signal
 import socket
-import struct
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -23,21 +22,16 @@ import psutil
 
 from unicornish import log, proctitle
 from unicornish.app import App, AppError, load_app
+from unicornish.protocol import (
+    EXIT_BOOT_FAILED,
+    EXIT_OK,
+    EXIT_TASK_FAILED,
+    REPORT_READY,
+    TRACEBACK_SIGNAL,
+    decode_slot,
+    encode_report,
+)
 from unicornish.scoreboard import BUSY, IDLE, Scoreboard
-
-# Exit codes a worker uses to tell the master why it stopped.
-EXIT_OK = 0
-EXIT_TASK_FAILED = 1
-EXIT_BOOT_FAILED = 3
-
-# Sent by the master before a timeout SIGKILL: faulthandler dumps the stack.
-TRACEBACK_SIGNAL = signal.SIGUSR2
-
-_REPORT = struct.Struct("=ii")
-# What the master writes to a spare's pipe: the slot number it takes.
-_SLOT = struct.Struct("=i")
-REPORT_READY = 1
-REPORT_SIZE = _REPORT.size
 
 # How often an idle worker in accept() re-checks its master by itself, in case
 # an app replaced our QUIT handler (the parent-death signal then goes unseen).
@@ -45,19 +39,6 @@ _ACCEPT_CHECK_SECONDS = 1.0
 # accept() failing for lack of fds or memory: wait this long before trying again.
 _ACCEPT_PAUSE_SECONDS = 0.1
 _NO_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-
-
-def encode_report(pid: int, event: int) -> bytes:
-    return _REPORT.pack(pid, event)
-
-
-def encode_slot(nr: int) -> bytes:
-    return _SLOT.pack(nr)
-
-
-def decode_reports(data: bytes) -> list[tuple[int, int]]:
-    usable = len(data) - len(data) % REPORT_SIZE
-    return [_REPORT.unpack_from(data, i) for i in range(0, usable, REPORT_SIZE)]
 
 
 class Worker:
@@ -219,7 +200,7 @@ class Worker:
         if error:
             self.log.error("worker[%d] %s", self.nr, error)
 
-    def install_signals(self, log_file: str | None, inherited: Sequence[int]) -> None:
+    def install_signals(self, log_file: str | None) -> None:
         self._log_file = log_file
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         for signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH):
@@ -237,11 +218,6 @@ class Worker:
             faulthandler.register(TRACEBACK_SIGNAL, file=sys.stderr, all_threads=True, chain=False)
         except (AttributeError, ValueError, OSError, RuntimeError):
             pass  # no usable stderr: the timeout kill still works, without a dump
-        for fd in inherited:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
 
     def _check_master(self) -> None:
         if os.getppid() != self.master_pid and self._master_is_gone():
@@ -272,7 +248,7 @@ class Worker:
                     data = os.read(assign_fd, 4)
                 except OSError:
                     return None
-                return _SLOT.unpack(data)[0] if len(data) == _SLOT.size else None
+                return decode_slot(data)
             if self._wake_r in ready:
                 self._drain_wake()
             else:

@@ -73,21 +73,29 @@ SIGNALS = {
 MAX_WORKERS = 7
 WANTED_LINE = re.compile(
     r"(TTIN|TTOU|WINCH): (\d+) workers wanted|(HUP) received"
-    r"|(reload failed): new worker\[\d+\] exited before it was ready"
+    r"|(reload failed): new worker\[\d+\] exited before it was ready|(reload done)"
 )
 
 
 def wanted_from_log(text: str, configured: int) -> int:
     """The worker count the master last said it wants, in the order it acted
     (mirroring Master.reload and abort_reload: an aborted reload puts back the
-    count from before the HUP, unless TTIN/TTOU changed it since)."""
-    wanted = previous = configured
+    count of the last proven release - a HUP during a reload keeps that one -
+    unless TTIN/TTOU changed the count since)."""
+    wanted = rollback = configured
+    reloading = False
     for match in WANTED_LINE.finditer(text):
         if match.group(3):
-            previous, wanted = wanted, configured
+            if not reloading:
+                rollback = wanted
+            reloading = True
+            wanted = configured
         elif match.group(4):
             if wanted == configured:
-                wanted = previous
+                wanted = rollback
+            reloading = False
+        elif match.group(5):
+            reloading = False
         else:
             wanted = int(match.group(2))
     return wanted

@@ -1,0 +1,182 @@
+"""Forking a worker: the master's side of the fork, and the child's first steps.
+
+A `Release` is what the workers of one generation run: the settings, the
+app (preloaded, or None when each worker loads it), the user they run as.
+HUP makes a new one; a failed reload goes back to the previous one.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from unicornish import linux, log, privileges
+from unicornish.app import App
+from unicornish.config import Settings
+from unicornish.eventloop import EventLoop
+from unicornish.privileges import Identity
+from unicornish.protocol import EXIT_BOOT_FAILED, HANDLED_SIGNALS
+from unicornish.scoreboard import Scoreboard
+from unicornish.worker import Worker
+from unicornish.workers import WorkerProc
+
+
+@dataclass
+class Release:
+    settings: Settings
+    app: App | None  # set only with --preload
+    identity: Identity | None
+    app_name: str
+    generation: int = 0
+
+    def hooks(self, name: str) -> list[Callable[..., Any]]:
+        """The config file's hook runs first, then the app's."""
+        found = []
+        config_hook = self.settings.hooks.get(name)
+        if config_hook is not None:
+            found.append(config_hook)
+        if self.app is not None and name in self.app.hooks:
+            found.append(self.app.hooks[name])
+        return found
+
+
+class Spawner:
+    def __init__(
+        self,
+        loop: EventLoop,
+        log: logging.Logger,
+        master_pid: int,
+        master_create_time: float,
+        listeners: list[socket.socket],
+        report_fd: int,
+    ) -> None:
+        self.loop = loop
+        self.log = log
+        self.master_pid = master_pid
+        self.master_create_time = master_create_time
+        self.listeners = listeners
+        self.report_fd = report_fd
+
+    def spawn(
+        self,
+        nr: int,
+        release: Release,
+        max_tasks: int | None,
+        assign_fd: int | None = None,
+        close_fd: int | None = None,
+    ) -> WorkerProc | None:
+        """Fork a worker for slot `nr`, or a spare (nr -1) that waits on `assign_fd`
+        (`close_fd`, the other end of its pipe, is closed in the child). None when
+        the fork failed (logged): the caller backs off."""
+        label = worker_label(nr)
+        self.log.info("%s spawning..", label)
+        try:
+            board = Scoreboard()
+        except (OSError, MemoryError) as exc:  # out of memory or address space
+            why = getattr(exc, "strerror", None) or type(exc).__name__
+            self.log.error("%s cannot spawn: scoreboard: %s; retrying", label, why)
+            return None
+        record = WorkerProc(
+            nr,
+            pid=0,
+            generation=release.generation,
+            board=board,
+            spawned_at=time.monotonic(),
+            spawned_wall=time.time(),
+            max_tasks=max_tasks,
+        )
+        worker = Worker(
+            nr,
+            self.master_pid,
+            self.master_create_time,
+            self.listeners,
+            board,
+            release.app_name,
+            max_tasks,
+        )
+        for hook in release.hooks("before_fork"):
+            try:
+                hook(worker)
+            except BaseException:  # noqa: BLE001 - not even sys.exit() in the hook kills the master
+                self.log.exception("%s before_fork failed", record.label)
+        log.flush_stdio()
+        if release.app is not None:
+            gc.freeze()  # keep the preloaded app's pages shared after fork
+        # Signals wait (blocked) until the child has its own handlers: a signal
+        # caught in between would go to our wake-up pipe, as if sent to us.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            record.board.close()
+            self.log.error("%s fork failed: %s; retrying", record.label, exc.strerror or exc)
+            return None
+        if pid == 0:
+            self._become_worker(worker, release, mask, assign_fd, close_fd)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        try:
+            os.setpgid(pid, pid)  # also done by the child; whoever runs first wins the race
+        except OSError:
+            pass
+        record.pid = pid
+        self.log.info("%s spawned pid=%d", record.label, pid)
+        return record
+
+    def _become_worker(
+        self,
+        worker: Worker,
+        release: Release,
+        mask: set[int | signal.Signals],
+        assign_fd: int | None,
+        close_fd: int | None,
+    ) -> None:
+        """In the child: drop the master's machinery, run the worker, never return."""
+        code = 1
+        try:
+            try:
+                os.setpgid(0, 0)
+            except OSError:
+                pass
+            self.loop.forget_in_child()
+            if close_fd is not None:
+                os.close(close_fd)
+            if release.identity is not None:
+                # Before the parent-death signal: changing uid/gid clears it.
+                try:
+                    privileges.drop(release.identity)
+                except OSError as exc:
+                    self.log.error(
+                        "%s %s",
+                        worker_label(worker.nr),
+                        privileges.drop_error(release.identity, exc),
+                    )
+                    code = EXIT_BOOT_FAILED
+                    return
+            linux.set_parent_death_signal(signal.SIGQUIT)
+            worker.install_signals(release.settings.log_file)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            worker.pid = os.getpid()
+            settings = release.settings
+            code = worker.run(
+                release.app, settings.app or "", settings.hooks, self.report_fd, assign_fd
+            )
+        except BaseException:  # noqa: BLE001 - the child must never return into the master's loop
+            try:
+                self.log.exception("%s failed", worker_label(worker.nr))
+            except BaseException:  # noqa: BLE001
+                pass
+        finally:
+            log.flush_stdio()
+            os._exit(code)
+
+
+def worker_label(nr: int) -> str:
+    return f"worker[{nr}]" if nr >= 0 else "spare"

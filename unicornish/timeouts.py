@@ -1,0 +1,72 @@
+"""--timeout: Unicorn's murder_lazy_workers, which kills *and* says when to look again.
+
+A worker's beat is the monotonic time its current task started (or its last
+`notify()`), stored in its scoreboard page; 0 while it is not in a task. A
+task past the timeout gets the traceback signal (faulthandler dumps its
+stack), then SIGKILL of its process group TRACEBACK_GRACE later.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from unicornish.protocol import TRACEBACK_SIGNAL
+from unicornish.workers import Stopper, WorkerProc, WorkerTable
+
+# After the traceback signal, how long a stuck worker gets to dump its stack.
+TRACEBACK_GRACE = 0.2
+
+
+class Timeouts:
+    def __init__(
+        self,
+        table: WorkerTable,
+        stopper: Stopper,
+        log: logging.Logger,
+        timeout: Callable[[], float | None],
+        grace_from: Callable[[], float],
+    ) -> None:
+        self.table = table
+        self.stopper = stopper
+        self.log = log
+        self.timeout = timeout
+        self.grace_from = grace_from
+
+    def tick(self, now: float) -> float | None:
+        """kill_stuck_workers; the next time a task could pass its timeout."""
+        timeout = self.timeout()
+        if not timeout:
+            return None
+        grace_from = self.grace_from()
+        upcoming: float | None = None
+        for w in self.table:
+            if w.timed_out or w.killed:
+                continue
+            beat = w.board.beat[0]
+            if not beat:
+                # Not in a task (booting, idle in accept()): nothing wakes us when
+                # one starts, so look again within `timeout`. A task starting at
+                # b is then seen by b + timeout, and killed at b + timeout.
+                due = now + timeout
+            else:
+                started = max(beat, grace_from)
+                due = started + timeout
+                if now >= due:
+                    self.kill(w, now, timeout)
+                    continue
+            upcoming = due if upcoming is None else min(upcoming, due)
+        return upcoming
+
+    def kill(self, w: WorkerProc, now: float, timeout: float) -> None:
+        w.timed_out = True
+        self.log.error(
+            "%s pid=%d timed out: task running for %.1fs (--timeout %gs); "
+            "dumping its traceback, then SIGKILL",
+            w.label,
+            w.pid,
+            now - w.board.beat[0],
+            timeout,
+        )
+        self.stopper.signal(w, TRACEBACK_SIGNAL)
+        self.stopper.kill_after(w, now + TRACEBACK_GRACE)
