@@ -30,6 +30,24 @@ BIN = ROOT / "bin" / "unicornish"
 EXAMPLES = ROOT / "examples"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    # Here, not in tests/chaos/conftest.py, which pytest reads only once it
+    # collects tests/chaos: too late for a bare `pytest --soak` from the root.
+    group = parser.getgroup("unicornish chaos")
+    group.addoption(
+        "--soak",
+        action="store_true",
+        default=False,
+        help="long chaos and leak runs; their figures go into docs/RELIABILITY.md",
+    )
+    group.addoption(
+        "--soak-seconds",
+        type=float,
+        default=90.0,
+        help="how long each chaos scenario runs under --soak (default 90)",
+    )
+
+
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> object:
     """Poll a condition with a deadline (never a bare sleep)."""
     deadline = time.monotonic() + timeout
