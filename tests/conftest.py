@@ -3,6 +3,10 @@
 Every master is started in a session of its own; at the end of each test every
 process of that session (and every pid we ever saw as one of its workers) is
 SIGKILLed, so a failing test cannot leak a worker into the next one.
+
+The helpers that test files share (wait_until, gone, run_cli, the apps that
+several files run...) live here too, next to the Run they go with; a test file
+takes them with `from conftest import ...`, as pytest puts tests/ on sys.path.
 """
 
 from __future__ import annotations
@@ -26,6 +30,24 @@ BIN = ROOT / "bin" / "unicornish"
 EXAMPLES = ROOT / "examples"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    # Here, not in tests/chaos/conftest.py, which pytest reads only once it
+    # collects tests/chaos: too late for a bare `pytest --soak` from the root.
+    group = parser.getgroup("unicornish chaos")
+    group.addoption(
+        "--soak",
+        action="store_true",
+        default=False,
+        help="long chaos and leak runs; their figures go into docs/RELIABILITY.md",
+    )
+    group.addoption(
+        "--soak-seconds",
+        type=float,
+        default=90.0,
+        help="how long each chaos scenario runs under --soak (default 90)",
+    )
+
+
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> object:
     """Poll a condition with a deadline (never a bare sleep)."""
     deadline = time.monotonic() + timeout
@@ -38,6 +60,20 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
         time.sleep(delay)
         delay = min(delay * 1.5, 0.1)
+
+
+def gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie (a zombie's parent, maybe this test, has
+    not reaped it yet; it runs nothing and holds nothing but its pid)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def alive(pid: int) -> bool:
+    """Running: there, and not a zombie."""
+    return not gone(pid)
 
 
 class Run:
@@ -209,6 +245,30 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Run]]:
     yield _start
     for run in runs:
         run.cleanup()
+
+
+# -- apps that tests in more than one file run ------------------------------------------
+
+
+def loop_app(task: float = 0.05) -> str:
+    """Workers that just keep going: each task is a sleep of `task` seconds."""
+    return f"""
+import time
+def worker_start(worker):
+    time.sleep({task})
+"""
+
+
+def slow_task_app(task: float = 1.5) -> str:
+    """Tasks long enough to be caught in the middle: each prints `task start PID`, then,
+    unless it is cut short, `task done PID` `task` seconds later."""
+    return f"""
+import os, time
+def worker_start(worker):
+    print(f"task start {{os.getpid()}}", flush=True)
+    time.sleep({task})
+    print(f"task done {{os.getpid()}}", flush=True)
+"""
 
 
 def write_app(tmp: Path, source: str, name: str = "app.py") -> Path:

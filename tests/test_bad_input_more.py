@@ -15,7 +15,6 @@ import os
 import signal
 import socket
 import subprocess
-import textwrap
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BIN, run_cli, wait_until
+from conftest import BIN, run_cli, wait_until, write_app
 from reliability import normalise, worker_children
 
 GOOD = "import time\ndef worker_start(worker):\n    time.sleep(0.05)\n"
@@ -47,11 +46,10 @@ class Case:
 
 
 def _write(tmp: Path, name: str, text: str | bytes) -> Path:
+    if isinstance(text, str):
+        return write_app(tmp, text, name)
     path = tmp / name
-    if isinstance(text, bytes):
-        path.write_bytes(text)
-    else:
-        path.write_text(textwrap.dedent(text))
+    path.write_bytes(text)
     return path
 
 

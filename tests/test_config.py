@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import run_cli, wait_until
+from conftest import run_cli, wait_until, write_app
 
 APP = """
 import os, time
@@ -37,10 +37,8 @@ def before_fork(worker):
 """
 
 
-def write_config(tmp: Path, text: str, name: str = "conf.py") -> Path:
-    path = tmp / name
-    path.write_text(textwrap.dedent(text))
-    return path
+def write_config(tmp: Path, text: str) -> Path:
+    return write_app(tmp, text, "conf.py")
 
 
 def pause(seconds: float) -> None:

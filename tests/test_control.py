@@ -13,22 +13,8 @@ import weakref
 from pathlib import Path
 
 import psutil
-from conftest import run_cli, wait_until
+from conftest import loop_app, run_cli, slow_task_app, wait_until
 from other_user import SYSTEM_PYTHON, open_dir, run_as, temp_user
-
-LOOP_APP = """
-import time
-def worker_start(worker):
-    time.sleep(0.05)
-"""
-
-SLOW_TASK_APP = """
-import os, time
-def worker_start(worker):
-    print(f"task start {os.getpid()}", flush=True)
-    time.sleep(3)
-    print(f"task done {os.getpid()}", flush=True)
-"""
 
 
 def ctl(path: Path | str, *args: str) -> tuple[int, dict]:
@@ -61,7 +47,7 @@ def read_line(sock: socket.socket) -> dict:
 
 
 def test_socket_is_0600_and_every_command_works(start, app_file, tmp_path):
-    app = app_file(LOOP_APP)
+    app = app_file(loop_app())
     path = tmp_path / "ctl.sock"
     run = start("--app", str(app), "--workers", "2", "--control", str(path))
     run.wait_ready(2)
@@ -117,7 +103,7 @@ def test_socket_is_0600_and_every_command_works(start, app_file, tmp_path):
 
 
 def test_stop_quick_does_not_wait_for_tasks(start, app_file, tmp_path):
-    app = app_file(SLOW_TASK_APP)
+    app = app_file(slow_task_app(3))
     path = tmp_path / "ctl.sock"
     run = start("--app", str(app), "--workers", "2", "--control", str(path))
     run.wait_ready(2)
@@ -131,7 +117,7 @@ def test_stop_quick_does_not_wait_for_tasks(start, app_file, tmp_path):
 
 
 def test_upgrade_moves_the_socket_aside_like_the_pid_file(start, app_file, tmp_path):
-    app = app_file(LOOP_APP)
+    app = app_file(loop_app())
     path = tmp_path / "ctl.sock"
     pid_file = tmp_path / "app.pid"
     run = start("--app", str(app), "--workers", "1", "--control", str(path), "--pid", str(pid_file))
@@ -163,7 +149,7 @@ def test_upgrade_moves_the_socket_aside_like_the_pid_file(start, app_file, tmp_p
 
 
 def test_bad_clients_never_stall_the_master(start, app_file, tmp_path):
-    app = app_file(LOOP_APP)
+    app = app_file(loop_app())
     path = tmp_path / "ctl.sock"
     run = start("--app", str(app), "--workers", "2", "--control", str(path))
     pids = run.wait_ready(2)
@@ -233,7 +219,7 @@ def test_bad_clients_never_stall_the_master(start, app_file, tmp_path):
 def test_second_master_on_the_same_socket_refuses_and_stale_one_is_replaced(
     start, app_file, tmp_path
 ):
-    app = app_file(LOOP_APP)
+    app = app_file(loop_app())
     path = tmp_path / "ctl.sock"
     run = start("--app", str(app), "--workers", "0", "--control", str(path))
     run.wait_log("master process ready")
@@ -289,7 +275,7 @@ print(data.decode().strip() or "EOF")
 
 def test_another_uid_is_refused_even_when_the_file_mode_would_let_it_in(start, app_file):
     with temp_user() as user, open_dir() as shared:
-        app = app_file(LOOP_APP)
+        app = app_file(loop_app())
         path = shared / "ctl.sock"
         run = start("--app", str(app), "--workers", "1", "--control", str(path))
         run.wait_ready(1)
@@ -309,7 +295,7 @@ def test_another_uid_is_refused_even_when_the_file_mode_would_let_it_in(start, a
 
 
 def test_new_options_from_a_config_file(start, app_file, tmp_path):
-    app = app_file(LOOP_APP)
+    app = app_file(loop_app())
     path = tmp_path / "ctl.sock"
     config = tmp_path / "conf.py"
     config.write_text(
@@ -341,7 +327,7 @@ def test_new_options_from_a_config_file(start, app_file, tmp_path):
 
 
 def test_failed_upgrade_gives_the_socket_back(start, app_file, tmp_path):
-    app = app_file(LOOP_APP)
+    app = app_file(loop_app())
     path = tmp_path / "ctl.sock"
     run = start("--app", str(app), "--workers", "1", "--control", str(path))
     run.wait_ready(1)

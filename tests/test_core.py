@@ -9,26 +9,11 @@ import time
 
 import psutil
 import pytest
-from conftest import EXAMPLES, wait_until
-
-LOOP_APP = """
-import os, time
-def worker_start(worker):
-    time.sleep(0.05)
-"""
-
-# A task long enough to be caught in the middle, that says when it ends.
-SLOW_TASK_APP = """
-import os, sys, time
-def worker_start(worker):
-    print(f"task start {os.getpid()}", flush=True)
-    time.sleep(1.5)
-    print(f"task done {os.getpid()}", flush=True)
-"""
+from conftest import EXAMPLES, loop_app, slow_task_app, wait_until
 
 
 def test_spawns_n_workers_with_titles(start, app_file):
-    app = app_file(LOOP_APP)
+    app = app_file(loop_app())
     run = start("--app", str(app), "--workers", "3")
     pids = run.wait_ready(3)
     assert sorted(pids) == [0, 1, 2]
@@ -52,7 +37,7 @@ def test_spawns_n_workers_with_titles(start, app_file):
 
 
 def test_zero_workers_allowed(start, app_file):
-    app = app_file(LOOP_APP)
+    app = app_file(loop_app())
     run = start("--app", str(app), "--workers", "0")
     run.wait_log("master process ready")
     assert run.workers() == []
@@ -62,7 +47,7 @@ def test_zero_workers_allowed(start, app_file):
 
 @pytest.mark.parametrize("preload", [False, True])
 def test_killed_worker_is_replaced_at_once_with_same_nr(start, app_file, preload):
-    app = app_file(LOOP_APP)
+    app = app_file(loop_app())
     args = ["--app", str(app), "--workers", "2", "--poll", "30"] + (
         ["--preload"] if preload else []
     )
@@ -82,7 +67,7 @@ def test_killed_worker_is_replaced_at_once_with_same_nr(start, app_file, preload
 
 
 def test_master_sigkill_lets_workers_finish_their_task(start, app_file):
-    app = app_file(SLOW_TASK_APP)
+    app = app_file(slow_task_app())
     run = start("--app", str(app), "--workers", "2")
     pids = run.wait_workers(2)
     wait_until(lambda: run.stdout().count("task start") >= 2, 5, "tasks to start")
@@ -106,7 +91,7 @@ def test_master_sigkill_lets_workers_finish_their_task(start, app_file):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_term_and_int_stop_everything_promptly(start, app_file, sig):
-    app = app_file(SLOW_TASK_APP)
+    app = app_file(slow_task_app())
     run = start("--app", str(app), "--workers", "3")
     pids = run.wait_ready(3)
     started = time.monotonic()
@@ -119,7 +104,7 @@ def test_term_and_int_stop_everything_promptly(start, app_file, sig):
 
 
 def test_quit_lets_the_running_task_finish(start, app_file):
-    app = app_file(SLOW_TASK_APP)
+    app = app_file(slow_task_app())
     run = start("--app", str(app), "--workers", "2")
     pids = run.wait_workers(2)
     wait_until(lambda: run.stdout().count("task start") >= 2, 5, "tasks to start")
@@ -237,7 +222,7 @@ def test_demo_app_prints_like_the_original(start):
 
 def test_entry_points_are_the_master_itself(tmp_path, app_file):
     """`python -m unicornish` and bin/unicornish: the started pid is the master."""
-    app = app_file(LOOP_APP)
+    app = app_file(loop_app())
     from conftest import BIN, ROOT
 
     env = dict(os.environ, PYTHONPATH=str(ROOT))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import run_cli, wait_until
+from conftest import gone, run_cli, wait_until
 
 LOOP_APP = """
 import time
@@ -43,13 +43,6 @@ def daemon_dir(tmp_path: Path) -> Iterator[Path]:
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def test_daemonize_returns_once_ready_and_upgrades_in_place(daemon_dir):

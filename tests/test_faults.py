@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import BIN, ROOT, wait_until
+from conftest import BIN, ROOT, alive, loop_app, wait_until
 from reliability import (
     PrefixedRun,
     ScratchUser,
@@ -27,19 +27,6 @@ from reliability import (
     worker_children,
     zombies,
 )
-
-LOOP_APP = """
-import time
-def worker_start(worker):
-    time.sleep(0.05)
-"""
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def respawns_after_kill(run, nr: int = 0, timeout: float = 10.0) -> int:
@@ -73,7 +60,7 @@ def shared(tmp_path: Path) -> Iterator[Path]:
 def test_master_started_with_stdio_closed(tmp_path, app_file):
     """fd 0, 1 and 2 closed at start: the master must not hand those numbers to
     its own pipes (its log lines would land in its signal pipe)."""
-    app = app_file(LOOP_APP)
+    app = app_file(loop_app())
     log_path = tmp_path / "log"
     proc = subprocess.Popen(
         [
@@ -146,7 +133,7 @@ def test_app_that_closes_its_stdio(start, app_file):
 
 
 def test_sigstopped_worker_is_killed_by_timeout(start, app_file):
-    app = app_file(LOOP_APP)
+    app = app_file(loop_app())
     run = start("--app", str(app), "--workers", "2", "--timeout", "1")
     pids = run.wait_ready(2)
     os.kill(pids[1], signal.SIGSTOP)
@@ -437,7 +424,7 @@ def fill(directory: Path) -> Path:
 
 
 def test_log_disk_full_then_freed(small_fs, start, app_file):
-    app = app_file(LOOP_APP)
+    app = app_file(loop_app())
     log_path = small_fs / "unicornish.log"
     run = start("--app", str(app), "--workers", "2", "--log-file", str(log_path), log_file=False)
     run.log_path = log_path
@@ -466,7 +453,7 @@ def test_log_disk_full_then_freed(small_fs, start, app_file):
 
 def test_log_pipe_closed_by_its_reader(tmp_path, app_file):
     """EPIPE on every log write: neither the master nor its workers may die of it."""
-    app = app_file(LOOP_APP)
+    app = app_file(loop_app())
     read_end, write_end = os.pipe()
     proc = subprocess.Popen(
         [str(BIN), "--app", str(app), "--workers", "2"],
@@ -509,7 +496,7 @@ def test_log_file_cannot_be_reopened_then_can(start, app_file, tmp_path):
     logs = tmp_path / "logs"
     logs.mkdir()
     log_path = logs / "unicornish.log"
-    app = app_file(LOOP_APP)
+    app = app_file(loop_app())
     run = start("--app", str(app), "--workers", "1", "--log-file", str(log_path), log_file=False)
     run.log_path = log_path
     run.wait_ready(1)
@@ -541,7 +528,7 @@ def lowest_free_fd(pid: int) -> int:
 
 
 def test_master_out_of_file_descriptors(start, app_file, tmp_path):
-    app = app_file(LOOP_APP)
+    app = app_file(loop_app())
     control = str(tmp_path / "ctl.sock")
     run = start("--app", str(app), "--workers", "2", "--control", control)
     pids = run.wait_ready(2)
@@ -600,7 +587,7 @@ def vm_size(pid: int) -> int:
 def test_master_out_of_memory(start, app_file):
     """RLIMIT_AS at the master's current size: every new mapping (a worker's
     scoreboard, Python's own allocations) fails. The master must not die."""
-    app = app_file(LOOP_APP)
+    app = app_file(loop_app())
     run = start("--app", str(app), "--workers", "2")
     pids = run.wait_ready(2)
     proc = psutil.Process(run.pid)
@@ -640,7 +627,7 @@ def pids_cgroup() -> Iterator[Path]:
 
 
 def test_fork_fails_on_process_limit_then_recovers(tmp_path, app_file, pids_cgroup):
-    app = app_file(LOOP_APP)
+    app = app_file(loop_app())
     (pids_cgroup / "pids.max").write_text("3")  # the master and two workers
     join = ["sh", "-c", f'echo $$ > {pids_cgroup}/cgroup.procs && exec "$@"', "sh"]
     run = PrefixedRun(tmp_path, join, ["--app", str(app), "--workers", "4"])
@@ -810,7 +797,7 @@ def test_control_socket_flood_and_silent_clients(start, app_file, tmp_path):
     """Hundreds of connections that say nothing, and one that pipelines thousands
     of requests without reading a reply: the master's fds stay bounded, it keeps
     serving signals, and it is back to normal once the silent ones time out."""
-    app = app_file(LOOP_APP)
+    app = app_file(loop_app())
     control = str(tmp_path / "ctl.sock")
     run = start("--app", str(app), "--workers", "2", "--control", control)
     run.wait_ready(2)
@@ -905,7 +892,7 @@ def test_ctl_reports_a_refusal_even_when_its_send_races_it(start, app_file, tmp_
     """With 64 control clients open, the master answers a new one `too many control
     connections` and closes at once; `unicornish ctl` may get EPIPE on its send by
     then, and must still show that answer (exit 1), not "hung up" (exit 3)."""
-    app = app_file(LOOP_APP)
+    app = app_file(loop_app())
     control = str(tmp_path / "ctl.sock")
     run = start("--app", str(app), "--workers", "1", "--control", control)
     run.wait_ready(1)

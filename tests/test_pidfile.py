@@ -9,13 +9,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import wait_until
-
-APP = """
-import time
-def worker_start(worker):
-    time.sleep(0.05)
-"""
+from conftest import loop_app, wait_until
 
 
 def read(path: Path) -> str:
@@ -33,7 +27,7 @@ def dead_pid() -> int:
 
 @pytest.mark.parametrize("sig", [signal.SIGQUIT, signal.SIGTERM])
 def test_written_when_ready_and_removed_on_exit(start, app_file, tmp_path, sig):
-    app = app_file(APP)
+    app = app_file(loop_app())
     pid_path = tmp_path / "app.pid"
     run = start("--app", str(app), "--pid", str(pid_path))
     run.wait_log("master process ready")
@@ -48,7 +42,7 @@ def test_written_when_ready_and_removed_on_exit(start, app_file, tmp_path, sig):
 
 
 def test_not_removed_on_exit_when_it_names_another_process(start, app_file, tmp_path):
-    app = app_file(APP)
+    app = app_file(loop_app())
     pid_path = tmp_path / "app.pid"
     run = start("--app", str(app), "--pid", str(pid_path))
     wait_until(lambda: read(pid_path) == f"{run.pid}\n", 5, "the pid file")
@@ -59,7 +53,7 @@ def test_not_removed_on_exit_when_it_names_another_process(start, app_file, tmp_
 
 
 def test_a_symlink_is_replaced_never_followed(start, app_file, tmp_path):
-    app = app_file(APP)
+    app = app_file(loop_app())
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")
     pid_path = tmp_path / "app.pid"
@@ -72,7 +66,7 @@ def test_a_symlink_is_replaced_never_followed(start, app_file, tmp_path):
 
 
 def test_refuses_to_start_beside_a_live_master_and_leaves_it_alone(start, app_file, tmp_path):
-    app = app_file(APP)
+    app = app_file(loop_app())
     pid_path = tmp_path / "app.pid"
     first = start("--app", str(app), "--pid", str(pid_path), "--workers", "2")
     pids = first.wait_ready(2)
@@ -111,7 +105,7 @@ def test_refuses_to_start_beside_a_live_master_and_leaves_it_alone(start, app_fi
 
 
 def test_stale_file_with_a_dead_pid_is_replaced(start, app_file, tmp_path):
-    app = app_file(APP)
+    app = app_file(loop_app())
     pid_path = tmp_path / "app.pid"
     dead = dead_pid()
     pid_path.write_text(f"{dead}\n")
@@ -123,7 +117,7 @@ def test_stale_file_with_a_dead_pid_is_replaced(start, app_file, tmp_path):
 
 @pytest.mark.parametrize("content", ["", "garbage\n", "-5\n"])
 def test_stale_file_with_garbage_is_replaced(start, app_file, tmp_path, content):
-    app = app_file(APP)
+    app = app_file(loop_app())
     pid_path = tmp_path / "app.pid"
     pid_path.write_text(content)
     run = start("--app", str(app), "--pid", str(pid_path))
@@ -134,7 +128,7 @@ def test_stale_file_with_garbage_is_replaced(start, app_file, tmp_path, content)
 def test_stale_file_naming_another_program_is_replaced(start, app_file, tmp_path):
     """The pid was reused by another program, even one whose command line mentions
     unicornish (an admin tailing its log): not a master, so the file is stale."""
-    app = app_file(APP)
+    app = app_file(loop_app())
     pid_path = tmp_path / "app.pid"
     log_path = tmp_path / "unicornish.log"
     log_path.touch()

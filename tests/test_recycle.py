@@ -7,7 +7,7 @@ import signal
 import time
 
 import psutil
-from conftest import wait_until
+from conftest import slow_task_app, wait_until
 
 
 def test_max_tasks_recycles_a_worker_gracefully_with_jitter(start, app_file):
@@ -101,17 +101,8 @@ def test_give_up_after_when_workers_never_boot(start, app_file):
     assert "giving up (--give-up-after)" in run.log()
 
 
-SLOW_TASK_APP = """
-import os, time
-def worker_start(worker):
-    print(f"task start {os.getpid()}", flush=True)
-    time.sleep(1.5)
-    print(f"task done {os.getpid()}", flush=True)
-"""
-
-
 def test_term_graceful_lets_tasks_finish(start, app_file):
-    app = app_file(SLOW_TASK_APP)
+    app = app_file(slow_task_app())
     run = start("--app", str(app), "--workers", "2", "--term", "graceful")
     pids = run.wait_ready(2)
     assert "TERM means graceful stop (--term graceful)" in run.log()
@@ -125,7 +116,7 @@ def test_term_graceful_lets_tasks_finish(start, app_file):
 
 
 def test_term_quick_is_the_default_and_is_logged(start, app_file):
-    app = app_file(SLOW_TASK_APP)
+    app = app_file(slow_task_app())
     run = start("--app", str(app), "--workers", "1")
     run.wait_ready(1)
     assert "TERM means quick stop (--term quick)" in run.log()

@@ -16,14 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_until
+from conftest import loop_app, wait_until
 from reliability import PrefixedRun, ScratchUser, scratch_user, worker_children
-
-APP = """
-import time
-def worker_start(worker):
-    time.sleep(0.05)
-"""
 
 UMASK_0 = ["sh", "-c", 'umask 0 && exec "$@"', "sh"]
 
@@ -72,7 +66,7 @@ def as_user(user: ScratchUser, action: Callable[[], Any]) -> Any:
 
 
 def start_in(directory: Path, *args: str, prefix: list[str] | None = None) -> PrefixedRun:
-    (directory / "app.py").write_text(APP)
+    (directory / "app.py").write_text(loop_app())
     return PrefixedRun(directory, prefix or UMASK_0, ["--app", str(directory / "app.py"), *args])
 
 

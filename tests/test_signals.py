@@ -9,13 +9,7 @@ import subprocess
 import time
 
 import psutil
-from conftest import BIN, wait_until
-
-QUICK_APP = """
-import time
-def worker_start(worker):
-    time.sleep(0.02)
-"""
+from conftest import BIN, gone, loop_app, wait_until
 
 
 def pause(seconds: float) -> None:
@@ -28,15 +22,8 @@ def reaped_nrs(run) -> list[int]:
     return [int(n) for n in re.findall(r"reaped pid=\d+ worker\[(\d+)\]", run.log())]
 
 
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 def test_ttin_twice_then_ttou_three_times(start, app_file):
-    app = app_file(QUICK_APP)
+    app = app_file(loop_app(0.02))
     run = start("--app", str(app), "--workers", "1")
     first = run.wait_ready(1)
     run.signal(signal.SIGTTIN)
@@ -59,7 +46,7 @@ def test_ttin_twice_then_ttou_three_times(start, app_file):
 
 
 def test_ttou_to_zero_then_below_then_ttin_back(start, app_file):
-    app = app_file(QUICK_APP)
+    app = app_file(loop_app(0.02))
     run = start("--app", str(app), "--workers", "1")
     pids = run.wait_ready(1)
     run.signal(signal.SIGTTOU)
@@ -75,7 +62,7 @@ def test_ttou_to_zero_then_below_then_ttin_back(start, app_file):
 
 
 def test_winch_stops_workers_keeps_master_and_ttin_brings_one_back(start, app_file):
-    app = app_file(QUICK_APP)
+    app = app_file(loop_app(0.02))
     run = start("--app", str(app), "--workers", "3")
     pids = run.wait_ready(3)
     run.signal(signal.SIGWINCH)
@@ -92,7 +79,7 @@ def test_winch_stops_workers_keeps_master_and_ttin_brings_one_back(start, app_fi
 
 
 def test_winch_is_ignored_while_stdin_is_a_terminal(tmp_path, app_file):
-    app = app_file(QUICK_APP)
+    app = app_file(loop_app(0.02))
     log_path = tmp_path / "log"
     main_fd, sub_fd = os.openpty()
     proc = subprocess.Popen(

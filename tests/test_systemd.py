@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import psutil
-from conftest import BIN, ROOT, wait_until
+from conftest import BIN, ROOT, alive, gone, slow_task_app, wait_until
 from http_client import Hammer, get, listen_addresses, tcp_target, write_http_app
-from test_upgrade import BROKEN_APP, new_master, read_pid, running, stop_master
+from test_upgrade import BROKEN_APP, new_master, read_pid, stop_master
 
 CONTRIB = ROOT / "contrib" / "systemd"
 
@@ -179,7 +179,7 @@ def _notify_scenario(start, tmp_path: Path, notify: NotifyListener) -> None:
         notify.wait(new, "BARRIER=1", after=handover)
         # Until systemd has read MAINPID= (the barrier's fd is closed), the old
         # master is left alone: it is still the main process.
-        assert running(old) and run.count("QUIT received") == 0
+        assert alive(old) and run.count("QUIT received") == 0
         notify.release()
         assert run.wait_exit() == 0  # the old master finished by itself
         after = time.monotonic()
@@ -197,22 +197,14 @@ def _notify_scenario(start, tmp_path: Path, notify: NotifyListener) -> None:
     assert get(f"unix:{sock}")["master_pid"] == new
     os.kill(new, signal.SIGQUIT)
     notify.wait(new, "STOPPING=1", after=handover)
-    wait_until(lambda: not running(new), 10, "the new master to exit")
+    wait_until(lambda: gone(new), 10, "the new master to exit")
     assert not sock.exists() and not pid_file.exists()
-
-
-SLOW_TASK_APP = """
-import time
-def worker_start(worker):
-    print("task start", flush=True)
-    time.sleep(1.5)
-"""
 
 
 def test_watchdog_keeps_pinging_while_stopping_without_spinning(start, app_file, tmp_path):
     notify = NotifyListener(tmp_path / "notify.sock")
     try:
-        app = app_file(SLOW_TASK_APP)
+        app = app_file(slow_task_app())
         run = start(
             "--app", str(app),
             env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "200000"},

@@ -9,7 +9,7 @@ import socket
 import time
 
 import psutil
-from conftest import wait_until
+from conftest import gone, wait_until
 
 # A task that gets stuck exactly once (the first worker to reach its 3rd task),
 # and says when, on the shared CLOCK_MONOTONIC.
@@ -34,13 +34,6 @@ def worker_start(worker):
             stuck_here(worker)
     time.sleep(0.02)
 """
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def wait_gone(pid: int, timeout: float) -> float:

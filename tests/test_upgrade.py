@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import psutil
-from conftest import wait_until
+from conftest import alive, gone, wait_until
 from http_client import Hammer, get, tcp_target, write_http_app
 
 
@@ -22,13 +22,6 @@ def read_pid(path: Path) -> int | None:
         return int(path.read_text().strip())
     except (FileNotFoundError, ValueError):
         return None
-
-
-def running(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def title(pid: int) -> str:
@@ -65,9 +58,9 @@ def wait_master_up(run, pid: int, workers: int) -> None:
 
 def stop_master(pid: int) -> None:
     """QUIT a master that is not our child and wait until it is gone."""
-    if running(pid):
+    if alive(pid):
         os.kill(pid, signal.SIGQUIT)
-    wait_until(lambda: not running(pid), 10, f"master {pid} to exit")
+    wait_until(lambda: gone(pid), 10, f"master {pid} to exit")
 
 
 def test_usr2_then_quit_old_loses_no_request(start, tmp_path):

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import loop_app
 from reliability import (
     log_tracebacks,
     snapshot,
@@ -34,12 +35,6 @@ from reliability import (
     worker_children,
     zombies,
 )
-
-LOOP_APP = """
-import time
-def worker_start(worker):
-    time.sleep(0.01)
-"""
 
 # Says which worker took the connection first, so that a lost request can be
 # matched against the SIGKILLs the test sent.
@@ -334,7 +329,7 @@ def test_chaos(
     spec = SCENARIOS[scenario]
     configured = int(spec["workers"])
     seconds = soak_seconds if soak else 5.0
-    app = app_file(SERVER_APP if spec["listen"] else LOOP_APP)
+    app = app_file(SERVER_APP if spec["listen"] else loop_app(0.01))
     args = ["--app", str(app), "--workers", str(configured), "--graceful-timeout", "5"]
     port = 0
     if spec["preload"]:

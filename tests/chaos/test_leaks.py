@@ -18,14 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_until
+from conftest import gone, loop_app, wait_until
 from reliability import children, log_tracebacks, snapshot, worker_children, zombies
-
-APP = """
-import time
-def worker_start(worker):
-    time.sleep(0.01)
-"""
 
 RESPAWNS = 1000  # under --soak; `make check` does SHORT_RESPAWNS
 SHORT_RESPAWNS = 300
@@ -82,7 +76,7 @@ def respawn_rounds(run: Any, tail: LogTail, workers: int, total: int) -> int:
 
 @pytest.mark.parametrize("preload", [False, True], ids=["plain", "preload"])
 def test_respawns_leak_nothing(start, app_file, tmp_path, preload, soak):
-    app = app_file(APP)
+    app = app_file(loop_app(0.01))
     workers = 4
     args = ["--app", str(app), "--workers", str(workers), "--listen", f"unix:{tmp_path}/l.sock"]
     args += ["--control", str(tmp_path / "ctl.sock")]
@@ -120,22 +114,13 @@ def test_respawns_leak_nothing(start, app_file, tmp_path, preload, soak):
     report("respawns-preload" if preload else "respawns-plain", figures, soak)
 
 
-def gone(pid: int) -> bool:
-    """Exited (a zombie is gone too: the first master's parent is this test)."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rpartition(")")[2].split()[0] == "Z"
-    except OSError:
-        return True
-
-
 def ready_master_lines(log: str) -> list[int]:
     return [int(pid) for pid in re.findall(r"master process ready pid=(\d+)", log)]
 
 
 def start_upgradable(start, app_file, tmp_path):
     """A master with what a USR2 hands over: pid file, a listener, a control socket."""
-    app = app_file(APP)
+    app = app_file(loop_app(0.01))
     pid_file = tmp_path / "u.pid"
     run = start(
         "--app",

@@ -1,0 +1,31 @@
+"""What `unicornish ctl WORDS` sends (parse_ctl), the master's parser takes as the
+same request (parse_request): the client and the server agree on every command."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from unicornish.control import parse_request
+from unicornish.ops import parse_ctl
+
+CASES = [
+    (["status"], ("status", {})),
+    (["ttin"], ("ttin", {})),
+    (["ttou"], ("ttou", {})),
+    (["reload"], ("reload", {})),
+    (["reopen"], ("reopen", {})),
+    (["upgrade"], ("upgrade", {})),
+    (["scale", "0"], ("scale", {"workers": 0})),
+    (["scale", "7"], ("scale", {"workers": 7})),
+    (["stop"], ("stop", {"quick": False})),
+    (["stop", "--quick"], ("stop", {"quick": True})),
+]
+
+
+@pytest.mark.parametrize(("words", "expected"), CASES, ids=[" ".join(w) for w, _ in CASES])
+def test_ctl_payload_and_the_same_words_parse_alike_on_the_master(words, expected):
+    _control, payload = parse_ctl(["--control", "/s", *words])
+    assert parse_request(json.dumps(payload)) == expected
+    assert parse_request(" ".join(words)) == expected
