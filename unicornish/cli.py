@@ -166,6 +166,7 @@ def prepare(settings: Settings, identity: Identity | None = None) -> app_module.
         warning = pidfile.check(settings.pid)
         if warning:
             log.get_logger().warning("%s", warning)
+        pidfile.check_writable(settings.pid)
     if settings.log_file:
         try:
             log.open_log_file(settings.log_file)

@@ -1,0 +1,77 @@
+"""Regression tests for defects 5-16 of the defects list, each with real processes."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import run_cli
+
+APP = """
+import time
+def worker_start(worker):
+    time.sleep(0.05)
+"""
+
+
+def one_error_line(result: subprocess.CompletedProcess[str], code: int, *words: str) -> str:
+    """The bad-input contract: exit code, one line on stderr, no traceback."""
+    assert result.returncode == code, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("unicornish: error: "), lines[0]
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+def kill_logged(log_path: Path) -> None:
+    """SIGKILL the master and workers a log names, if they still run: without a fix
+    a -D master runs on in a session of its own, out of reach of any Popen."""
+    try:
+        text = log_path.read_text(errors="replace")
+    except FileNotFoundError:
+        return
+    masters = {int(p) for p in re.findall(r"master process ready pid=(\d+)", text)}
+    workers = {int(p) for p in re.findall(r"spawned pid=(\d+)", text)}
+    for pid in sorted(masters) + sorted(workers):
+        try:
+            # Only a unicornish process (the pid may be reused by now).
+            name = psutil.Process(pid).name()
+            if name == "unicornish" or name.startswith("worker["):
+                os.kill(pid, signal.SIGKILL)
+        except (psutil.Error, OSError):
+            continue
+
+
+# -- 5: an unwritable pid file stops the start ------------------------------------
+
+
+def _unwritable_pid_path() -> str:
+    """A directory root may "write" by os.access() but cannot create files in."""
+    for directory in ("/sys", "/proc"):
+        if os.path.isdir(directory) and os.access(directory, os.W_OK):
+            return f"{directory}/app.pid"
+    pytest.skip("no sysfs or procfs to try")
+
+
+@pytest.mark.parametrize("daemonize", [False, True])
+def test_unwritable_pid_file_stops_the_start(tmp_path: Path, daemonize: bool) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    pid_path = _unwritable_pid_path()
+    log_path = tmp_path / "unicornish.log"
+    args = ["--app", str(app), "--pid", pid_path, "--log-file", str(log_path)]
+    try:
+        result = run_cli(*args, *(["-D"] if daemonize else []), cwd=tmp_path, timeout=20)
+        one_error_line(result, 1, "cannot write pid file", pid_path)
+        # Refused before any worker (and before the log file was opened).
+        assert not log_path.exists() or "spawned" not in log_path.read_text()
+    finally:
+        kill_logged(log_path)
