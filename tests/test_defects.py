@@ -6,11 +6,12 @@ import os
 import re
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
-from conftest import run_cli
+from conftest import run_cli, wait_until
 
 APP = """
 import time
@@ -75,3 +76,33 @@ def test_unwritable_pid_file_stops_the_start(tmp_path: Path, daemonize: bool) ->
         assert not log_path.exists() or "spawned" not in log_path.read_text()
     finally:
         kill_logged(log_path)
+
+
+# -- 9: a pid file naming a live process that is no master ----------------------
+
+
+@pytest.fixture
+def other_process() -> Iterator[int]:
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait(5)
+
+
+@pytest.mark.parametrize("whose", ["pid 1", "a sleep"])
+def test_pid_file_naming_a_live_non_master(start, tmp_path, other_process, whose) -> None:
+    pid = 1 if whose == "pid 1" else other_process
+    if pid == 1 and psutil.Process(1).name() == "unicornish":
+        pytest.skip("pid 1 is a unicornish master here")
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    pid_path = tmp_path / "app.pid"
+    pid_path.write_text(f"{pid}\n")
+    run = start("--app", str(app), "--pid", str(pid_path))
+    wait_until(lambda: pid_path.read_text() == f"{run.pid}\n", 10, "the pid file replaced")
+    log = run.log()
+    assert f"replacing stale pid file {pid_path} (pid={pid} is not a unicornish master)" in log
+    assert "is not running" not in log
+    assert psutil.Process(pid).status() != psutil.STATUS_ZOMBIE  # left alone

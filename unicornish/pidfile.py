@@ -82,7 +82,17 @@ def check(path: str) -> str | None:
     pid = read_pid(path)
     if pid is not None and is_unicornish_master(pid):
         raise StartupError(f"already running: pid file {path} names live master pid={pid}")
-    return f"replacing stale pid file {path}" + (f" (pid={pid} is not running)" if pid else "")
+    return f"replacing stale pid file {path}" + (f" ({_why_stale(pid)})" if pid else "")
+
+
+def _why_stale(pid: int) -> str:
+    """A reused pid (pid 1, a shell) is alive: "not running" would send the
+    reader looking for a crash that never happened."""
+    try:
+        alive = psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        alive = False
+    return f"pid={pid} is not a unicornish master" if alive else f"pid={pid} is not running"
 
 
 def check_writable(path: str) -> None:
