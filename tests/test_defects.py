@@ -106,3 +106,32 @@ def test_pid_file_naming_a_live_non_master(start, tmp_path, other_process, whose
     assert f"replacing stale pid file {pid_path} (pid={pid} is not a unicornish master)" in log
     assert "is not running" not in log
     assert psutil.Process(pid).status() != psutil.STATUS_ZOMBIE  # left alone
+
+
+# -- 8: a unix socket mode that is not octal 0..0777 -----------------------------
+
+
+@pytest.mark.parametrize("mode", ["999", "0o660", "1777", "", "0660x"])
+def test_bad_unix_socket_mode_is_refused(tmp_path: Path, mode: str) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    sock = tmp_path / "x.sock"
+    result = run_cli("--app", str(app), "--listen", f"unix:{sock}:{mode}", cwd=tmp_path)
+    one_error_line(result, 2, "--listen", "mode must be octal")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.py"]  # no x.sock:999
+
+
+def test_unix_socket_paths_with_a_colon(start, tmp_path: Path) -> None:
+    """A ':' followed by a directory stays in the path; a path whose last ':' is
+    followed by a digit takes an explicit mode after it."""
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    (tmp_path / "a:b").mkdir()
+    in_dir = tmp_path / "a:b" / "x.sock"
+    digits = tmp_path / "app:1"
+    run = start("--app", str(app), "--listen", f"unix:{in_dir}", "--listen", f"unix:{digits}:0600")
+    run.wait_ready(1)
+    log = run.log()
+    assert f"listening on unix:{in_dir} fd=" in log and f"listening on unix:{digits} fd=" in log
+    assert in_dir.is_socket() and digits.is_socket()
+    assert digits.stat().st_mode & 0o777 == 0o600
