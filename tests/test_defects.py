@@ -135,3 +135,23 @@ def test_unix_socket_paths_with_a_colon(start, tmp_path: Path) -> None:
     assert f"listening on unix:{in_dir} fd=" in log and f"listening on unix:{digits} fd=" in log
     assert in_dir.is_socket() and digits.is_socket()
     assert digits.stat().st_mode & 0o777 == 0o600
+
+
+# -- 16: --app names a directory ---------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["somedir", "my-dir"])
+@pytest.mark.parametrize("preload", [False, True])
+def test_app_that_is_a_directory(tmp_path: Path, name: str, preload: bool) -> None:
+    (tmp_path / name).mkdir()
+    result = run_cli("--app", name, *(["--preload"] if preload else []), cwd=tmp_path)
+    one_error_line(result, 1, "is a directory", name)
+
+
+def test_app_that_is_a_package_directory_still_runs(start, tmp_path: Path) -> None:
+    """A directory with __init__.py is a module: it runs, the message is only for
+    a directory no module answers to."""
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "__init__.py").write_text(APP)
+    run = start("--app", "tasks")
+    run.wait_ready(1)
