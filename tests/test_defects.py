@@ -155,3 +155,22 @@ def test_app_that_is_a_package_directory_still_runs(start, tmp_path: Path) -> No
     (tmp_path / "tasks" / "__init__.py").write_text(APP)
     run = start("--app", "tasks")
     run.wait_ready(1)
+
+
+# -- 11: status --help and ctl --help ------------------------------------------------
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+@pytest.mark.parametrize(
+    "command, words",
+    [
+        ("status", ["--control PATH", "--pid FILE", "--json", "exit codes", "3  not running"]),
+        ("ctl", ["COMMAND", "scale N", "reload", "stop [--quick]", "upgrade", "exit codes"]),
+    ],
+)
+def test_subcommand_help(tmp_path: Path, command: str, words: list[str], flag: str) -> None:
+    result = run_cli(command, flag, cwd=tmp_path, env={"UNICORNISH_CONTROL": ""})
+    assert (result.returncode, result.stderr) == (0, ""), result
+    assert result.stdout.startswith(f"usage: unicornish {command} ")
+    for word in words:
+        assert word in result.stdout, (word, result.stdout)

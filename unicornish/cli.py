@@ -45,7 +45,7 @@ def build_parser() -> OneLineParser:
         description="A Unicorn-style master: keeps N workers running your app's worker_start().",
         epilog="Signals: TTIN/TTOU +/-1 worker, HUP reload, QUIT graceful stop, "
         "INT/TERM quick stop, USR1 reopen logs, USR2 re-exec, WINCH stop workers. "
-        "Also: unicornish status | unicornish ctl (see README).",
+        "Also: unicornish status --help, unicornish ctl --help.",
         argument_default=argparse.SUPPRESS,
         allow_abbrev=False,
     )
