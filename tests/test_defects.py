@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -212,3 +213,38 @@ def test_launcher_without_dependencies_says_what_to_run(tmp_path: Path) -> None:
         )
         line = one_error_line(result, 1, "psutil", "make run", "pip install -e")
         assert str(clone) in line
+
+
+# -- 6: an app file name that is not UTF-8 ----------------------------------------------
+
+
+def _title(pid: int) -> str:
+    # setproctitle pads the old argv area with NULs: psutil sees empty arguments.
+    return " ".join(arg for arg in psutil.Process(pid).cmdline() if arg)
+
+
+def test_app_file_name_that_is_not_utf8(start, tmp_path: Path) -> None:
+    app = os.fsdecode(os.fsencode(tmp_path) + b"/app\xff.py")  # a surrogate escape in str
+    Path(app).write_text(APP)
+    control = tmp_path / "ctl.sock"
+    pid_path = tmp_path / "app.pid"
+    run = start("--app", app, "--control", str(control), "--pid", str(pid_path))
+    workers = run.wait_ready(1)
+    shown = "app\ufffd.py"
+    wait_until(lambda: _title(run.pid) == f"unicornish master {shown}", 5, "the master's title")
+    assert _title(workers[0]) == f"unicornish worker[0] {shown}"
+    assert "Traceback" not in run.log()
+    result = run_cli("status", "--control", str(control), "--json", cwd=tmp_path)
+    assert result.returncode == 0, result
+    assert json.loads(result.stdout)["master"]["app"] == shown
+    for how in (["--control", str(control)], ["--pid", str(pid_path)]):
+        result = run_cli("status", *how, cwd=tmp_path)
+        assert result.returncode == 0 and f"app={shown} " in result.stdout, result
+
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_broken_app_whose_name_is_not_utf8(tmp_path: Path, preload: bool) -> None:
+    app = os.fsdecode(os.fsencode(tmp_path) + b"/bad\xff.py")
+    Path(app).write_text("def worker_start(worker)\n")
+    result = run_cli("--app", app, *(["--preload"] if preload else []), cwd=tmp_path)
+    one_error_line(result, 1, "SyntaxError", "bad\ufffd.py")

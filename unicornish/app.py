@@ -20,6 +20,7 @@ from types import ModuleType
 from typing import Any
 
 from unicornish.config import HOOK_NAMES
+from unicornish.log import printable
 
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
@@ -33,8 +34,12 @@ def is_path(spec: str) -> bool:
 
 
 def describe(spec: str) -> str:
-    """The short name shown in process titles and status: `app.py` or `pkg.tasks`."""
-    return os.path.basename(spec) if is_path(spec) else spec
+    """The short name shown in process titles and status: `app.py` or `pkg.tasks`.
+
+    A file name that is not UTF-8 (b'app\\xff.py') reaches us with surrogate
+    escapes, which no title, log line or JSON reader can take: show U+FFFD there.
+    """
+    return printable(os.path.basename(spec) if is_path(spec) else spec)
 
 
 @dataclass
