@@ -248,3 +248,50 @@ def test_broken_app_whose_name_is_not_utf8(tmp_path: Path, preload: bool) -> Non
     Path(app).write_text("def worker_start(worker)\n")
     result = run_cli("--app", app, *(["--preload"] if preload else []), cwd=tmp_path)
     one_error_line(result, 1, "SyntaxError", "bad\ufffd.py")
+
+
+# -- 7: a dead master that its parent does not reap ---------------------------------------
+
+NEVER_REAPS = """
+import os, sys, time
+# Starts the master as its child, then never waits for it: a SIGKILLed master
+# stays a zombie, with its pid and create time, for as long as we sleep.
+if os.fork() == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+while True:
+    time.sleep(3600)
+"""
+
+DEAF_TO_QUIT = """
+import signal, time
+def after_fork(worker):
+    # The parent-death signal (SIGQUIT) goes unseen: only the worker's own check
+    # of its master after each task can end it.
+    signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+def worker_start(worker):
+    time.sleep(0.05)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_worker_leaves_a_zombie_master(start, tmp_path: Path) -> None:
+    launcher = tmp_path / "never_reaps.py"
+    launcher.write_text(NEVER_REAPS)
+    app = tmp_path / "app.py"
+    app.write_text(DEAF_TO_QUIT)
+    run = start("--app", str(app), prefix=[sys.executable, str(launcher)])
+    run.wait_log(r"worker\[0\] ready")
+    master = wait_until(lambda: psutil.Process(run.pid).children(), 10, "the master")[0].pid
+    (worker,) = wait_until(lambda: psutil.Process(master).children(), 10, "the worker")
+    run.seen.add(worker.pid)  # cleaned up by pid even if it outlives this test
+    os.kill(master, signal.SIGKILL)
+    wait_until(lambda: _gone(master), 5, "the master to die")
+    assert psutil.Process(master).status() == psutil.STATUS_ZOMBIE  # never reaped
+    wait_until(lambda: _gone(worker.pid), 5, f"worker {worker.pid} to leave its dead master")
+    assert f"worker[0] master pid={master} is gone" in run.log()
