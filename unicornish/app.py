@@ -19,6 +19,7 @@ from importlib.machinery import ModuleSpec
 from types import ModuleType
 from typing import Any
 
+from unicornish.log import printable
 from unicornish.protocol import HOOK_NAMES
 
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -33,8 +34,12 @@ def is_path(spec: str) -> bool:
 
 
 def describe(spec: str) -> str:
-    """The short name shown in process titles and status: `app.py` or `pkg.tasks`."""
-    return os.path.basename(spec) if is_path(spec) else spec
+    """The short name shown in process titles and status: `app.py` or `pkg.tasks`.
+
+    A file name that is not UTF-8 (b'app\\xff.py') reaches us with surrogate
+    escapes, which no title, log line or JSON reader can take: show U+FFFD there.
+    """
+    return printable(os.path.basename(spec) if is_path(spec) else spec)
 
 
 @dataclass
@@ -120,9 +125,18 @@ def _exec_path(path: str) -> ModuleType:
     return _install_fresh(name, spec, module)
 
 
+def _not_a_module(name: str, why: str) -> AppError:
+    """`--app somedir` (no '/', no .py) is taken for a module name; when no module
+    answers to it but a directory does, say that, not "module not found"."""
+    if os.path.isdir(name):
+        return AppError(f"app is a directory, not a .py file or a module: {name}")
+    return AppError(why)
+
+
 def _exec_dotted(name: str) -> ModuleType:
     if not _DOTTED.match(name):
-        raise AppError(f"app must be a .py file or a dotted module name, got {name!r}")
+        why = f"app must be a .py file or a dotted module name, got {name!r}"
+        raise _not_a_module(name, why)
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:
         sys.path.insert(0, cwd)
@@ -132,9 +146,10 @@ def _exec_dotted(name: str) -> ModuleType:
             importlib.import_module(parent)
         spec = importlib.util.find_spec(name)
     except ModuleNotFoundError as exc:
-        raise AppError(f"app module not found: {exc.name or name}") from None
+        raise _not_a_module(name, f"app module not found: {exc.name or name}") from None
     if spec is None or spec.loader is None:
-        raise AppError(f"app module not found: {name}")
+        # loader None: a namespace package, which is what a plain directory imports as.
+        raise _not_a_module(name, f"app module not found: {name}")
     module = importlib.util.module_from_spec(spec)
     return _install_fresh(name, spec, module)
 

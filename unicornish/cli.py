@@ -45,7 +45,7 @@ def build_parser() -> OneLineParser:
         description="A Unicorn-style master: keeps N workers running your app's worker_start().",
         epilog="Signals: TTIN/TTOU +/-1 worker, HUP reload, QUIT graceful stop, "
         "INT/TERM quick stop, USR1 reopen logs, USR2 re-exec, WINCH stop workers. "
-        "Also: unicornish status | unicornish ctl (see README).",
+        "Also: unicornish status --help, unicornish ctl --help.",
         argument_default=argparse.SUPPRESS,
         allow_abbrev=False,
     )
@@ -93,7 +93,7 @@ _startup_stderr = 2
 
 
 def _die(message: str, code: int) -> NoReturn:
-    line = f"{PROG}: error: {message}\n".encode("utf-8", "replace")
+    line = log.printable(f"{PROG}: error: {message}\n").encode()
     try:
         os.write(_startup_stderr, line)
     except OSError:
@@ -135,10 +135,11 @@ def probe_app(spec: str, identity: Identity | None = None, load: bool = True) ->
             if load:
                 app_module.load_app(spec)
         except app_module.AppError as exc:
-            os.write(write_fd, str(exc).encode("utf-8", "replace")[:4000])
+            os.write(write_fd, log.printable(str(exc)).encode()[:4000])
             code = 1
         except BaseException as exc:  # noqa: BLE001 - anything else is still one line
-            os.write(write_fd, f"cannot load app {spec}: {exc!r}".encode()[:4000])
+            message = f"cannot load app {spec}: {exc!r}"  # spec may hold surrogates
+            os.write(write_fd, log.printable(message).encode()[:4000])
             code = 1
         finally:
             log.flush_stdio()
@@ -166,6 +167,7 @@ def prepare(settings: Settings, identity: Identity | None = None) -> app_module.
         warning = pidfile.check(settings.pid)
         if warning:
             log.get_logger().warning("%s", warning)
+        pidfile.check_writable(settings.pid)
     if settings.log_file:
         try:
             log.open_log_file(settings.log_file)

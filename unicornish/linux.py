@@ -1,9 +1,12 @@
-"""The few Linux process controls the standard library lacks (prctl)."""
+"""The few Linux process controls the standard library lacks (prctl), and a
+liveness check that sees through zombies."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+
+import psutil
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -29,3 +32,20 @@ def set_parent_death_signal(signum: int) -> bool:
 
 def set_child_subreaper() -> bool:
     return _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def process_is_gone(pid: int, create_time: float) -> bool:
+    """True unless `pid` is still the process created at `create_time` and running.
+
+    A dead process whose parent has not reaped it yet keeps its pid and create
+    time as a zombie: by those alone it would look alive for as long as that
+    parent likes. A different create time means the pid was reused.
+    """
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            if proc.create_time() != create_time:
+                return True
+            return proc.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.Error:
+        return True  # no such process (or not ours to see: it cannot be our parent)

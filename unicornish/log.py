@@ -23,6 +23,16 @@ import time
 LOGGER_NAME = "unicornish"
 
 
+def printable(text: str) -> str:
+    """`text` made safe for a strict UTF-8 encoder (process titles, JSON readers):
+    the undecodable bytes of a file name (surrogate escapes, as os.fsdecode and
+    sys.argv give them) become U+FFFD, any other lone surrogate a '?'."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def timestamp(now: float | None = None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now))
 
@@ -97,7 +107,7 @@ class FdHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            data = (self.format(record) + "\n").encode("utf-8", "replace")
+            data = printable(self.format(record) + "\n").encode()
         except Exception:  # noqa: BLE001 - a bad log argument must not kill anyone
             self.dropped += 1
             return

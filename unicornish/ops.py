@@ -44,6 +44,58 @@ MAX_REPLY = 64 * 1024 * 1024
 STATUS_USAGE = "usage: unicornish status [--control PATH | --pid FILE] [--json]"
 CTL_USAGE = f"usage: unicornish ctl [--control PATH] COMMAND [ARG]  ({COMMANDS_HELP})"
 
+STATUS_HELP = f"""\
+{STATUS_USAGE}
+
+Show a running master and its workers: pid, age, state, tasks, memory, CPU.
+
+options:
+  --control PATH  ask the master on its control socket (default: ${CONTROL_ENV})
+  --pid FILE      without a control socket: read the process table from the
+                  master the pid file names (state and tasks are then unknown)
+  --json          one JSON object instead of the table
+  -h, --help      show this help and exit
+
+exit codes:
+  0  running
+  2  bad command line
+  3  not running: no control socket, nothing listening on it, no live master
+     named by the pid file
+  4  unknown: the socket is not ours to talk to (permission denied), or the
+     master did not answer in time
+"""
+
+CTL_HELP = f"""\
+usage: unicornish ctl [--control PATH] COMMAND [ARG]
+
+Send one command to a running master over its control socket; print its JSON reply.
+
+commands:
+  status          the master and its workers
+  scale N         keep exactly N workers (N >= 0)
+  ttin, ttou      one more / one fewer worker
+  reload          re-read the config file and reload the app (as HUP)
+  reopen          reopen the log file (as USR1)
+  stop [--quick]  graceful stop (as QUIT), or a quick stop (as INT)
+  upgrade         re-exec a new master (as USR2)
+
+options:
+  --control PATH  the master's control socket (default: ${CONTROL_ENV})
+  -h, --help      show this help and exit
+
+exit codes:
+  0  the master said ok
+  1  the master answered with an error
+  2  bad command line
+  3  not running: no master answers on the socket
+  4  unknown: the socket is not ours to talk to (permission denied), or the
+     master did not answer in time
+"""
+
+
+class HelpAsked(Exception):
+    """-h/--help: the text goes to stdout and the exit code is 0, unlike a usage error."""
+
 
 class NoAnswer(Exception):
     def __init__(self, message: str, code: int = EXIT_NOT_RUNNING) -> None:
@@ -287,7 +339,7 @@ def parse_status(args: list[str]) -> tuple[str | None, str | None, bool]:
     while i < len(args):
         arg = args[i]
         if arg in ("-h", "--help"):
-            raise UsageError(STATUS_USAGE)
+            raise HelpAsked(STATUS_HELP)
         if arg == "--json":
             as_json = True
         elif arg == "--control" or arg.startswith("--control="):
@@ -343,8 +395,8 @@ def parse_ctl(args: list[str]) -> tuple[str, dict[str, Any]]:
     i = 0
     while i < len(args):
         arg = args[i]
-        if not words and arg in ("-h", "--help"):
-            raise UsageError(CTL_USAGE)
+        if arg in ("-h", "--help"):  # no command takes it as an argument
+            raise HelpAsked(CTL_HELP)
         if not words and (arg == "--control" or arg.startswith("--control=")):
             control, i = _take_value(args, i, "--control")
         elif not words and arg.startswith("-"):
@@ -392,6 +444,9 @@ def main(args: list[str]) -> int:
         if args[0] == "status":
             return status_main(args[1:])
         return ctl_main(args[1:])
+    except HelpAsked as exc:
+        sys.stdout.write(str(exc))
+        return EXIT_OK
     except UsageError as exc:
         sys.stderr.write(f"unicornish: error: {exc}\n")
         return EXIT_USAGE

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import psutil
 
@@ -81,7 +82,38 @@ def check(path: str) -> str | None:
     pid = read_pid(path)
     if pid is not None and is_unicornish_master(pid):
         raise StartupError(f"already running: pid file {path} names live master pid={pid}")
-    return f"replacing stale pid file {path}" + (f" (pid={pid} is not running)" if pid else "")
+    return f"replacing stale pid file {path}" + (f" ({_why_stale(pid)})" if pid else "")
+
+
+def _why_stale(pid: int) -> str:
+    """A reused pid (pid 1, a shell) is alive: "not running" would send the
+    reader looking for a crash that never happened."""
+    try:
+        alive = psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        alive = False
+    return f"pid={pid} is not a unicornish master" if alive else f"pid={pid} is not running"
+
+
+def check_writable(path: str) -> None:
+    """Create and remove a file beside the pid file, as write() will later.
+
+    os.access() says yes to root on sysfs, procfs or a read-only bind mount:
+    only a real creation proves the master can write its pid file, and a
+    master that cannot should not start (a -D launcher would report success).
+    mkstemp() opens with O_CREAT | O_EXCL | O_NOFOLLOW under a random name, so
+    a planted file or symlink is never followed or truncated.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
+    except OSError as exc:
+        raise StartupError(f"cannot write pid file {path}: {exc.strerror or exc}") from None
+    os.close(fd)
+    try:
+        os.unlink(probe)
+    except OSError:
+        pass  # removed already by someone else: the write worked, which is all we ask
 
 
 def write(path: str, pid: int) -> None:

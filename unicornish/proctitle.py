@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import setproctitle
 
+from unicornish import log
+
 
 def _set(full: str, short: str) -> None:
     # setproctitle() also sets comm to a 15-byte cut of the full title, so the
-    # short name has to be set after it.
-    setproctitle.setproctitle(full)
+    # short name has to be set after it. It encodes strictly: a surrogate (an
+    # undecodable byte of a file name) would raise, so it becomes U+FFFD.
+    setproctitle.setproctitle(log.printable(full))
     setproctitle.setthreadtitle(short)
 
 

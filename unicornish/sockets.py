@@ -43,15 +43,34 @@ def _port(text: str, spec: str) -> int:
     return port
 
 
+def _looks_like_mode(tail: str) -> bool:
+    """The text after the last ':' is meant as a mode when it is empty or starts
+    with a digit and names no directory: `:999` or `:0o660` is a mistyped mode,
+    never part of a path, while `unix:/run/a:b/x.sock` keeps its ':'. A path
+    whose last ':' is followed by a digit needs an explicit mode after it
+    (`unix:/run/app:1:0660`)."""
+    return not tail or (tail[0].isdigit() and "/" not in tail)
+
+
+def _unix_path_and_mode(spec: str) -> tuple[str, int | None]:
+    """`unix:PATH` or `unix:PATH:MODE`, MODE octal 0..0777."""
+    path, mode = spec[5:], None
+    head, sep, tail = path.rpartition(":")
+    if sep and _looks_like_mode(tail):
+        if not head:
+            raise UsageError(f"--listen {spec!r}: unix: needs a path before the mode")
+        if not tail or any(c not in "01234567" for c in tail) or int(tail, 8) > 0o777:
+            raise UsageError(f"--listen {spec!r}: mode must be octal 0..0777, e.g. 0660")
+        path, mode = head, int(tail, 8)
+    if not path:
+        raise UsageError(f"--listen {spec!r}: unix: needs a path")
+    return path, mode
+
+
 def parse_address(spec: str) -> Address:
     """`HOST:PORT`, `[V6]:PORT`, `PORT`, `unix:/path` or `unix:/path:MODE` (octal)."""
     if spec.startswith("unix:"):
-        path, mode = spec[5:], None
-        head, sep, tail = path.rpartition(":")
-        if sep and tail and all(c in "01234567" for c in tail) and head:
-            path, mode = head, int(tail, 8)
-        if not path:
-            raise UsageError(f"--listen {spec!r}: unix: needs a path")
+        path, mode = _unix_path_and_mode(spec)
         return Address(socket.AF_UNIX, "", 0, os.path.abspath(path), mode)
     if spec.startswith("["):
         host, sep, rest = spec[1:].partition("]")

@@ -18,9 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import psutil
-
-from unicornish import log, proctitle
+from unicornish import linux, log, proctitle
 from unicornish.app import App, AppError, load_app
 from unicornish.protocol import (
     EXIT_BOOT_FAILED,
@@ -225,11 +223,9 @@ class Worker:
             self._stopping = True
 
     def _master_is_gone(self) -> bool:
-        """Confirm with the process table, so a reused pid cannot fool us."""
-        try:
-            return psutil.Process(self.master_pid).create_time() != self._master_create_time
-        except psutil.Error:
-            return True
+        """Confirm with the process table, so a reused pid cannot fool us, nor a
+        dead master that its parent has not reaped (a zombie)."""
+        return linux.process_is_gone(self.master_pid, self._master_create_time)
 
     # -- the loop -------------------------------------------------------------
 
