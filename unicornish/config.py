@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from unicornish import cgroups
 from unicornish.errors import StartupError
 
 HOOK_NAMES = ("before_fork", "after_fork", "worker_exit", "before_exec")
@@ -54,6 +55,16 @@ def count(value: Any) -> int:
     if number < 0:
         raise ValueError(f"must be {what}, got {value!r}")
     return number
+
+
+def worker_count(value: Any) -> int | str:
+    """--workers: a whole number >= 0, or "auto" (resolved from cgroups in build_settings)."""
+    if isinstance(value, str) and value.strip() == "auto":
+        return "auto"
+    try:
+        return count(value)
+    except ValueError:
+        raise ValueError(f"must be a whole number >= 0 or 'auto', got {value!r}") from None
 
 
 def positive_count(value: Any) -> int:
@@ -159,7 +170,19 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("app", text, "a .py file path or a dotted module name (pkg.tasks)", "APP"),
-    Option("workers", count, "workers to keep alive, 0 allowed (default 1)", "N"),
+    Option(
+        "workers",
+        worker_count,
+        "workers to keep alive, 0 allowed (default 1); auto: from the cgroup's CPU quota, "
+        "cpuset and, with --worker-memory, memory limit",
+        "N|auto",
+    ),
+    Option(
+        "worker_memory",
+        optional_mebibytes,
+        "with --workers auto: MiB one worker needs; caps workers at memory limit / MB",
+        "MB",
+    ),
     Option(
         "spares",
         count,
@@ -254,6 +277,9 @@ OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 class Settings:
     app: str | None = None
     workers: int = 1
+    # With --workers auto: where the figure came from (re-resolved on HUP).
+    workers_auto: str | None = None
+    worker_memory: float | None = None
     spares: int = 0
     poll: float = 30.0
     preload: bool = False
@@ -337,6 +363,11 @@ def read_config_file(path: str) -> tuple[dict[str, Any], dict[str, Callable[...,
     return values, hooks, warnings
 
 
+def resolve_auto_workers(worker_memory: float | None) -> tuple[int, str]:
+    """Read at each build (start, HUP, USR2): a container's limits can change while we run."""
+    return cgroups.auto_workers(worker_memory)
+
+
 def build_settings(cli_values: dict[str, Any]) -> tuple[Settings, list[str]]:
     """Merge defaults, the config file named on the command line, and the command line."""
     config_path = cli_values.get("config")
@@ -351,6 +382,13 @@ def build_settings(cli_values: dict[str, Any]) -> tuple[Settings, list[str]]:
             # Relative to where we were started, for good: a worker's after_fork or a
             # preloaded app may chdir, and USR1 or exit must still find the file.
             merged[name] = os.path.normpath(os.path.join(START_DIR, merged[name]))
+    if merged.get("workers") == "auto":
+        merged["workers"], merged["workers_auto"] = resolve_auto_workers(
+            merged.get("worker_memory")
+        )
+        warnings.append(f"workers auto = {merged['workers']} ({merged['workers_auto']})")
+    elif merged.get("worker_memory") is not None:
+        warnings.append("--worker-memory is used only with --workers auto; ignored")
     settings = Settings().with_values(merged)
     settings = replace(settings, hooks=hooks)
     if not settings.app:
