@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from unicornish import cgroups
+from unicornish import cgroups, config
 from unicornish.cgroups import FileReader, Membership, Mount, Place
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -271,3 +271,42 @@ def test_auto_workers_without_cgroups_is_the_affinity(tmp_path):
 def test_auto_workers_on_this_host_never_exceeds_the_affinity():
     count, reason = cgroups.auto_workers(None)
     assert 1 <= count <= cgroups.affinity_cpus() and reason
+
+
+# -- the options ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["auto", " auto ", 3, "3"])
+def test_workers_option_takes_a_count_or_auto(value):
+    assert config.convert_option("workers", value) in ("auto", 3)
+
+
+@pytest.mark.parametrize("value", ["autox", "AUTO", "-1", 1.5, True])
+def test_workers_option_refuses_the_rest(value):
+    with pytest.raises(ValueError, match="'auto'"):
+        config.convert_option("workers", value)
+
+
+def test_auto_is_resolved_at_each_build(monkeypatch):
+    # Each build (start, HUP) asks again: a container's limits can change while we run.
+    answers = iter([(2, "cgroup cpu quota 150000/100000"), (1, "cpuset/affinity: 1 CPU")])
+    asked = []
+
+    def fake(worker_memory):
+        asked.append(worker_memory)
+        return next(answers)
+
+    monkeypatch.setattr(config, "resolve_auto_workers", fake)
+    cli = {"app": "app.py", "workers": "auto", "worker_memory": 160.0}
+    settings, notes = config.build_settings(cli)
+    assert (settings.workers, settings.workers_auto) == (2, "cgroup cpu quota 150000/100000")
+    assert notes == ["workers auto = 2 (cgroup cpu quota 150000/100000)"]
+    settings, notes = config.build_settings(cli)
+    assert settings.workers == 1 and notes == ["workers auto = 1 (cpuset/affinity: 1 CPU)"]
+    assert asked == [160.0, 160.0]
+
+
+def test_worker_memory_without_auto_is_said_to_be_ignored():
+    settings, notes = config.build_settings({"app": "app.py", "workers": 3, "worker_memory": 9})
+    assert settings.workers == 3 and settings.workers_auto is None
+    assert notes == ["--worker-memory is used only with --workers auto; ignored"]
