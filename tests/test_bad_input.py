@@ -27,6 +27,9 @@ def check(result, code, *words):
         (["--app", "APP", "--workers", "-1"], ["--workers", ">= 0"]),
         (["--app", "APP", "--workers", "two"], ["--workers"]),
         (["--app", "APP", "--workers", "1.5"], ["--workers"]),
+        (["--app", "APP", "--workers", "autox"], ["--workers", "'auto'"]),
+        (["--app", "APP", "--workers", "auto", "--worker-memory", "0"], ["--worker-memory", "> 0"]),
+        (["--app", "APP", "--worker-memory", "lots"], ["--worker-memory"]),
         (["--app", "APP", "--poll", "0"], ["--poll"]),
         (["--app", "APP", "--poll", "-3"], ["--poll"]),
         (["--app", "APP", "--poll", "nan"], ["--poll"]),
@@ -72,6 +75,16 @@ def test_unreadable_app(tmp_path):
     check(run_cli("--app", str(tmp_path), cwd=tmp_path), 1, "directory")
 
 
+@pytest.mark.parametrize(
+    "line, words", [('workers = "autox"', ["workers", "'auto'"]), ("worker_memory = 0", ["> 0"])]
+)
+def test_bad_auto_workers_in_config_file_exit_1(tmp_path, line, words):
+    # Like every bad value in a config file: what it names is wrong, exit 1.
+    (tmp_path / "app.py").write_text(GOOD)
+    (tmp_path / "c.py").write_text(f'app = "app.py"\n{line}\n')
+    check(run_cli("-c", "c.py", cwd=tmp_path), 1, "c.py", *words)
+
+
 def test_version_and_help(tmp_path):
     result = run_cli("--version")
     assert result.returncode == 0 and result.stdout.startswith("unicornish ")
@@ -80,6 +93,7 @@ def test_version_and_help(tmp_path):
     for option in (
         "--app",
         "--workers",
+        "--worker-memory",
         "--poll",
         "--preload",
         "--timeout",

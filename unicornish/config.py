@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from unicornish import cgroups
 from unicornish.errors import StartupError
 from unicornish.protocol import HOOK_NAMES, MAX_WORKERS
 
@@ -72,6 +73,19 @@ def poll_seconds(value: Any) -> float:
     if number > MAX_POLL:
         raise ValueError(f"must be at most {MAX_POLL:g} seconds, got {value!r}")
     return number
+
+
+def worker_count(value: Any) -> int | str:
+    """--workers: a whole number 0 to MAX_WORKERS, or "auto" (resolved from cgroups
+    in build_settings)."""
+    if isinstance(value, str) and value.strip() == "auto":
+        return "auto"
+    try:
+        return worker_total(value)
+    except ValueError as exc:
+        if "at most" in str(exc):
+            raise
+        raise ValueError(f"must be a whole number >= 0 or 'auto', got {value!r}") from None
 
 
 def positive_count(value: Any) -> int:
@@ -179,9 +193,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("app", text, "a .py file path or a dotted module name (pkg.tasks)", "APP"),
     Option(
         "workers",
-        worker_total,
-        f"workers to keep alive, 0 to {MAX_WORKERS} (default 1)",
-        "N",
+        worker_count,
+        f"workers to keep alive, 0 to {MAX_WORKERS} (default 1); auto: from the cgroup's "
+        "CPU quota, cpuset and, with --worker-memory, memory limit",
+        "N|auto",
+    ),
+    Option(
+        "worker_memory",
+        optional_mebibytes,
+        "with --workers auto: MiB one worker needs; caps workers at memory limit / MB",
+        "MB",
     ),
     Option(
         "spares",
@@ -277,6 +298,9 @@ OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 class Settings:
     app: str | None = None
     workers: int = 1
+    # With --workers auto: where the figure came from (re-resolved on HUP).
+    workers_auto: str | None = None
+    worker_memory: float | None = None
     spares: int = 0
     poll: float = 30.0
     preload: bool = False
@@ -360,6 +384,11 @@ def read_config_file(path: str) -> tuple[dict[str, Any], dict[str, Callable[...,
     return values, hooks, warnings
 
 
+def resolve_auto_workers(worker_memory: float | None) -> tuple[int, str]:
+    """Read at each build (start, HUP, USR2): a container's limits can change while we run."""
+    return cgroups.auto_workers(worker_memory)
+
+
 def build_settings(cli_values: dict[str, Any]) -> tuple[Settings, list[str]]:
     """Merge defaults, the config file named on the command line, and the command line."""
     config_path = cli_values.get("config")
@@ -374,6 +403,13 @@ def build_settings(cli_values: dict[str, Any]) -> tuple[Settings, list[str]]:
             # Relative to where we were started, for good: a worker's after_fork or a
             # preloaded app may chdir, and USR1 or exit must still find the file.
             merged[name] = os.path.normpath(os.path.join(START_DIR, merged[name]))
+    if merged.get("workers") == "auto":
+        merged["workers"], merged["workers_auto"] = resolve_auto_workers(
+            merged.get("worker_memory")
+        )
+        warnings.append(f"workers auto = {merged['workers']} ({merged['workers_auto']})")
+    elif merged.get("worker_memory") is not None:
+        warnings.append("--worker-memory is used only with --workers auto; ignored")
     settings = Settings().with_values(merged)
     settings = replace(settings, hooks=hooks)
     if not settings.app:
