@@ -1,0 +1,131 @@
+"""The documentation against the code: every option, master signal, control
+command and status field is documented, README's `make run` transcript has
+the lines the master prints, and no link leaves the repository."""
+
+from __future__ import annotations
+
+import re
+import signal
+from pathlib import Path
+
+import pytest
+
+from unicornish import control
+from unicornish.config import OPTIONS, Settings
+from unicornish.master import HANDLED_SIGNALS
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+REFERENCE = ROOT / "docs" / "reference.md"
+# What users read. (CHANGELOG.md is history, and not checked here.)
+USER_DOCS = [README, *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench" / "README.md"]
+
+
+def table_rows(text: str, header: str) -> list[list[str]]:
+    """The rows of the markdown table whose header line starts with `header`."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = re.split(r"(?<!\\)\|", line.strip().strip("|"))
+        rows.append([cell.strip() for cell in cells])
+    return rows
+
+
+def section(text: str, heading: str) -> str:
+    """From `heading` to the next heading of the same or a higher level."""
+    level = heading.split(" ", 1)[0]
+    start = text.index(heading + "\n")
+    rest = text[start + len(heading) + 1 :]
+    end = re.search(rf"^#{{1,{len(level)}}} ", rest, re.M)
+    return rest[: end.start()] if end else rest
+
+
+@pytest.mark.parametrize("path", USER_DOCS, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_no_link_leaves_the_repository(path: Path) -> None:
+    text = path.read_text()
+    assert "SPEC.md" not in text and "shared/" not in text
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+        if re.match(r"[a-z]+:", target):
+            continue  # https://...
+        resolved = (path.parent / target).resolve()
+        assert resolved.is_relative_to(ROOT), f"{path.name} links outside: {target}"
+        assert resolved.exists(), f"{path.name} links to a missing file: {target}"
+
+
+@pytest.mark.parametrize("path", [README, REFERENCE], ids=["README", "reference"])
+def test_every_option_is_in_the_options_table(path: Path) -> None:
+    rows = table_rows(path.read_text(), "| option |")
+    documented = {row[0].split("`")[1] for row in rows}
+    for option in OPTIONS:
+        names = [option.flag_name] + ([option.short] if option.short else [])
+        assert any(all(name in cell.replace("\\", "") for name in names) for cell in documented), (
+            f"{option.flag_name} missing from {path.name}"
+        )
+
+
+def test_reference_defaults_match_the_code() -> None:
+    rows = table_rows(REFERENCE.read_text(), "| option |")
+    defaults = {}
+    for row in rows:
+        flag = row[0].strip("`").split()[0].rstrip(",")
+        defaults[flag] = row[2].strip("`")
+    settings = Settings()
+    for option in OPTIONS:
+        value = getattr(settings, option.name)
+        shown = defaults[option.short or option.flag_name]
+        if value is None or value is False:
+            assert shown in ("off", "none", "stderr") or shown.startswith("required"), option.name
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            assert float(shown) == value, option.name
+        elif isinstance(value, str):
+            assert shown == value, option.name
+
+
+@pytest.mark.parametrize("path", [README, REFERENCE], ids=["README", "reference"])
+def test_every_master_signal_is_in_the_signal_table(path: Path) -> None:
+    text = path.read_text()
+    if path == REFERENCE:
+        text = section(text, "### Master")
+    names = " ".join(row[0] for row in table_rows(text, "| signal |"))
+    for signum in HANDLED_SIGNALS:
+        assert signal.Signals(signum).name[3:] in names, signum
+
+
+def test_every_control_command_and_status_field_is_in_the_reference() -> None:
+    text = REFERENCE.read_text()
+    protocol = " ".join(row[0] for row in table_rows(text, "| JSON request |"))
+    for command in control.COMMANDS:
+        assert f'"command": "{command}"' in protocol, command
+    fields = " ".join(row[0] for row in table_rows(text, "| field |"))
+    for name in ("pid", "uptime", "app", "workers_wanted", "workers_running"):
+        assert f"`master.{name}`" in fields, name
+    for name in ("nr", "age", "state", "tasks", "task_age", "rss", "uss", "cpu"):
+        assert f"`{name}`" in fields, name
+
+
+def test_make_run_transcript_has_the_masters_lines_in_order() -> None:
+    text = README.read_text()
+    block = text[text.index("    $ make run\n") :].split("\n\n", 1)[0]
+    lines = [re.sub(r"^\s*(\^C)?(\[[^]]+\] )?", "", line) for line in block.splitlines()]
+    expected = [
+        ".venv/bin/unicornish --app examples/testapp.py --workers 2",
+        "master process ready pid=",
+        "TERM means quick stop (--term quick)",
+        "spawning 2 missing workers:",
+        "worker[0] spawning..",
+        "worker[0] spawned pid=",
+        "worker[1] spawning..",
+        "worker[1] spawned pid=",
+        "INT received: quick stop",
+        "master exited",
+    ]
+    found = [next(i for i, line in enumerate(lines) if line.startswith(e)) for e in expected]
+    assert found == sorted(found), block
+    assert lines[-1] == "master exited"
+    # Each worker is ready only after the master has spawned both.
+    for nr in (0, 1):
+        ready = lines.index(f"worker[{nr}] ready")
+        assert ready > found[expected.index("worker[1] spawned pid=")]
