@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from unicornish import control
+from unicornish import protocol
 from unicornish.config import OPTIONS, Settings
-from unicornish.master import HANDLED_SIGNALS
+from unicornish.protocol import HANDLED_SIGNALS
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -96,9 +96,9 @@ def test_every_master_signal_is_in_the_signal_table(path: Path) -> None:
 
 def test_every_control_command_and_status_field_is_in_the_reference() -> None:
     text = REFERENCE.read_text()
-    protocol = " ".join(row[0] for row in table_rows(text, "| JSON request |"))
-    for command in control.COMMANDS:
-        assert f'"command": "{command}"' in protocol, command
+    requests = " ".join(row[0] for row in table_rows(text, "| JSON request |"))
+    for command in protocol.COMMANDS:
+        assert f'"command": "{command}"' in requests, command
     fields = " ".join(row[0] for row in table_rows(text, "| field |"))
     for name in ("pid", "uptime", "app", "workers_wanted", "workers_running"):
         assert f"`master.{name}`" in fields, name

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from unicornish.control import parse_request
 from unicornish.ops import parse_ctl
+from unicornish.protocol import parse_request
 
 CASES = [
     (["status"], ("status", {})),

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from unicornish.master import describe_status, signal_name
+from unicornish.protocol import describe_status, signal_name
 
 CORE_DUMPED = 0x80
 

@@ -6,7 +6,13 @@ from __future__ import annotations
 import struct
 import sys
 
-from unicornish.worker import REPORT_READY, REPORT_SIZE, decode_reports, encode_report, encode_slot
+from unicornish.protocol import (
+    REPORT_READY,
+    REPORT_SIZE,
+    decode_reports,
+    encode_report,
+    encode_slot,
+)
 
 
 def test_a_report_is_two_native_ints():

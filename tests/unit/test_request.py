@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from unicornish.control import COMMANDS, RequestError, parse_request
+from unicornish.protocol import COMMANDS, RequestError, parse_request
 
 PLAIN = ["status", "ttin", "ttou", "reload", "reopen", "upgrade"]
 
@@ -75,8 +75,8 @@ def test_extra_words_are_refused(command):
 def test_unknown_commands_list_the_known_ones():
     message = refused("restart")
     assert message == (
-        "unknown command 'restart'; commands: status, scale, ttin, ttou, reload, reopen,"
-        " stop, upgrade (stop [--quick])"
+        "unknown command 'restart'; commands: status, scale N, ttin, ttou, reload, reopen,"
+        " stop [--quick], upgrade"
     )
     assert refused('{"command": "restart"}') == message
     assert refused("STATUS").startswith("unknown command 'STATUS'")
