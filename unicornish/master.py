@@ -11,13 +11,11 @@ never keeps a signal, a stop or the control socket from being handled.
 
 from __future__ import annotations
 
-import gc
 import os
 import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import psutil
@@ -28,7 +26,7 @@ from unicornish import listeners as listeners_module
 from unicornish.app import App
 from unicornish.config import Settings
 from unicornish.control import ControlServer, collect_status
-from unicornish.eventloop import EventLoop
+from unicornish.eventloop import ErrorLog, EventLoop
 from unicornish.pool import Pool, ScaleLog
 from unicornish.privileges import Identity, chown_for_workers
 from unicornish.protocol import (
@@ -40,17 +38,10 @@ from unicornish.protocol import (
 from unicornish.readiness import Readiness
 from unicornish.recycle import GiveUp, MemoryLimit
 from unicornish.reexec import Upgrade
-from unicornish.reload import (
-    ReloadError,
-    RollingReload,
-    apply_settings,
-    become_subreaper,
-    build_release,
-    write_pid_file,
-)
+from unicornish.reload import Reloader, apply_settings, become_subreaper, write_pid_file
 from unicornish.spares import Spares
 from unicornish.spawner import Release, Spawner
-from unicornish.systemd import Notifier, Watchdog, monotonic_usec
+from unicornish.systemd import Notifier, Watchdog
 from unicornish.timeouts import Timeouts
 from unicornish.workers import Stopper, WorkerProc, WorkerTable
 
@@ -60,8 +51,6 @@ QUICK_STOP_WAIT = 5.0
 ERROR_PAUSE = 0.5
 # The same failure is logged again at most this often.
 ERROR_LOG_EVERY = 10.0
-# HUPs closer together than this make one reload (a storm forks a few generations).
-RELOAD_COALESCE = 1.0
 
 Duty = Callable[[float], "float | None"]
 
@@ -81,31 +70,49 @@ class Master:
         self.pid = os.getpid()
         self.log = log.get_logger()
         self.started_at = time.monotonic()
-        self.cli_values = cli_values
         self.listeners = listeners
-        self.release = Release(settings, app, identity, app_module.describe(settings.app or ""))
         self.stopping: str | None = None
         self.exit_code = 0
         self.grace_from = 0.0  # busy workers' --timeout counts from here after a suspension
-        self.rolling: RollingReload | None = None
-        self.last_reload_at = -RELOAD_COALESCE
-        self.reload_pending = False
-        self.errors: dict[str, tuple[float, int]] = {}
+        self.errors = ErrorLog(self.log, ERROR_LOG_EVERY)
         self.startup_warnings = list(warnings or [])
-        self.loop = loop = EventLoop()
+        self.loop = EventLoop()
         self.notifier = Notifier()
         self.table = table = WorkerTable()
         self.stopper = Stopper(self.log, [table])
+        self.build_workers(settings, app, identity, cli_values)
+        self.build_operations(settings, ready_fd, control_sock)
+        self.duties = self.build_duties()
+
+    def build_workers(
+        self,
+        settings: Settings,
+        app: App | None,
+        identity: Identity | None,
+        cli_values: dict[str, Any],
+    ) -> None:
+        """The pool, its spares and the release they run, and how they are forked."""
+        loop, table = self.loop, self.table
         report_r, report_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         loop.add_reader(report_r, lambda: self.pool.read_reports(report_r))
         loop.close_in_child(lambda: os.close(report_r))
         loop.close_in_child(table.close_in_child)
         create_time = psutil.Process(self.pid).create_time()
-        spawner = Spawner(loop, self.log, self.pid, create_time, listeners, report_w)
+        spawner = Spawner(loop, self.log, self.pid, create_time, self.listeners, report_w)
         self.pool = Pool(
             table, spawner, self.stopper, self.log, self.current, self.is_stopping, settings.workers
         )
-        self.pool.on_reload_done = self.reload_done
+        release = Release(settings, app, identity, app_module.describe(settings.app or ""))
+        self.reloader = Reloader(
+            release,
+            cli_values,
+            self.pool,
+            self.stopper,
+            self.notifier,
+            self.log,
+            self.switched,
+            self.is_stopping,
+        )
         self.spares = Spares(
             spawner,
             self.stopper,
@@ -120,6 +127,12 @@ class Master:
         self.stopper.tables.append(self.spares.procs)
         loop.close_in_child(self.spares.close_in_child)
         self.scale_log = ScaleLog(self.log)
+
+    def build_operations(
+        self, settings: Settings, ready_fd: int | None, control_sock: socket.socket | None
+    ) -> None:
+        """USR2, readiness (systemd, -D) and the control socket."""
+        loop, table, listeners = self.loop, self.table, self.listeners
         self.upgrade_ = Upgrade(
             self.log,
             self.notifier,
@@ -134,7 +147,7 @@ class Master:
             self.notifier,
             self.log,
             lambda: self.pool.wanted,
-            lambda: self.rolling is not None or self.stopping is not None,
+            lambda: self.reloader.rolling is not None or self.stopping is not None,
             self.upgrade_.announce_ready,
             ready_fd,
         )
@@ -143,24 +156,51 @@ class Master:
         if control_sock is not None and settings.control:
             self.control = ControlServer(loop, self.log, self, control_sock, settings.control)
             self.upgrade_.control = self.control
+
+    def build_duties(self) -> list[tuple[str, Duty]]:
+        table = self.table
+        grace_from = lambda: self.grace_from  # noqa: E731
+        timeout = lambda: None if self.stopping else self.settings.timeout  # noqa: E731
+        self.memory = MemoryLimit(
+            table,
+            self.stopper,
+            self.log,
+            lambda: self.settings.max_memory,
+            lambda: self.settings.graceful_timeout,
+            self.is_stopping,
+        )
+        self.give_up = GiveUp(
+            table,
+            self.log,
+            lambda: None if self.stopping else self.settings.give_up_after,
+            lambda: self.pool.wanted,
+            grace_from,
+            lambda: self.stop(quick=True, why="--give-up-after", exit_code=1),
+            time.monotonic(),
+        )
         # In this order: a duty may change what a later one sees (a reload, the
         # pool's stops), and the stop deadlines are looked at last.
-        self.duties: list[tuple[str, Duty]] = [
-            ("pending reload", self.reload_when_due),
+        duties: list[tuple[str, Duty]] = [
+            ("pending reload", self.reloader.tick),
             ("pool", self.pool.tick),
             ("spares", self.spares.tick),
-            ("timeouts", self.timeouts_duty().tick),
-            ("max-memory", self.memory_duty().tick),
-            ("give-up", self.give_up_duty().tick),
+            ("timeouts", Timeouts(table, self.stopper, self.log, timeout, grace_from).tick),
+            ("max-memory", self.memory.tick),
+            ("give-up", self.give_up.tick),
             ("readiness", self.readiness.tick),
             ("watchdog", Watchdog(self.notifier, self.is_stopping).tick),
             ("scale log", self.scale_log.tick),
         ]
         if self.control is not None:
-            self.duties.append(("control", self.control.tick))
-        self.duties.append(("stop deadlines", self.stopper.tick))
+            duties.append(("control", self.control.tick))
+        duties.append(("stop deadlines", self.stopper.tick))
+        return duties
 
     # -- what the duties read ---------------------------------------------------
+
+    @property
+    def release(self) -> Release:
+        return self.reloader.current
 
     @property
     def settings(self) -> Settings:
@@ -175,34 +215,6 @@ class Master:
 
     def is_stopping(self) -> bool:
         return self.stopping is not None
-
-    def timeouts_duty(self) -> Timeouts:
-        def timeout() -> float | None:
-            return None if self.stopping else self.settings.timeout
-
-        return Timeouts(self.table, self.stopper, self.log, timeout, lambda: self.grace_from)
-
-    def memory_duty(self) -> MemoryLimit:
-        return MemoryLimit(
-            self.table,
-            self.stopper,
-            self.log,
-            lambda: self.settings.max_memory,
-            lambda: self.settings.graceful_timeout,
-            self.is_stopping,
-        )
-
-    def give_up_duty(self) -> GiveUp:
-        self.give_up = GiveUp(
-            self.table,
-            self.log,
-            lambda: None if self.stopping else self.settings.give_up_after,
-            lambda: self.pool.wanted,
-            lambda: self.grace_from,
-            lambda: self.stop(quick=True, why="--give-up-after", exit_code=1),
-            time.monotonic(),
-        )
-        return self.give_up
 
     # -- the loop ----------------------------------------------------------------
 
@@ -228,20 +240,10 @@ class Master:
         try:
             return step(*args)
         except Exception:  # noqa: BLE001 - as Unicorn's "master loop error": never die of it
-            now = time.monotonic()
-            last, suppressed = self.errors.get(name, (-ERROR_LOG_EVERY, 0))
-            if now - last >= ERROR_LOG_EVERY:
-                more = f" ({suppressed} more since)" if suppressed else ""
-                try:
-                    self.log.exception("master loop error in %s%s; carrying on", name, more)
-                except Exception:  # noqa: BLE001
-                    pass
-                self.errors[name] = (now, 0)
-            else:
-                self.errors[name] = (last, suppressed + 1)
+            self.errors.failed(name)
             if name == "sleep":
                 self.loop.pause(ERROR_PAUSE)
-            return now + ERROR_PAUSE
+            return time.monotonic() + ERROR_PAUSE
 
     def sleep(self, wake: float) -> None:
         before = self.loop.suspended_at
@@ -277,7 +279,7 @@ class Master:
         queue = self.loop.take_signals()
         ttin, ttou = queue.count(signal.SIGTTIN), queue.count(signal.SIGTTOU)
         if ttin or ttou:
-            self.change_count(ttin, ttou)
+            self.guarded("TTIN/TTOU", self.change_count, ttin, ttou)
         for signum in dict.fromkeys(queue):  # once each: a burst of HUPs is one reload
             handler = self.signal_handlers().get(signum)
             if handler is not None:
@@ -288,7 +290,7 @@ class Master:
             signal.SIGINT: lambda: self.stop(quick=True, why="INT"),
             signal.SIGTERM: lambda: self.stop(quick=self.settings.term == "quick", why="TERM"),
             signal.SIGQUIT: lambda: self.stop(quick=False, why="QUIT"),
-            signal.SIGHUP: self.hup,
+            signal.SIGHUP: self.reloader.hup,
             signal.SIGUSR1: self.reopen_logs,
             signal.SIGUSR2: lambda: self.upgrade("USR2"),
             signal.SIGWINCH: self.winch,
@@ -371,88 +373,15 @@ class Master:
 
     # -- reload (HUP) ----------------------------------------------------------------
 
-    def hup(self) -> None:
-        if time.monotonic() - self.last_reload_at < RELOAD_COALESCE:
-            self.reload_pending = True  # one reload for a storm of HUPs
-        else:
-            self.reload("HUP")
-
-    def reload_when_due(self, now: float) -> float | None:
-        if not self.reload_pending:
-            return None
-        due = self.last_reload_at + RELOAD_COALESCE
-        if now < due:
-            return due
-        self.reload_pending = False
-        self.reload("HUP")
-        return now  # the pool has a new release to roll out: another turn at once
-
     def reload(self, why: str) -> str | None:
-        """HUP and `ctl reload`; returns why the reload was refused, if it was."""
-        if self.stopping:
-            return "master is stopping"
-        self.last_reload_at = time.monotonic()
-        self.log.info("%s received: reloading config and app", why)
-        self.notifier.send("RELOADING=1", monotonic_usec())
-        try:
-            release, warnings = build_release(self.cli_values, self.release.generation + 1)
-        except ReloadError as exc:
-            self.log.error("%s", exc)
-            self.notifier.send("READY=1")
-            return str(exc)
-        for warning in warnings:
-            self.log.warning("%s", warning)
-        # A HUP during a reload still goes back to the last *proven* release.
-        rolling = self.rolling
-        rollback = rolling.rollback if rolling else self.release
-        rollback_wanted = rolling.rollback_wanted if rolling else self.pool.wanted
-        self.rolling = RollingReload(rollback, rollback_wanted, release.settings.workers)
-        self.switch_to(release)
-        self.pool.scale(release.settings.workers)
-        self.pool.reloading = True
+        return self.reloader.reload(why)
+
+    def switched(self, old: Release, new: Release) -> None:
+        """What changes for the master itself with a new release."""
+        apply_settings(old.settings, new.settings, self.log)
+        if new.app_name != old.app_name:
+            proctitle.set_master_title(new.app_name, old=self.upgrade_.is_old)
         self.readiness.announced = False
-        return None
-
-    def switch_to(self, release: Release) -> None:
-        old = self.release
-        self.release = release
-        apply_settings(old.settings, release.settings, self.log)
-        if release.app_name != old.app_name:
-            proctitle.set_master_title(release.app_name, old=self.upgrade_.is_old)
-
-    def reload_done(self) -> None:
-        self.rolling = None
-        if gc.get_freeze_count():
-            # The old preloaded app sits in the frozen generation, out of the
-            # collector's reach; thaw so it can be freed. The next fork freezes again.
-            gc.unfreeze()
-        self.log.info("reload done: %d workers run the new app", self.pool.wanted)
-
-    def abort_reload(self, failed: WorkerProc, code: int | None) -> None:
-        rolling = self.rolling
-        assert rolling is not None
-        self.log.error(
-            "reload failed: new %s exited before it was ready (status %s); "
-            "old workers and settings kept",
-            failed.label,
-            code,
-        )
-        now = time.monotonic()
-        # A generation of its own for what we go back to: spares of the failed
-        # release are retired, and every worker still running counts as current.
-        generation = self.release.generation + 1
-        for w in self.table.live():
-            if w.generation == self.release.generation and w.ready_at is None:
-                # QUIT, not TERM: one may be ready and serving already, its report
-                # still in the pipe; it finishes that request. SIGKILL soon after.
-                self.stopper.stop(w, signal.SIGQUIT, now, QUICK_STOP_WAIT)
-            w.generation = generation
-        self.switch_to(replace(rolling.rollback, generation=generation))
-        if self.pool.wanted == rolling.wanted:
-            self.pool.scale(rolling.rollback_wanted)
-        self.rolling = None
-        self.pool.reloading = False
-        self.notifier.send("READY=1")
 
     # -- reaping -----------------------------------------------------------------------
 
@@ -496,8 +425,8 @@ class Master:
                 return
         if w.stopping or w.timed_out or self.stopping:
             return
-        if not was_ready and self.rolling and w.generation == self.release.generation:
-            self.abort_reload(w, code)
+        if not was_ready and self.reloader.rolling and w.generation == self.release.generation:
+            self.reloader.abort(w, code, self.table.live())
             return
         self.pool.record_exit(w, code, signum, now, tasks)
 

@@ -10,9 +10,13 @@ before it was ready.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
-from dataclasses import dataclass
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from unicornish import app as app_module
@@ -20,7 +24,10 @@ from unicornish import linux, log, pidfile, privileges
 from unicornish.app import AppError, load_app
 from unicornish.config import Settings, build_settings
 from unicornish.errors import StartupError
+from unicornish.pool import Pool
 from unicornish.spawner import Release
+from unicornish.systemd import Notifier, monotonic_usec
+from unicornish.workers import Stopper, WorkerProc
 
 
 class ReloadError(Exception):
@@ -106,3 +113,125 @@ def become_subreaper(logger: logging.Logger) -> None:
         logger.info("child subreaper: orphaned descendants of workers are reaped here")
     else:
         logger.error("--subreaper: prctl(PR_SET_CHILD_SUBREAPER) failed")
+
+
+# HUPs closer together than this make one reload (a storm forks a few generations).
+RELOAD_COALESCE = 1.0
+# How long a new worker of a failed reload gets to finish what it began (QUIT).
+ABORT_WAIT = 5.0
+
+
+class Reloader:
+    """The release the workers should run, and the reload that changes it.
+
+    Only one reload is under way at a time (`rolling`): a HUP during one
+    starts the next generation but keeps the rollback point of the first,
+    the last release proven to work.
+    """
+
+    def __init__(
+        self,
+        release: Release,
+        cli_values: dict[str, Any],
+        pool: Pool,
+        stopper: Stopper,
+        notifier: Notifier,
+        log: logging.Logger,
+        switched: Callable[[Release, Release], None],
+        is_stopping: Callable[[], bool],
+    ) -> None:
+        self.current = release
+        self.cli_values = cli_values
+        self.pool = pool
+        self.stopper = stopper
+        self.notifier = notifier
+        self.log = log
+        self.switched = switched
+        self.is_stopping = is_stopping
+        self.rolling: RollingReload | None = None
+        self.last_at = -RELOAD_COALESCE
+        self.pending = False
+        pool.on_reload_done = self.commit
+
+    def hup(self) -> None:
+        if time.monotonic() - self.last_at < RELOAD_COALESCE:
+            self.pending = True  # one reload for a storm of HUPs
+        else:
+            self.reload("HUP")
+
+    def tick(self, now: float) -> float | None:
+        """A HUP held back by the storm rule, when its second is over."""
+        if not self.pending:
+            return None
+        due = self.last_at + RELOAD_COALESCE
+        if now < due:
+            return due
+        self.pending = False
+        self.reload("HUP")
+        return now  # the pool has a new release to roll out: another turn at once
+
+    def reload(self, why: str) -> str | None:
+        """HUP and `ctl reload`; returns why the reload was refused, if it was."""
+        if self.is_stopping():
+            return "master is stopping"
+        self.last_at = time.monotonic()
+        self.log.info("%s received: reloading config and app", why)
+        self.notifier.send("RELOADING=1", monotonic_usec())
+        try:
+            release, warnings = build_release(self.cli_values, self.current.generation + 1)
+        except ReloadError as exc:
+            self.log.error("%s", exc)
+            self.notifier.send("READY=1")
+            return str(exc)
+        for warning in warnings:
+            self.log.warning("%s", warning)
+        # A HUP during a reload still goes back to the last *proven* release.
+        rolling = self.rolling
+        rollback = rolling.rollback if rolling else self.current
+        rollback_wanted = rolling.rollback_wanted if rolling else self.pool.wanted
+        self.rolling = RollingReload(rollback, rollback_wanted, release.settings.workers)
+        self.switch_to(release)
+        self.pool.scale(release.settings.workers)
+        self.pool.reloading = True
+        return None
+
+    def switch_to(self, release: Release) -> None:
+        old, self.current = self.current, release
+        self.switched(old, release)
+
+    def commit(self) -> None:
+        """Every slot runs the new release."""
+        self.rolling = None
+        if gc.get_freeze_count():
+            # The old preloaded app sits in the frozen generation, out of the
+            # collector's reach; thaw so it can be freed. The next fork freezes again.
+            gc.unfreeze()
+        self.log.info("reload done: %d workers run the new app", self.pool.wanted)
+
+    def abort(self, failed: WorkerProc, code: int | None, live: list[WorkerProc]) -> None:
+        """A new worker died before it was ready: back to the last proven release."""
+        rolling = self.rolling
+        if rolling is None:
+            return
+        self.log.error(
+            "reload failed: new %s exited before it was ready (status %s); "
+            "old workers and settings kept",
+            failed.label,
+            code,
+        )
+        now = time.monotonic()
+        # A generation of its own for what we go back to: spares of the failed
+        # release are retired, and every worker still running counts as current.
+        generation = self.current.generation + 1
+        for w in live:
+            if w.generation == self.current.generation and w.ready_at is None:
+                # QUIT, not TERM: one may be ready and serving already, its report
+                # still in the pipe; it finishes that request. SIGKILL soon after.
+                self.stopper.stop(w, signal.SIGQUIT, now, ABORT_WAIT)
+            w.generation = generation
+        self.switch_to(replace(rolling.rollback, generation=generation))
+        if self.pool.wanted == rolling.wanted:
+            self.pool.scale(rolling.rollback_wanted)
+        self.rolling = None
+        self.pool.reloading = False
+        self.notifier.send("READY=1")

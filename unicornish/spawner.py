@@ -92,20 +92,7 @@ class Spawner:
             spawned_wall=time.time(),
             max_tasks=max_tasks,
         )
-        worker = Worker(
-            nr,
-            self.master_pid,
-            self.master_create_time,
-            self.listeners,
-            board,
-            release.app_name,
-            max_tasks,
-        )
-        for hook in release.hooks("before_fork"):
-            try:
-                hook(worker)
-            except BaseException:  # noqa: BLE001 - not even sys.exit() in the hook kills the master
-                self.log.exception("%s before_fork failed", record.label)
+        worker = self.before_fork(record, release)
         log.flush_stdio()
         if release.app is not None:
             gc.freeze()  # keep the preloaded app's pages shared after fork
@@ -129,6 +116,24 @@ class Spawner:
         record.pid = pid
         self.log.info("%s spawned pid=%d", record.label, pid)
         return record
+
+    def before_fork(self, record: WorkerProc, release: Release) -> Worker:
+        """The worker object the child will run, shown to before_fork hooks first."""
+        worker = Worker(
+            record.nr,
+            self.master_pid,
+            self.master_create_time,
+            self.listeners,
+            record.board,
+            release.app_name,
+            record.max_tasks,
+        )
+        for hook in release.hooks("before_fork"):
+            try:
+                hook(worker)
+            except BaseException:  # noqa: BLE001 - not even sys.exit() in the hook kills the master
+                self.log.exception("%s before_fork failed", record.label)
+        return worker
 
     def _become_worker(
         self,

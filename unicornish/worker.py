@@ -297,15 +297,18 @@ class Worker:
         code = self._loop(app.worker_start)
         self._board.beat[0] = 0.0  # the last task is over: worker_exit is not timed
         if code == EXIT_OK:
-            if self._master_gone:
-                self.log.info("worker[%d] master pid=%d is gone", self.nr, self.master_pid)
-            for hook in _hooks(config_hooks, app.hooks, "worker_exit"):
-                try:
-                    hook(self)
-                except BaseException:  # noqa: BLE001
-                    self.log.exception("worker[%d] worker_exit failed", self.nr)
-            self.log.info("worker[%d] exited", self.nr)
+            self._exit_cleanly(_hooks(config_hooks, app.hooks, "worker_exit"))
         return code
+
+    def _exit_cleanly(self, hooks: list[Callable[..., Any]]) -> None:
+        if self._master_gone:
+            self.log.info("worker[%d] master pid=%d is gone", self.nr, self.master_pid)
+        for hook in hooks:
+            try:
+                hook(self)
+            except BaseException:  # noqa: BLE001
+                self.log.exception("worker[%d] worker_exit failed", self.nr)
+        self.log.info("worker[%d] exited", self.nr)
 
     def _loop(self, worker_start: Callable[[Any], Any]) -> int:
         # Locals, not attributes: this loop runs hundreds of thousands of times a second.
