@@ -96,7 +96,6 @@ class Master:
         report_r, report_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         loop.add_reader(report_r, lambda: self.pool.read_reports(report_r))
         loop.close_in_child(lambda: os.close(report_r))
-        loop.close_in_child(table.close_in_child)
         create_time = psutil.Process(self.pid).create_time()
         spawner = Spawner(loop, self.log, self.pid, create_time, self.listeners, report_w)
         self.pool = Pool(

@@ -43,6 +43,15 @@ class Scoreboard:
     def state_name(self) -> str:
         return STATE_NAMES.get(int(self.state[0]), "unknown")
 
+    def keep_from_children(self) -> None:
+        """Once its worker is forked, no later child maps this page: a worker
+        cannot write its siblings' heartbeats, and a fork copies no page table
+        entries for them (nothing to unmap in each child either)."""
+        try:
+            self._map.madvise(mmap.MADV_DONTFORK)
+        except (AttributeError, OSError):
+            pass  # not Linux: the child keeps a mapping it never uses
+
     def close(self) -> None:
         for view in (self.beat, self.tasks, self.state):
             view.release()

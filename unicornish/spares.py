@@ -170,4 +170,3 @@ class Spares:
                     os.close(proc.assign_fd)
                 except OSError:
                     pass
-        self.procs.close_in_child()

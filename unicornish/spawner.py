@@ -109,6 +109,7 @@ class Spawner:
         if pid == 0:
             self._become_worker(worker, release, mask, assign_fd, close_fd)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        record.board.keep_from_children()
         try:
             os.setpgid(pid, pid)  # also done by the child; whoever runs first wins the race
         except OSError:

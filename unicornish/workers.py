@@ -75,12 +75,6 @@ class WorkerTable:
         """Not asked to stop: the ones that count."""
         return [w for w in self._by_pid.values() if w.stop_signal is None]
 
-    def close_in_child(self) -> None:
-        """A forked child keeps none of its siblings' pages (it could write their beats)."""
-        for proc in self._by_pid.values():
-            proc.board.close()
-        self._by_pid.clear()
-
 
 class Stopper:
     """Signals children; the duty that SIGKILLs those past their deadline."""
