@@ -51,8 +51,9 @@ def plan_slots(
 ) -> SlotPlan:
     """`current`: live workers of the current generation; `old`: of older ones."""
     plan = SlotPlan()
+    current = _one_per_slot(current, plan.stop)
     ready_slots = {w.nr for w in current if w.ready_at is not None}
-    plan.stop = [w for w in current if w.nr >= wanted]
+    plan.stop += [w for w in current if w.nr >= wanted]
     # No old worker is stopped before one new worker proved the new app boots,
     # not even one above the new count: the reload may yet fail.
     validated = bool(ready_slots) or wanted == 0
@@ -84,6 +85,22 @@ def plan_slots(
             replacing += 1
         plan.spawn.append(nr)
     return plan
+
+
+def _one_per_slot(current: list[WorkerProc], extra: list[WorkerProc]) -> list[WorkerProc]:
+    """Two workers of the current generation in one slot (an aborted reload
+    keeps a booting replacement beside the old worker of its slot): keep the
+    ready one, or the older, and put the other in `extra`."""
+    by_nr: dict[int, WorkerProc] = {}
+    for w in current:
+        kept = by_nr.get(w.nr)
+        if kept is None:
+            by_nr[w.nr] = w
+            continue
+        if (w.ready_at is not None, -w.spawned_at) > (kept.ready_at is not None, -kept.spawned_at):
+            by_nr[w.nr], w = w, kept
+        extra.append(w)
+    return list(by_nr.values()) if extra else current
 
 
 def jittered_max_tasks(limit: int | None, rng: random.Random) -> int | None:
