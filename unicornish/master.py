@@ -27,7 +27,7 @@ from unicornish.app import App
 from unicornish.config import Settings
 from unicornish.control import ControlServer, collect_status
 from unicornish.eventloop import ErrorLog, EventLoop
-from unicornish.pool import Pool, ScaleLog
+from unicornish.pool import Pool
 from unicornish.privileges import Identity, chown_for_workers
 from unicornish.protocol import (
     EXIT_BOOT_FAILED,
@@ -125,7 +125,6 @@ class Master:
         self.pool.spares = self.spares
         self.stopper.tables.append(self.spares.procs)
         loop.close_in_child(self.spares.close_in_child)
-        self.scale_log = ScaleLog(self.log)
 
     def build_operations(
         self, settings: Settings, ready_fd: int | None, control_sock: socket.socket | None
@@ -188,7 +187,7 @@ class Master:
             ("give-up", self.give_up.tick),
             ("readiness", self.readiness.tick),
             ("watchdog", Watchdog(self.notifier, self.is_stopping).tick),
-            ("scale log", self.scale_log.tick),
+            ("scale log", self.pool.scale_log.tick),
         ]
         if self.control is not None:
             duties.append(("control", self.control.tick))
@@ -312,8 +311,7 @@ class Master:
         if wanted > MAX_WORKERS:
             self.log.warning("%s: at most %d workers; count kept", why, MAX_WORKERS)
             wanted = MAX_WORKERS
-        self.pool.scale(wanted)
-        self.scale_log.changed(time.monotonic(), why, times, self.pool.wanted)
+        self.pool.scale(wanted, why, times)
 
     def winch(self) -> None:
         try:

@@ -135,6 +135,7 @@ class Pool:
         self.backoff = CrashBackoff()
         self.rng = random.Random()
         self.spares: SpareSource | None = None
+        self.scale_log = ScaleLog(log)
         self.reloading = False
         self.on_reload_done: Callable[[], None] = lambda: None
 
@@ -185,8 +186,15 @@ class Pool:
             return
         self.table.add(proc)
 
-    def scale(self, wanted: int) -> None:
+    def scale(self, wanted: int, why: str | None = None, times: int = 1) -> None:
+        """Change the count; `why` (TTIN, WINCH, ...) is logged, a reload logs its own."""
+        if why not in BURSTY:
+            # Whatever a burst changed is said before another change, so that the
+            # log reads in the order the count changed.
+            self.scale_log.flush()
         self.wanted = max(0, wanted)
+        if why is not None:
+            self.scale_log.changed(time.monotonic(), why, times, self.wanted)
 
     # -- reports and deaths -------------------------------------------------------
 
@@ -237,6 +245,7 @@ class Pool:
 
 # TTIN/TTOU changes closer together than this are one burst, logged once.
 BURST_WINDOW = 0.1
+BURSTY = ("TTIN", "TTOU")
 
 
 class ScaleLog:
@@ -257,19 +266,25 @@ class ScaleLog:
     def changed(self, now: float, why: str, times: int, wanted: int) -> None:
         self.wanted = wanted
         self.last_why = why
-        if now >= self.quiet_until and not self.pending:
+        if why not in BURSTY or (now >= self.quiet_until and not self.pending):
             more = f" ({times} signals)" if times > 1 else ""
             self.log.info("%s: %d workers wanted%s", why, wanted, more)
         else:
             self.pending[why] = self.pending.get(why, 0) + times
-        self.quiet_until = now + BURST_WINDOW
+        if why in BURSTY:
+            self.quiet_until = now + BURST_WINDOW
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        burst = ", ".join(f"{why} x{n}" for why, n in self.pending.items())
+        self.log.info("%s: %d workers wanted (a burst: %s more)", self.last_why, self.wanted, burst)
+        self.pending.clear()
 
     def tick(self, now: float) -> float | None:
         if not self.pending:
             return None
         if now < self.quiet_until:
             return self.quiet_until
-        burst = ", ".join(f"{why} x{n}" for why, n in self.pending.items())
-        self.log.info("%s: %d workers wanted (a burst: %s more)", self.last_why, self.wanted, burst)
-        self.pending.clear()
+        self.flush()
         return None

@@ -400,7 +400,10 @@ def test_chaos(
     # more would mean a signal fed back into the master's wake-up pipe.
     sent_usr1 = warm.sent["USR1"] + chaos.sent["USR1"]
     assert run.count(r"reopened log files") <= sent_usr1
-    assert chaos.kills > seconds * 5, chaos.kills
+    # At least 3 kills a second: fewer means the chaos did not happen. (After a
+    # WINCH there is nothing to kill until a TTIN or a HUP, and HUPs less than a
+    # second apart merge into one reload, so the pool can stay empty a while.)
+    assert chaos.kills > seconds * 3, chaos.kills
 
     figures: dict[str, Any] = {
         "seconds": round(elapsed, 1),

@@ -149,3 +149,19 @@ def test_one_worker_per_slot_the_ready_one_stays():
     result = plan(1, [booting, ready])
     assert result.stop == [booting]
     assert result.spawn == []
+
+
+def test_another_change_says_what_a_burst_did_first(scale_log):
+    """The log must read in the order the count changed: a reload or WINCH after a
+    burst comes after the burst's summary, never before it."""
+    log, lines = scale_log
+    log.changed(1.0, "TTIN", 1, 5)
+    log.changed(1.01, "TTIN", 1, 6)
+    log.flush()  # what Pool.scale does before any change that is not TTIN/TTOU
+    log.changed(1.02, "WINCH", 1, 0)
+    assert lines == [
+        "TTIN: 5 workers wanted",
+        "TTIN: 6 workers wanted (a burst: TTIN x1 more)",
+        "WINCH: 0 workers wanted",
+    ]
+    assert log.tick(5.0) is None
