@@ -24,9 +24,10 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import Run, run_cli, wait_until
+from conftest import Run, loop_app, run_cli, wait_until
 from http_client import Hammer, copy_http_app, get, tcp_target
 from test_cgroups_live import MIB, Group, Groups, set_cpu_quota, set_memory_limit
+from test_systemd import NotifyListener
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="cgroups and pid namespaces need root")
 
@@ -236,3 +237,31 @@ def test_status_ready_follows_boot_and_stop_and_says_unknown_from_a_pid_file(
     assert ready()[0] == 3
     result = run_cli("status", "--ready", "--pid", str(pid_file))
     assert result.returncode == 3 and "not running" in result.stderr
+
+
+def test_drain_tells_systemd_stopping_at_once_and_sleeps_until_its_end(start, app_file, tmp_path):
+    notify = NotifyListener(tmp_path / "notify.sock")
+    try:
+        app = app_file(loop_app())
+        run = start("--app", str(app), "--drain", "1.5", env={"NOTIFY_SOCKET": notify.path})
+        notify.wait(run.pid, "READY=1")
+        master = psutil.Process(run.pid)
+        cpu_before = sum(master.cpu_times()[:2])
+        quit_at = time.monotonic()
+        run.signal(signal.SIGQUIT)
+        notify.wait(run.pid, "STOPPING=1")
+        # At the drain's start, not at its end: systemd knows the service is going.
+        assert time.monotonic() - quit_at < 1.0
+        # Most of the drain: the master should have slept through it.
+        wait_until(lambda: time.monotonic() >= quit_at + 1.2, 2, "most of the drain")
+        cpu = sum(master.cpu_times()[:2]) - cpu_before
+        assert "drain over" not in run.log()
+        assert run.wait_exit(10) == 0
+        took = time.monotonic() - quit_at
+        assert 1.5 <= took < 2.5, took
+        # The drain is a deadline the master sleeps to, not a loop that polls the clock.
+        assert cpu < 0.15, f"master used {cpu:.2f}s of CPU while draining"
+        assert notify.lines_from(run.pid).count("STOPPING=1") == 1
+        assert "drain over after 1.5s: graceful stop" in run.log()
+    finally:
+        notify.close()
