@@ -7,7 +7,7 @@ import signal
 
 from conftest import run_cli, wait_until
 
-MASTER_KEYS = {"pid", "uptime", "app", "workers_wanted", "workers_running"}
+MASTER_KEYS = {"pid", "uptime", "app", "workers_wanted", "workers_running", "ready", "not_ready"}
 WORKER_KEYS = {"nr", "pid", "age", "state", "tasks", "task_age", "rss", "uss", "cpu"}
 
 # worker[0] waits for connections (idle), worker[1] sleeps in its tasks (busy),
@@ -64,6 +64,8 @@ def test_status_table_and_json_with_idle_busy_and_booting_workers(start, app_fil
     assert master["pid"] == run.pid and master["app"] == "app.py"
     assert master["workers_wanted"] == 3 and master["workers_running"] == 3
     assert master["uptime"] > 0
+    # worker[2] never boots: the master has never had all 3 ready.
+    assert master["ready"] is False and master["not_ready"] == "booting: 2 of 3 ready"
     by_nr = {w["nr"]: w for w in data["workers"]}
     assert sorted(by_nr) == [0, 1, 2]
     for nr, w in by_nr.items():
@@ -91,7 +93,7 @@ def test_status_table_and_json_with_idle_busy_and_booting_workers(start, app_fil
     assert code == 0
     lines = out.splitlines()
     assert lines[0].startswith(f"unicornish master pid={run.pid} app=app.py uptime=")
-    assert "workers: 3 running, 3 wanted" in lines[0]
+    assert "workers: 3 running, 3 wanted, not ready (booting: 2 of 3 ready)" in lines[0]
     assert lines[1].split() == [
         "NR", "PID", "AGE", "STATE", "TASKS", "TASK_AGE", "RSS", "USS", "CPU",
     ]  # fmt: skip

@@ -229,6 +229,13 @@ OPTIONS: tuple[Option, ...] = (
         "how long QUIT/WINCH/HUP/TTOU wait for a worker before SIGKILL (default 30)",
         "SECONDS",
     ),
+    Option(
+        "drain",
+        seconds,
+        "on a graceful stop (QUIT, TERM with --term graceful): report not ready and keep "
+        "serving this long first, then stop gracefully (default 0)",
+        "SECONDS",
+    ),
     Option("pid", optional_text, "pid file of the master", "FILE"),
     Option(
         "log_file", optional_text, "append logs here instead of stderr; reopened on USR1", "FILE"
@@ -306,6 +313,7 @@ class Settings:
     preload: bool = False
     timeout: float | None = None
     graceful_timeout: float = 30.0
+    drain: float = 0.0
     pid: str | None = None
     log_file: str | None = None
     listen: tuple[str, ...] = ()

@@ -26,6 +26,7 @@ from unicornish import listeners as listeners_module
 from unicornish.app import App
 from unicornish.config import Settings
 from unicornish.control import ControlServer, collect_status
+from unicornish.drain import Drain, describe_plan
 from unicornish.eventloop import ErrorLog, EventLoop
 from unicornish.pool import Pool
 from unicornish.privileges import Identity, chown_for_workers
@@ -35,7 +36,7 @@ from unicornish.protocol import (
     MAX_WORKERS,
     describe_status,
 )
-from unicornish.readiness import Readiness
+from unicornish.readiness import Readiness, not_ready_reason
 from unicornish.recycle import GiveUp, MemoryLimit
 from unicornish.reexec import Upgrade
 from unicornish.reload import Reloader, apply_settings, become_subreaper, write_pid_file
@@ -71,7 +72,10 @@ class Master:
         self.log = log.get_logger()
         self.started_at = time.monotonic()
         self.listeners = listeners
+        # None, then "draining" (--drain: still serving, not ready), then
+        # "graceful" or "quick" (workers are being stopped).
         self.stopping: str | None = None
+        self.stop_by: float | None = None  # when the whole stop must be over (pid 1's leftovers)
         self.exit_code = 0
         self.grace_from = 0.0  # busy workers' --timeout counts from here after a suspension
         self.errors = ErrorLog(self.log, ERROR_LOG_EVERY)
@@ -110,7 +114,7 @@ class Master:
             self.notifier,
             self.log,
             self.switched,
-            self.is_stopping,
+            lambda: self.stopping is not None,  # draining included: no reload on the way out
         )
         self.spares = Spares(
             spawner,
@@ -158,7 +162,8 @@ class Master:
     def build_duties(self) -> list[tuple[str, Duty]]:
         table = self.table
         grace_from = lambda: self.grace_from  # noqa: E731
-        timeout = lambda: None if self.stopping else self.settings.timeout  # noqa: E731
+        # Draining workers still serve: --timeout, --max-memory and respawns go on.
+        timeout = lambda: None if self.is_stopping() else self.settings.timeout  # noqa: E731
         self.memory = MemoryLimit(
             table,
             self.stopper,
@@ -170,7 +175,7 @@ class Master:
         self.give_up = GiveUp(
             table,
             self.log,
-            lambda: None if self.stopping else self.settings.give_up_after,
+            lambda: None if self.is_stopping() else self.settings.give_up_after,
             lambda: self.pool.wanted,
             grace_from,
             lambda: self.stop(quick=True, why="--give-up-after", exit_code=1),
@@ -178,7 +183,9 @@ class Master:
         )
         # In this order: a duty may change what a later one sees (a reload, the
         # pool's stops), and the stop deadlines are looked at last.
+        self.drain = Drain(self.log, lambda why: self.stop_workers(False, why))
         duties: list[tuple[str, Duty]] = [
+            ("drain", self.drain.tick),
             ("pending reload", self.reloader.tick),
             ("pool", self.pool.tick),
             ("spares", self.spares.tick),
@@ -212,7 +219,8 @@ class Master:
         return self.release
 
     def is_stopping(self) -> bool:
-        return self.stopping is not None
+        """Workers are being stopped (a drain is not that yet: they still serve)."""
+        return self.stopping in ("graceful", "quick")
 
     # -- the loop ----------------------------------------------------------------
 
@@ -221,7 +229,7 @@ class Master:
         while True:
             self.guarded("signals", self.process_signals)
             self.guarded("reaping", self.reap_all_workers)
-            if self.stopping and not len(self.table) and not len(self.spares.procs):
+            if self.is_stopping() and not len(self.table) and not len(self.spares.procs):
                 break
             now = time.monotonic()
             wake = now + self.settings.poll
@@ -264,6 +272,9 @@ class Master:
             self.log.info("listening on %s", listeners_module.describe(sock))
         self.log.info("master process ready pid=%d", self.pid)
         self.log.info("TERM means %s stop (--term %s)", self.settings.term, self.settings.term)
+        if self.settings.drain:
+            # What a container's grace period must exceed, where whoever sets it reads.
+            self.log.info("%s", describe_plan(self.settings.drain, self.settings.graceful_timeout))
         if self.settings.subreaper:
             become_subreaper(self.log)
         if self.pid == 1:
@@ -351,22 +362,68 @@ class Master:
                 self.log.exception("before_exec failed")
 
     def stop(self, quick: bool, why: str, exit_code: int | None = None) -> None:
+        """INT, TERM, QUIT, `ctl stop`, --give-up-after.
+
+        A graceful stop with --drain first drains: not ready, workers still
+        serving, for --drain seconds (the drain duty then stops the workers). A
+        second graceful stop during the drain skips the rest of it. A quick stop
+        (INT, TERM with --term quick, `ctl stop --quick`) never drains: INT is
+        an operator's Ctrl-C, who wants the master gone now, and no container
+        runtime sends INT to stop a container.
+        """
         if exit_code is not None:
             self.exit_code = exit_code
         if self.stopping == "quick" or (self.stopping == "graceful" and not quick):
             return
+        if self.stopping == "draining":
+            self.drain.cancel()
+            skipped = "" if quick else " during the drain (rest of it skipped)"
+            self.stop_workers(quick, f"{why} received{skipped}")
+            return
+        drain, grace = self.settings.drain, self.settings.graceful_timeout
+        now = time.monotonic()
+        if not quick and self.drain.start(now, drain):
+            self.stopping = "draining"
+            self.stop_by = now + drain + grace
+            self.log.info(
+                "%s received: draining for %gs (not ready, still serving), then graceful stop",
+                why,
+                drain,
+            )
+            self.log.info("%s", describe_plan(drain, grace))
+            self.notifier.send("STOPPING=1")
+            return
+        self.stop_workers(quick, f"{why} received")
+
+    def stop_workers(self, quick: bool, why: str) -> None:
+        """The stop proper: QUIT (graceful) or TERM (quick) to every worker, SIGKILL
+        after --graceful-timeout (quick: at most QUICK_STOP_WAIT)."""
+        self.drain.cancel()
+        if self.stopping is None:
+            self.notifier.send("STOPPING=1")  # after a drain, sent when it began
         self.stopping = "quick" if quick else "graceful"
-        self.log.info("%s received: %s stop", why, self.stopping)
-        self.notifier.send("STOPPING=1")
+        self.log.info("%s: %s stop", why, self.stopping)
         now = time.monotonic()
         grace = self.settings.graceful_timeout
         wait = min(QUICK_STOP_WAIT, grace) if quick else grace
+        self.stop_by = now + wait
         for w in self.table:
             if quick:
                 self.stopper.stop(w, signal.SIGTERM, now, wait)
             elif not w.stopping:
                 self.stopper.stop(w, signal.SIGQUIT, now, wait)
         self.spares.stop_all(now, quick, wait)
+
+    def not_ready_reason(self) -> str | None:
+        """Why this master should get no traffic now (None: it should); for
+        `status` ("ready", "not_ready"), `status --ready` and readiness probes."""
+        return not_ready_reason(
+            self.stopping,
+            self.reloader.rolling is not None,
+            self.readiness.booted,
+            self.pool.wanted,
+            self.readiness.ready_slots(),
+        )
 
     # -- reload (HUP) ----------------------------------------------------------------
 
@@ -414,13 +471,13 @@ class Master:
         self.give_up.on_reaped(w, now)
         if code == 0 and w.max_tasks and tasks >= w.max_tasks and not w.stopping:
             self.log.info("%s pid=%d recycled after %d tasks (--max-tasks)", w.label, w.pid, tasks)
-        if code == EXIT_BOOT_FAILED and not self.stopping:
+        if code == EXIT_BOOT_FAILED and not self.is_stopping():
             reason = f"{w.label} could not boot (exit {code}); see the log"
             if self.readiness.boot_failed(reason):
                 # -D, not ready yet: leave nothing running; the launcher exits 1.
                 self.stop(quick=True, why="-D start failed", exit_code=1)
                 return
-        if w.stopping or w.timed_out or self.stopping:
+        if w.stopping or w.timed_out or self.is_stopping():  # a drain still replaces workers
             return
         if not was_ready and self.reloader.rolling and w.generation == self.release.generation:
             self.reloader.abort(w, code, self.table.live())
@@ -437,6 +494,9 @@ class Master:
             "workers_wanted": self.pool.wanted,
             "workers_running": len(self.table.live()),
         }
+        reason = self.not_ready_reason()
+        summary["ready"] = reason is None
+        summary["not_ready"] = reason
         return collect_status(summary, self.table)
 
     def finish(self) -> int:
@@ -444,6 +504,10 @@ class Master:
             self.control.close()
         if self.pid == 1:
             wait = min(QUICK_STOP_WAIT, self.settings.graceful_timeout)
+            if self.stop_by is not None:
+                # Within --drain + --graceful-timeout, which a container's grace period is
+                # set from: the runtime's SIGKILL would cut the leftovers' wait short anyway.
+                wait = max(0.0, min(wait, self.stop_by - time.monotonic()))
             pid1.stop_leftovers(self.loop, self.log, wait)
         if self.settings.pid:
             pidfile.remove_if_ours(self.settings.pid, self.pid)

@@ -1,11 +1,11 @@
 """`unicornish status` and `unicornish ctl`: talking to a running master.
 
-    unicornish status [--control PATH | --pid FILE] [--json]
+    unicornish status [--control PATH | --pid FILE] [--json] [--ready]
     unicornish ctl [--control PATH] COMMAND [ARG]
 
 Exit codes, after the LSB convention for status:
-    0  running (status) / the master said ok (ctl)
-    1  the master answered with an error (ctl)
+    0  running (status) / ready (status --ready) / the master said ok (ctl)
+    1  not ready (status --ready) / the master answered with an error (ctl)
     2  bad command line
     3  not running: no control socket, nothing listening on it, no live master
        named by the pid file (status) / no master answers (ctl)
@@ -22,7 +22,7 @@ import os
 import socket
 import sys
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import psutil
 
@@ -41,7 +41,7 @@ CONTROL_ENV = "UNICORNISH_CONTROL"
 REPLY_TIMEOUT = 10.0
 MAX_REPLY = 64 * 1024 * 1024
 
-STATUS_USAGE = "usage: unicornish status [--control PATH | --pid FILE] [--json]"
+STATUS_USAGE = "usage: unicornish status [--control PATH | --pid FILE] [--json] [--ready]"
 CTL_USAGE = f"usage: unicornish ctl [--control PATH] COMMAND [ARG]  ({COMMANDS_HELP})"
 
 STATUS_HELP = f"""\
@@ -54,15 +54,19 @@ options:
   --pid FILE      without a control socket: read the process table from the
                   master the pid file names (state and tasks are then unknown)
   --json          one JSON object instead of the table
+  --ready         for readiness probes: print `ready` or `not ready: REASON`
+                  (booting, reloading, draining, stopping...) and exit 0 or 1;
+                  needs the control socket (a pid file cannot tell)
   -h, --help      show this help and exit
 
 exit codes:
-  0  running
+  0  running; with --ready: ready
+  1  with --ready: running, but not ready
   2  bad command line
   3  not running: no control socket, nothing listening on it, no live master
      named by the pid file
   4  unknown: the socket is not ours to talk to (permission denied), or the
-     master did not answer in time
+     master did not answer in time; with --ready, only a pid file was there to read
 """
 
 CTL_HELP = f"""\
@@ -219,6 +223,8 @@ def status_from_pid_file(path: str) -> dict[str, Any]:
             "app": _app_from_title(master),
             "workers_wanted": None,
             "workers_running": len(workers),
+            "ready": None,  # known only to the master (its control socket)
+            "not_ready": None,
         },
         "workers": workers,
     }
@@ -276,13 +282,21 @@ def _plain(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def _readiness(master: dict[str, Any]) -> str:
+    if master.get("ready") is True:
+        return ", ready"
+    if master.get("ready") is False:
+        return f", not ready ({master.get('not_ready')})"
+    return ""  # from a pid file, or a master too old to say
+
+
 def format_table(status: dict[str, Any], source: str) -> str:
     m = status["master"]
     wanted = m.get("workers_wanted")
     lines = [
         f"unicornish master pid={m['pid']} app={_plain(m.get('app'))} "
         f"uptime={_seconds(m.get('uptime'))} "
-        f"workers: {m.get('workers_running')} running, {_plain(wanted)} wanted",
+        f"workers: {m.get('workers_running')} running, {_plain(wanted)} wanted" + _readiness(m),
     ]
     if source:
         lines.append(source)
@@ -332,9 +346,16 @@ def _take_value(args: list[str], i: int, name: str) -> tuple[str, int]:
     return value, i
 
 
-def parse_status(args: list[str]) -> tuple[str | None, str | None, bool]:
+class StatusArgs(NamedTuple):
+    control: str | None
+    pid: str | None
+    as_json: bool
+    ready: bool = False
+
+
+def parse_status(args: list[str]) -> StatusArgs:
     control = pid = None
-    as_json = False
+    as_json = ready = False
     i = 0
     while i < len(args):
         arg = args[i]
@@ -342,6 +363,8 @@ def parse_status(args: list[str]) -> tuple[str | None, str | None, bool]:
             raise HelpAsked(STATUS_HELP)
         if arg == "--json":
             as_json = True
+        elif arg == "--ready":
+            ready = True
         elif arg == "--control" or arg.startswith("--control="):
             control, i = _take_value(args, i, "--control")
         elif arg == "--pid" or arg.startswith("--pid="):
@@ -353,11 +376,11 @@ def parse_status(args: list[str]) -> tuple[str | None, str | None, bool]:
         control = os.environ.get(CONTROL_ENV) or None
     if control is None and pid is None:
         raise UsageError(f"status needs --control PATH or --pid FILE (or ${CONTROL_ENV})")
-    return control, pid, as_json
+    return StatusArgs(control, pid, as_json, ready)
 
 
 def status_main(args: list[str]) -> int:
-    control, pid, as_json = parse_status(args)
+    control, pid, as_json, ready = parse_status(args)
     status: dict[str, Any] | None = None
     source = ""
     problems: list[NoAnswer] = []
@@ -382,11 +405,39 @@ def status_main(args: list[str]) -> int:
             sys.stderr.write(f"unicornish: {problem}\n")
         codes = [p.code for p in problems]
         return EXIT_UNKNOWN if EXIT_UNKNOWN in codes else EXIT_NOT_RUNNING
+    if ready:
+        return report_ready(status, bool(source), as_json)
     if as_json:
         sys.stdout.write(json.dumps(status) + "\n")
     else:
         sys.stdout.write(format_table(status, source))
     return EXIT_OK
+
+
+def report_ready(status: dict[str, Any], from_pid_file: bool, as_json: bool) -> int:
+    """`status --ready`: 0 ready, 1 not ready, 4 when it cannot be known.
+
+    Readiness lives in the master's memory (which workers reported ready, a
+    drain, a reload): a pid file shows processes, not that. So from a pid file
+    the answer is "unknown", never a guess a load balancer would act on.
+    """
+    master = status.get("master") or {}
+    if from_pid_file:
+        sys.stderr.write(
+            f"unicornish: unknown: master pid={master.get('pid')} runs, but only its "
+            "control socket can say whether it is ready (use --control)\n"
+        )
+        return EXIT_UNKNOWN
+    if not isinstance(master.get("ready"), bool):
+        sys.stderr.write("unicornish: unknown: this master does not report readiness\n")
+        return EXIT_UNKNOWN
+    if as_json:
+        sys.stdout.write(json.dumps(status) + "\n")
+    elif master["ready"]:
+        sys.stdout.write("ready\n")
+    else:
+        sys.stdout.write(f"not ready: {master.get('not_ready')}\n")
+    return EXIT_OK if master["ready"] else EXIT_ERROR
 
 
 def parse_ctl(args: list[str]) -> tuple[str, dict[str, Any]]:

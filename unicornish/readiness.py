@@ -1,9 +1,16 @@
-"""Telling the world the master is ready: systemd's READY=1 and STATUS=, -D's launcher.
+"""Telling the world the master is ready: systemd's READY=1 and STATUS=, -D's launcher,
+and the answer to "should this instance get traffic now?" (`status --ready`, /readyz).
 
 The first time every wanted worker is ready (and no reload is under way) the
 master is ready: the -D launcher may exit 0, systemd gets READY=1, and a new
 master started by USR2 finishes its upgrade. After that, STATUS= follows the
 worker count.
+
+`not_ready_reason` is the one rule for readiness probes: not ready while
+booting, reloading short of ready workers, draining or stopping, or with no
+ready worker at all. One crashed worker of four does not make the master
+unready (three still serve, and a probe that flapped on every respawn would
+take the instance out of a load balancer for nothing); none at all does.
 """
 
 from __future__ import annotations
@@ -15,6 +22,32 @@ from collections.abc import Callable
 from unicornish import daemon
 from unicornish.systemd import Notifier
 from unicornish.workers import WorkerTable
+
+
+def not_ready_reason(
+    stopping: str | None, reloading: bool, booted: bool, wanted: int, ready: int
+) -> str | None:
+    """Why the master should get no traffic now, or None when it should.
+
+    `stopping`: None, "draining", "graceful" or "quick"; `booted`: every wanted
+    worker has been ready once since the start; `ready`: the slots (below
+    `wanted`) with a ready worker.
+    """
+    if stopping == "draining":
+        return "draining"
+    if stopping is not None:
+        return "stopping"
+    if wanted == 0:
+        return "no workers wanted"
+    if ready >= wanted:
+        return None
+    if reloading:
+        return f"reloading: {ready} of {wanted} ready"
+    if not booted:
+        return f"booting: {ready} of {wanted} ready"
+    if ready == 0:
+        return f"no worker ready: 0 of {wanted}"
+    return None
 
 
 class Readiness:
@@ -37,10 +70,17 @@ class Readiness:
         self.ready_fd = ready_fd  # -D: the launcher waits here for "ready"
         self.failed = False  # -D: the reason was sent already
         self.announced = False
+        self.booted = False  # every wanted worker was ready once (announced survives no HUP)
         self.last_status = ""
 
     def ready_count(self) -> int:
         return sum(1 for w in self.table.live() if w.ready_at is not None)
+
+    def ready_slots(self) -> int:
+        """Slots served by a ready worker: during a HUP an old and a new worker of
+        one slot count once, and a worker above a lowered count not at all."""
+        wanted = self.wanted()
+        return len({w.nr for w in self.table.live() if w.ready_at is not None and w.nr < wanted})
 
     def status_line(self) -> str:
         return f"STATUS={self.ready_count()} workers running, master pid={os.getpid()}"
@@ -56,6 +96,7 @@ class Readiness:
             return None
         if not self.not_now() and self.ready_count() >= self.wanted():
             self.announced = True
+            self.booted = True
             if self.ready_fd is not None:  # -D: the launching command may now exit 0
                 daemon.notify_ready(self.ready_fd, os.getpid())
                 self.ready_fd = None

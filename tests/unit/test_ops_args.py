@@ -39,12 +39,15 @@ def ctl_error(*args: str) -> str:
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--control", "/run/u.sock"], ("/run/u.sock", None, False)),
-        (["--control=/run/u.sock", "--json"], ("/run/u.sock", None, True)),
-        (["--json", "--pid", "u.pid"], (None, "u.pid", True)),
-        (["--pid=u.pid"], (None, "u.pid", False)),
-        (["--pid", "u.pid", "--control", "c"], ("c", "u.pid", False)),
-        (["--control", "a", "--control", "b"], ("b", None, False)),  # the last one counts
+        (["--control", "/run/u.sock"], ("/run/u.sock", None, False, False)),
+        (["--control=/run/u.sock", "--json"], ("/run/u.sock", None, True, False)),
+        (["--json", "--pid", "u.pid"], (None, "u.pid", True, False)),
+        (["--pid=u.pid"], (None, "u.pid", False, False)),
+        (["--pid", "u.pid", "--control", "c"], ("c", "u.pid", False, False)),
+        (["--control", "a", "--control", "b"], ("b", None, False, False)),  # the last one counts
+        (["--ready", "--control", "c"], ("c", None, False, True)),
+        (["--control", "c", "--ready", "--json"], ("c", None, True, True)),
+        (["--pid", "u.pid", "--ready"], (None, "u.pid", False, True)),
     ],
 )
 def test_status_arguments(args, expected):
@@ -53,10 +56,11 @@ def test_status_arguments(args, expected):
 
 def test_status_falls_back_to_the_environment_only_without_pid(monkeypatch):
     monkeypatch.setenv(CONTROL_ENV, "/env/ctl.sock")
-    assert parse_status([]) == ("/env/ctl.sock", None, False)
-    assert parse_status(["--json"]) == ("/env/ctl.sock", None, True)
-    assert parse_status(["--control", "/cli"]) == ("/cli", None, False)
-    assert parse_status(["--pid", "u.pid"]) == (None, "u.pid", False)
+    assert parse_status([]) == ("/env/ctl.sock", None, False, False)
+    assert parse_status(["--json"]) == ("/env/ctl.sock", None, True, False)
+    assert parse_status(["--control", "/cli"]) == ("/cli", None, False, False)
+    assert parse_status(["--pid", "u.pid"]) == (None, "u.pid", False, False)
+    assert parse_status(["--ready"]) == ("/env/ctl.sock", None, False, True)
 
 
 def test_status_needs_somewhere_to_look(monkeypatch):
