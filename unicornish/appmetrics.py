@@ -499,15 +499,23 @@ class Registry:
         existing = self._metrics.get(name)
         if existing is not None:
             old = existing.decl
-            if (old.kind, old.help, old.labelnames, old.series, old.buckets) == (
-                kind,
-                help,
-                labelnames,
-                series,
-                buckets,
-            ):
+            differs = [
+                what
+                for what, before, now in (
+                    ("type", old.kind, kind),
+                    ("help", old.help, help),
+                    ("labels", old.series, series)
+                    if old.labelnames == labelnames
+                    else ("label names", old.labelnames, labelnames),
+                    ("buckets", old.buckets, buckets),
+                )
+                if before != now
+            ]
+            if not differs:
                 return existing  # declared again (a second import, after_fork): the same
-            raise MetricsError(f"metric {name} is already declared differently ({old.kind})")
+            raise MetricsError(
+                f"metric {name} is already declared with another {', '.join(differs)}"
+            )
         if self._series + len(series) > MAX_SERIES:
             raise MetricsError(
                 f"metric {name}: {len(series)} more series would pass the limit of "

@@ -131,10 +131,12 @@ def test_declaring_again_gives_the_same_metric_and_a_different_declaration_fails
     registry = Registry()
     first = registry.counter("jobs", "Jobs", labels={"kind": ["a", "b"]})
     assert registry.counter("jobs_total", "Jobs", labels={"kind": ["a", "b"]}) is first
-    with pytest.raises(MetricsError, match="already declared differently"):
+    with pytest.raises(MetricsError, match="already declared with another labels"):
         registry.counter("jobs", "Jobs", labels={"kind": ["a"]})
-    with pytest.raises(MetricsError, match="already declared differently"):
-        registry.gauge("jobs", "Jobs")
+    with pytest.raises(MetricsError, match="with another label names"):
+        registry.counter("jobs", "Jobs", labels={"sort": ["a", "b"]})
+    with pytest.raises(MetricsError, match="with another type, help, label names$"):
+        registry.gauge("jobs", "Queue")
 
 
 def test_series_beyond_the_limit_are_refused_with_the_figures():
