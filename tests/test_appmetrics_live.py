@@ -154,3 +154,22 @@ def test_too_many_series_stop_the_start_with_one_line(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert re.search(r"limit of 512 series per worker", lines[0]), lines
+
+
+def test_a_spare_that_takes_a_slot_counts_in_its_own_arena(start, tmp_path):
+    args = ["--workers", "2", "--spares", "1", "--preload"]
+    run = start_scraped(start, tmp_path, AT_IMPORT, *args)
+    pids = run.wait_ready(2)
+    run.wait_log(r"spare spawned pid=")
+    forks = len(list(tmp_path.glob("scrape-*.txt")))  # each fork so far left one
+    assert forks == 3
+    os.kill(pids[0], signal.SIGKILL)  # a worker of our own master
+    run.wait_log(r"worker\[0\] spawning\.\. \(a spare takes the slot\)")
+    # The next spare is forked once the one that took the slot is ready: scrape 4
+    # sees that worker's after_fork gauge, which it wrote in the spare's arena.
+    found = scrape(tmp_path, forks + 1)
+    assert found["up"] == 2
+    assert found['unicornish_worker_exits_total{cause="signal"}'] == 1
+    assert found['jobs_total{kind="a"}'] > 0
+    run.signal(signal.SIGQUIT)
+    assert run.wait_exit() == 0
