@@ -214,6 +214,7 @@ def run_master(argv: list[str]) -> int:
         ready_fd = daemon.daemonize()
         os.write(ready_fd, f"PID {os.getpid()}\n".encode())
     log.setup()
+    log.set_format(settings.log_format)
     if ready_fd is not None:
         _startup_stderr = ready_fd  # errors go back to the launching command
     else:

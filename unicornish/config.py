@@ -145,6 +145,12 @@ def term_meaning(value: Any) -> str:
     return str(value)
 
 
+def log_format(value: Any) -> str:
+    if value not in ("text", "json"):
+        raise ValueError(f"must be 'text' or 'json', got {value!r}")
+    return str(value)
+
+
 def optional_count(value: Any) -> int | None:
     """A whole number >= 0, where 0 (or None) means off."""
     if value is None or value is False:
@@ -241,6 +247,12 @@ OPTIONS: tuple[Option, ...] = (
         "log_file", optional_text, "append logs here instead of stderr; reopened on USR1", "FILE"
     ),
     Option(
+        "log_format",
+        log_format,
+        "log lines as text (default) or json: one JSON object per line",
+        "text|json",
+    ),
+    Option(
         "listen",
         text_list,
         "HOST:PORT, [V6]:PORT or unix:/path; repeatable; bound by the master",
@@ -316,6 +328,7 @@ class Settings:
     drain: float = 0.0
     pid: str | None = None
     log_file: str | None = None
+    log_format: str = "text"
     listen: tuple[str, ...] = ()
     control: str | None = None
     max_tasks: int | None = None

@@ -9,18 +9,30 @@ log line must never take the master down. Nor may a full pipe or socket (a
 stalled journald, a `| logger` that stopped reading) stop it: lines to a pipe
 or a socket go through a non-blocking twin of fd 2, and are dropped while it
 is full; the next line that gets through says how many were lost.
+
+`--log-format json` writes the same lines as one JSON object each (for log
+shippers): time, level, event, pid, message, plus nr and status where they
+apply. Lifecycle lines carry a short stable `event` key, given by their call
+site with `extra=event(...)`; every other line is event "log".
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import os
+import re
 import socket
 import stat
 import sys
 import time
+from typing import Any
 
 LOGGER_NAME = "unicornish"
+LOG_FORMATS = ("text", "json")
+# A worker's logger is unicornish.workerN (worker.log): its lines carry nr N.
+_WORKER_LOGGER = re.compile(re.escape(LOGGER_NAME) + r"\.worker(\d+)\Z")
 
 
 def printable(text: str) -> str:
@@ -37,6 +49,12 @@ def timestamp(now: float | None = None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now))
 
 
+def event(name: str, **fields: Any) -> dict[str, Any]:
+    """`extra=` for a lifecycle line: its event key and fields (pid, nr, status...).
+    The text format ignores them: its lines stay as they were."""
+    return {"unicornish_event": name, "unicornish_fields": fields}
+
+
 class LineFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         text = f"[{timestamp(record.created)}] {record.getMessage()}"
@@ -45,6 +63,33 @@ class LineFormatter(logging.Formatter):
         if record.stack_info:
             text += "\n" + self.formatStack(record.stack_info)
         return text
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line. `pid` is the worker's on lines about one worker
+    (given by the call site, or the writer's own pid in a worker), else the
+    writer's; `nr` is on worker lines only; a traceback goes in `traceback`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = datetime.datetime.fromtimestamp(record.created).astimezone()
+        entry: dict[str, Any] = {
+            "time": when.isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "event": getattr(record, "unicornish_event", "log"),
+            "pid": record.process,
+        }
+        match = _WORKER_LOGGER.match(record.name)
+        if match:
+            entry["nr"] = int(match.group(1))
+        fields = getattr(record, "unicornish_fields", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+        entry["message"] = record.getMessage()
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
 
 
 class FdHandler(logging.Handler):
@@ -115,7 +160,8 @@ class FdHandler(logging.Handler):
         try:
             if self.unreported:
                 notice = f"{self.unreported} log lines dropped: log output was full"
-                self._write(f"[{timestamp()}] {notice}\n".encode())
+                line = logging.LogRecord(LOGGER_NAME, logging.WARNING, "", 0, notice, None, None)
+                self._write(printable(self.format(line) + "\n").encode())
                 self.unreported = 0
             self._write(data)
         except BlockingIOError:
@@ -142,6 +188,11 @@ def setup() -> logging.Logger:
     logger.setLevel(logging.INFO)
     logger.propagate = False
     return logger
+
+
+def set_format(name: str) -> None:
+    """--log-format: `text` (the default) or `json`; forked workers inherit it."""
+    _handler.setFormatter(JsonFormatter() if name == "json" else LineFormatter())
 
 
 def dropped_lines() -> int:

@@ -24,8 +24,10 @@ from unicornish import app as app_module
 from unicornish import linux, log, pid1, pidfile, proctitle
 from unicornish import listeners as listeners_module
 from unicornish.app import App
+from unicornish.appmetrics import AppMetrics
 from unicornish.config import Settings
 from unicornish.control import ControlServer, collect_status
+from unicornish.deaths import OOM, OOM_SUFFIX, Deaths
 from unicornish.drain import Drain, describe_plan
 from unicornish.eventloop import ErrorLog, EventLoop
 from unicornish.pool import Pool
@@ -84,6 +86,10 @@ class Master:
         self.notifier = Notifier()
         self.table = table = WorkerTable()
         self.stopper = Stopper(self.log, [table])
+        # Metrics for the master's endpoint (collect() objects): the apps' own,
+        # summed over workers and kept across their deaths, and deaths by cause.
+        self.app_metrics = AppMetrics(lambda: [w.arena for w in table if w.arena is not None])
+        self.deaths = Deaths()  # reads the cgroup's OOM-kill count now, at start
         self.build_workers(settings, app, identity, cli_values)
         self.build_operations(settings, ready_fd, control_sock)
         self.duties = self.build_duties()
@@ -222,6 +228,10 @@ class Master:
         """Workers are being stopped (a drain is not that yet: they still serve)."""
         return self.stopping in ("graceful", "quick")
 
+    def collectors(self) -> list[Any]:
+        """prometheus_client custom collectors (objects with collect())."""
+        return [self.app_metrics, self.deaths]
+
     # -- the loop ----------------------------------------------------------------
 
     def run(self) -> int:
@@ -270,7 +280,9 @@ class Master:
             self.log.warning("%s", self.notifier.error)
         for sock in self.listeners:
             self.log.info("listening on %s", listeners_module.describe(sock))
-        self.log.info("master process ready pid=%d", self.pid)
+        self.log.info(
+            "master process ready pid=%d", self.pid, extra=log.event("master_ready", pid=self.pid)
+        )
         self.log.info("TERM means %s stop (--term %s)", self.settings.term, self.settings.term)
         if self.settings.drain:
             # What a container's grace period must exceed, where whoever sets it reads.
@@ -449,16 +461,35 @@ class Master:
             if pid == 0:
                 return
             text, code, signum = describe_status(status)
-            if self.spares.reaped(pid, text, code, signum):
-                continue
-            if pid == self.upgrade_.pid:
-                self.upgrade_.exited(text, bool(self.stopping))
-                continue
             w = self.table.pop(pid)
-            if w is None:  # not ours: an orphan handed to us as subreaper or pid 1
-                self.log.info("reaped orphan pid=%d status=%s", pid, text)
+            if w is None:
+                spare = self.spares.procs.get(pid)
+                # Every SIGKILL is checked, so an OOM kill explains one death only.
+                if self.deaths.out_of_memory(signum, spare is not None and spare.killed):
+                    text += OOM_SUFFIX
+                if self.spares.reaped(pid, text, code, signum):
+                    continue
+                if pid == self.upgrade_.pid:
+                    self.upgrade_.exited(text, bool(self.stopping))
+                    continue
+                # Not ours: an orphan handed to us as subreaper or pid 1.
+                self.log.info(
+                    "reaped orphan pid=%d status=%s",
+                    pid,
+                    text,
+                    extra=log.event("orphan_reaped", pid=pid, status=text),
+                )
                 continue
-            self.log.info("reaped pid=%d %s status=%s", pid, w.label, text)
+            cause = self.deaths.record(w, code, signum, time.monotonic())
+            if cause == OOM:
+                text += OOM_SUFFIX
+            self.log.info(
+                "reaped pid=%d %s status=%s",
+                pid,
+                w.label,
+                text,
+                extra=log.event("worker_reaped", pid=pid, nr=w.nr, status=text, cause=cause),
+            )
             self.worker_reaped(w, code, signum)
 
     def worker_reaped(self, w: WorkerProc, code: int | None, signum: int | None) -> None:
@@ -468,6 +499,10 @@ class Master:
             w.ready_at = now
         tasks = w.board.task_count()
         w.board.close()
+        if w.arena is not None:
+            # Its counters and histograms live on in the totals; the arena goes.
+            self.app_metrics.retire(w.arena)
+            w.arena = None
         self.give_up.on_reaped(w, now)
         if code == 0 and w.max_tasks and tasks >= w.max_tasks and not w.stopping:
             self.log.info("%s pid=%d recycled after %d tasks (--max-tasks)", w.label, w.pid, tasks)
@@ -516,6 +551,6 @@ class Master:
         # (USR2), or the old master that started us (the back-out procedure).
         shared = self.upgrade_.pid is not None or self.upgrade_.predecessor_alive()
         listeners_module.close_all(self.listeners, unlink_unix=not shared)
-        self.log.info("master exited")
+        self.log.info("master exited", extra=log.event("master_exited", pid=self.pid))
         self.readiness.close(self.exit_code)
         return self.exit_code

@@ -84,6 +84,8 @@ def precheck_app(spec: str) -> None:
 
 def apply_settings(old: Settings, new: Settings, logger: logging.Logger) -> None:
     """What changes for the master itself when the settings change."""
+    if new.log_format != old.log_format:
+        log.set_format(new.log_format)  # workers forked from now on inherit it
     if new.log_file != old.log_file and new.log_file:
         error = log.reopen(new.log_file)
         if error:

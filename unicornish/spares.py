@@ -23,6 +23,7 @@ import signal
 import time
 from collections.abc import Callable
 
+from unicornish import log
 from unicornish.backoff import CrashBackoff
 from unicornish.pool import jittered_max_tasks
 from unicornish.protocol import encode_slot
@@ -121,8 +122,17 @@ class Spares:
             proc.spawned_at = time.monotonic()
             proc.spawned_wall = time.time()
             # proc.max_tasks stays the limit the spare was forked with: it counts by it.
-            self.log.info("worker[%d] spawning.. (a spare takes the slot)", nr)
-            self.log.info("worker[%d] spawned pid=%d", nr, proc.pid)
+            self.log.info(
+                "worker[%d] spawning.. (a spare takes the slot)",
+                nr,
+                extra=log.event("worker_spawning", nr=nr),
+            )
+            self.log.info(
+                "worker[%d] spawned pid=%d",
+                nr,
+                proc.pid,
+                extra=log.event("worker_spawned", pid=proc.pid, nr=nr),
+            )
             return proc
         return None
 
@@ -149,11 +159,20 @@ class Spares:
         proc = self.procs.pop(pid)
         if proc is None:
             return False
-        self.log.info("reaped pid=%d spare status=%s", pid, text)
+        self.log.info(
+            "reaped pid=%d spare status=%s",
+            pid,
+            text,
+            extra=log.event("spare_reaped", pid=pid, status=text),
+        )
         if proc.assign_fd is not None:
             os.close(proc.assign_fd)
             proc.assign_fd = None
         proc.board.close()
+        if proc.arena is not None:
+            # A spare has not served: what it counted (at import) is not kept.
+            proc.arena.close()
+            proc.arena = None
         if not proc.stopping and not self.is_stopping():
             # A spare never gets ready as a worker: any death of its own is a crash.
             delay = self.backoff.record_exit(SPARE_SLOT, time.monotonic(), None, code, signum)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from unicornish import linux, log, privileges
+from unicornish import appmetrics, linux, log, privileges
 from unicornish.app import App
 from unicornish.config import Settings
 from unicornish.eventloop import EventLoop
@@ -76,12 +76,21 @@ class Spawner:
         (`close_fd`, the other end of its pipe, is closed in the child). None when
         the fork failed (logged): the caller backs off."""
         label = worker_label(nr)
-        self.log.info("%s spawning..", label)
+        kind = "worker" if nr >= 0 else "spare"
+        fields = {"nr": nr} if nr >= 0 else {}
+        self.log.info("%s spawning..", label, extra=log.event(f"{kind}_spawning", **fields))
         try:
             board = Scoreboard()
         except (OSError, MemoryError) as exc:  # out of memory or address space
             why = getattr(exc, "strerror", None) or type(exc).__name__
             self.log.error("%s cannot spawn: scoreboard: %s; retrying", label, why)
+            return None
+        try:
+            arena = appmetrics.Arena()
+        except (OSError, MemoryError) as exc:
+            board.close()
+            why = getattr(exc, "strerror", None) or type(exc).__name__
+            self.log.error("%s cannot spawn: metrics arena: %s; retrying", label, why)
             return None
         record = WorkerProc(
             nr,
@@ -91,6 +100,7 @@ class Spawner:
             spawned_at=time.monotonic(),
             spawned_wall=time.time(),
             max_tasks=max_tasks,
+            arena=arena,
         )
         worker = self.before_fork(record, release)
         log.flush_stdio()
@@ -104,18 +114,25 @@ class Spawner:
         except OSError as exc:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             record.board.close()
+            arena.close()
             self.log.error("%s fork failed: %s; retrying", record.label, exc.strerror or exc)
             return None
         if pid == 0:
-            self._become_worker(worker, release, mask, assign_fd, close_fd)
+            self._become_worker(worker, release, mask, assign_fd, close_fd, arena)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         record.board.keep_from_children()
+        arena.keep_from_children()
         try:
             os.setpgid(pid, pid)  # also done by the child; whoever runs first wins the race
         except OSError:
             pass
         record.pid = pid
-        self.log.info("%s spawned pid=%d", record.label, pid)
+        self.log.info(
+            "%s spawned pid=%d",
+            record.label,
+            pid,
+            extra=log.event(f"{kind}_spawned", pid=pid, **fields),
+        )
         return record
 
     def before_fork(self, record: WorkerProc, release: Release) -> Worker:
@@ -143,6 +160,7 @@ class Spawner:
         mask: set[int | signal.Signals],
         assign_fd: int | None,
         close_fd: int | None,
+        arena: appmetrics.Arena,
     ) -> None:
         """In the child: drop the master's machinery, run the worker, never return."""
         code = 1
@@ -152,6 +170,9 @@ class Spawner:
             except OSError:
                 pass
             self.loop.forget_in_child()
+            # Before the app is loaded: its declarations go straight to our arena
+            # (those a --preload master made are replayed into it).
+            appmetrics.REGISTRY.bind(arena)
             if close_fd is not None:
                 os.close(close_fd)
             if release.identity is not None:

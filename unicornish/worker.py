@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from unicornish import linux, log, proctitle
+from unicornish import appmetrics, linux, log, proctitle
 from unicornish.app import App, AppError, load_app
 from unicornish.protocol import (
     EXIT_BOOT_FAILED,
@@ -59,6 +59,8 @@ class Worker:
         self.log: logging.Logger = log.get_logger(f"worker{nr}")
         self.app: App | None = None
         self.max_tasks = max_tasks
+        # The app's metrics: updated in shared memory, summed by the master.
+        self.metrics: appmetrics.Registry = appmetrics.REGISTRY
         self._master_create_time = master_create_time
         self._board = scoreboard
         self._app_name = app_name
@@ -289,7 +291,9 @@ class Worker:
             except BaseException:  # noqa: BLE001 - report the user's error, then stop
                 self.log.exception("worker[%d] after_fork failed", self.nr)
                 return EXIT_BOOT_FAILED
-        self.log.info("worker[%d] ready", self.nr)
+        self.log.info(
+            "worker[%d] ready", self.nr, extra=log.event("worker_ready", pid=self.pid, nr=self.nr)
+        )
         try:
             os.write(report_fd, encode_report(self.pid, REPORT_READY))
         except OSError:
@@ -308,7 +312,9 @@ class Worker:
                 hook(self)
             except BaseException:  # noqa: BLE001
                 self.log.exception("worker[%d] worker_exit failed", self.nr)
-        self.log.info("worker[%d] exited", self.nr)
+        self.log.info(
+            "worker[%d] exited", self.nr, extra=log.event("worker_exited", pid=self.pid, nr=self.nr)
+        )
 
     def _loop(self, worker_start: Callable[[Any], Any]) -> int:
         # Locals, not attributes: this loop runs hundreds of thousands of times a second.

@@ -1,7 +1,7 @@
 """The master's records of its children, and the one way to stop one.
 
 A `WorkerProc` is what the master knows of a worker (or a spare): its slot,
-pid, generation, scoreboard page and where it is in its life. A
+pid, generation, scoreboard page, app-metrics arena and where it is in its life. A
 `WorkerTable` holds them by pid. `Stopper` signals them and is the duty
 that SIGKILLs whoever outlives the wait it was given.
 """
@@ -14,6 +14,7 @@ import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from unicornish.appmetrics import Arena
 from unicornish.protocol import signal_name
 from unicornish.scoreboard import BOOTING, Scoreboard
 
@@ -35,6 +36,7 @@ class WorkerProc:
     recycled: str | None = None  # why the master recycled it (max-memory)
     from_spare: bool = False  # took its slot as a booted spare
     assign_fd: int | None = None  # a spare's end of the pipe its slot comes through
+    arena: Arena | None = None  # its app metrics (shared memory); None once reaped
 
     @property
     def label(self) -> str:
@@ -70,6 +72,9 @@ class WorkerTable:
 
     def pop(self, pid: int) -> WorkerProc | None:
         return self._by_pid.pop(pid, None)
+
+    def get(self, pid: int) -> WorkerProc | None:
+        return self._by_pid.get(pid)
 
     def live(self) -> list[WorkerProc]:
         """Not asked to stop: the ones that count."""

@@ -1,0 +1,709 @@
+"""App metrics: counters, gauges and histograms a worker updates with no system call.
+
+The usual way to get metrics out of a prefork server (prometheus_client's
+multiprocess mode) has every worker write files that a scraper globs and
+merges; the files of dead workers pile up and must be cleaned by hand. Here
+the master already owns each worker's lifetime, so it does the bookkeeping:
+
+* Before each fork the master maps an `Arena` (anonymous shared memory, like
+  the scoreboard's page) for the new process. The worker writes into it; the
+  master only reads it.
+* The app declares its metrics (`worker.metrics.counter(...)`, or
+  `appmetrics.counter(...)` at import time). Each declaration appends one
+  self-describing record (name, type, help, label names, every series' label
+  values, histogram buckets, first value slot) to the arena's schema area,
+  then bumps a generation number: the master re-parses the schema only when
+  that number changed, and only the new records (declarations only append).
+* An increment is a float64 read-add-store into the arena's value area: no
+  system call, no lock. One process writes an arena (single writer); a worker
+  that updates metrics from several threads must guard the updates itself.
+* `AppMetrics` (in the master) is a prometheus_client custom collector: at
+  scrape time it sums every live worker's arena. When a worker is reaped its
+  counters and histograms are folded into retired totals, so they stay
+  monotonic across deaths, recycles and reloads; gauges sum live workers only.
+
+Label sets are fixed when a metric is declared (`labels={"kind": ["a", "b"]}`
+preallocates every combination), so an update never allocates a slot. A
+worker has at most MAX_SERIES series and MAX_SLOTS value slots.
+
+With --preload (or declarations in the config file) the declarations run in
+the master, before any arena exists: they are kept in a private buffer and
+replayed, with their values, into each worker's own arena right after fork.
+
+Arena layout (native order):
+    0      uint32   magic
+    4      uint32   layout version
+    8      uint64   generation: bumped after each appended schema record
+    16     uint32   schema bytes used
+    20     uint32   value slots used
+    4096   schema: one JSON object per line, appended
+    65536  float64 value slots
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import json
+import math
+import mmap
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+MAX_SERIES = 512
+MAX_SLOTS = 4096
+MAX_BUCKETS = 64
+DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+# Names the master's own metrics use: an app cannot take them.
+RESERVED_PREFIX = "unicornish_"
+
+_MAGIC = 0x4D414E55  # "UNAM"
+_LAYOUT = 1
+_SCHEMA_AT = 4096
+_VALUES_AT = 65536
+SCHEMA_BYTES = _VALUES_AT - _SCHEMA_AT
+ARENA_SIZE = _VALUES_AT + MAX_SLOTS * 8
+
+COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
+_TYPES = (COUNTER, GAUGE, HISTOGRAM)
+
+_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+
+
+class MetricsError(ValueError):
+    """A declaration or an update the app got wrong: said in one line."""
+
+
+# -- the shared memory ----------------------------------------------------------------
+
+
+class Arena:
+    """One process's metrics page set: written by that process, read by the master."""
+
+    __slots__ = (
+        "_map",
+        "_views",
+        "magic",
+        "generation",
+        "lengths",
+        "schema",
+        "values",
+        "seen_generation",
+        "parsed_to",
+        "decls",
+    )
+
+    def __init__(self) -> None:
+        self._map = mmap.mmap(-1, ARENA_SIZE, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+        view = memoryview(self._map)
+        self.magic = view[0:8].cast("I")  # magic, layout
+        self.generation = view[8:16].cast("Q")
+        self.lengths = view[16:24].cast("I")  # schema bytes used, value slots used
+        self.schema = view[_SCHEMA_AT:_VALUES_AT]
+        self.values = view[_VALUES_AT:ARENA_SIZE].cast("d")
+        self._views = (self.magic, self.generation, self.lengths, self.schema, self.values, view)
+        # The master's parse cache: the generation it parsed, up to where, and what.
+        self.seen_generation = 0
+        self.parsed_to = 0
+        self.decls: list[Decl] = []
+
+    def keep_from_children(self) -> None:
+        """As Scoreboard.keep_from_children: no later child maps this arena."""
+        try:
+            self._map.madvise(mmap.MADV_DONTFORK)
+        except (AttributeError, OSError):
+            pass
+
+    def close(self) -> None:
+        for view in self._views:
+            view.release()
+        self._map.close()
+
+    # -- the master's side --
+
+    def declarations(self) -> list[Decl]:
+        """What the worker declared; parsed again only when its generation moved.
+
+        The worker is app code and may scribble over its arena: anything that
+        does not parse or does not fit is skipped, never trusted."""
+        generation = int(self.generation[0])
+        if generation == self.seen_generation or self.magic[0] != _MAGIC:
+            return self.decls
+        end = min(int(self.lengths[0]), SCHEMA_BYTES)
+        if end > self.parsed_to:
+            chunk = bytes(self.schema[self.parsed_to : end])
+            complete = chunk.rfind(b"\n") + 1
+            for line in chunk[:complete].splitlines():
+                decl = Decl.parse(line)
+                if decl is not None and decl.end <= MAX_SLOTS:
+                    self.decls.append(decl)
+            self.parsed_to += complete
+        self.seen_generation = generation
+        return self.decls
+
+    def snapshot(self) -> list[float]:
+        used = min(int(self.lengths[1]), MAX_SLOTS)
+        return cast("list[float]", self.values[:used].tolist())
+
+    # -- the worker's side --
+
+    def append(self, record: bytes, slots: int) -> None:
+        used = int(self.lengths[0])
+        if used + len(record) > SCHEMA_BYTES:
+            raise MetricsError(
+                f"no room left for metric declarations ({SCHEMA_BYTES} bytes per worker)"
+            )
+        self.schema[used : used + len(record)] = record
+        # Record first, then its length, then the generation: the master never
+        # reads past a length that covers a half-written record.
+        self.lengths[1] = slots
+        self.lengths[0] = used + len(record)
+        self.generation[0] += 1
+
+
+@dataclass(frozen=True)
+class Decl:
+    """One metric as declared: its shape, its series and where their values are."""
+
+    name: str
+    kind: str
+    help: str
+    labelnames: tuple[str, ...]
+    series: tuple[tuple[str, ...], ...]
+    buckets: tuple[float, ...]
+    offset: int
+
+    @property
+    def width(self) -> int:
+        """Value slots per series: one, or per bucket (+Inf too) and the sum."""
+        return len(self.buckets) + 2 if self.kind == HISTOGRAM else 1
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.width * len(self.series)
+
+    @property
+    def shape(self) -> tuple[str, str, tuple[str, ...], tuple[float, ...]]:
+        return (self.name, self.kind, self.labelnames, self.buckets)
+
+    def record(self) -> bytes:
+        fields = {
+            "n": self.name,
+            "t": self.kind,
+            "h": self.help,
+            "l": list(self.labelnames),
+            "s": [list(values) for values in self.series],
+            "b": list(self.buckets),
+            "o": self.offset,
+        }
+        return json.dumps(fields, separators=(",", ":")).encode() + b"\n"
+
+    @staticmethod
+    def parse(line: bytes) -> Decl | None:
+        try:
+            raw = json.loads(line)
+            labelnames = tuple(str(n) for n in raw["l"])
+            series = tuple(tuple(str(v) for v in values) for values in raw["s"])
+            decl = Decl(
+                name=str(raw["n"]),
+                kind=str(raw["t"]),
+                help=str(raw["h"]),
+                labelnames=labelnames,
+                series=series,
+                buckets=tuple(float(b) for b in raw["b"]),
+                offset=int(raw["o"]),
+            )
+        except (ValueError, KeyError, TypeError, RecursionError):
+            return None
+        if (
+            decl.kind not in _TYPES
+            or not _METRIC_NAME.match(decl.name)
+            or not all(_LABEL_NAME.match(n) for n in labelnames)
+            or decl.offset < 0
+            or len(decl.series) > MAX_SERIES
+            or any(len(values) != len(labelnames) for values in decl.series)
+        ):
+            return None
+        return decl
+
+
+# -- the app's side: declaring and updating ---------------------------------------------
+
+
+class _Series:
+    """One label combination's value slots. `_values` is the arena's (or, before a
+    worker exists, a private buffer's) float64 view: an update is a plain store."""
+
+    __slots__ = ("_values", "_i")
+
+    def __init__(self, values: memoryview[float], index: int) -> None:
+        self._values = values
+        self._i = index
+
+
+class CounterSeries(_Series):
+    __slots__ = ()
+
+    def inc(self, amount: float = 1.0) -> None:
+        if amount < 0:
+            raise MetricsError("a counter only goes up: inc() needs an amount >= 0")
+        self._values[self._i] += amount
+
+    def get(self) -> float:
+        return float(self._values[self._i])
+
+
+class GaugeSeries(_Series):
+    __slots__ = ()
+
+    def inc(self, amount: float = 1.0) -> None:
+        self._values[self._i] += amount
+
+    def dec(self, amount: float = 1.0) -> None:
+        self._values[self._i] -= amount
+
+    def set(self, value: float) -> None:
+        self._values[self._i] = value
+
+    def get(self) -> float:
+        return float(self._values[self._i])
+
+
+class HistogramSeries(_Series):
+    __slots__ = ("_bounds",)
+
+    def __init__(self, values: memoryview[float], index: int, bounds: tuple[float, ...]) -> None:
+        super().__init__(values, index)
+        self._bounds = bounds
+
+    def observe(self, value: float) -> None:
+        # Buckets are stored one count each (not cumulative): two stores per
+        # observation; the master adds them up at scrape time. `le` is inclusive.
+        values, base, bounds = self._values, self._i, self._bounds
+        values[base + bisect.bisect_left(bounds, value)] += 1.0
+        values[base + len(bounds) + 1] += value
+
+    def get(self) -> tuple[list[float], float]:
+        """(the count of each bucket, +Inf last, not cumulative; the sum)."""
+        n = len(self._bounds) + 1
+        counts = [float(self._values[self._i + k]) for k in range(n)]
+        return counts, float(self._values[self._i + n])
+
+
+class Metric:
+    """A declared metric. Without labels it is its own only series (`inc`, `set`,
+    `observe`...); with labels, `labels(...)` gives the series to update."""
+
+    def __init__(self, decl: Decl, series: dict[tuple[str, ...], _Series]) -> None:
+        self.decl = decl
+        self._series = series
+        self._only = series.get(()) if not decl.labelnames else None
+
+    @property
+    def name(self) -> str:
+        return self.decl.name
+
+    def labels(self, *values: Any, **by_name: Any) -> Any:
+        names = self.decl.labelnames
+        if not names:
+            raise MetricsError(f"metric {self.decl.name} has no labels")
+        if values and by_name:
+            raise MetricsError("labels(): give the values by position or by name, not both")
+        if by_name:
+            if set(by_name) != set(names):
+                raise MetricsError(
+                    f"metric {self.decl.name} has labels {list(names)}, got {sorted(by_name)}"
+                )
+            values = tuple(by_name[n] for n in names)
+        if len(values) != len(names):
+            raise MetricsError(
+                f"metric {self.decl.name} has labels {list(names)}, got {len(values)} values"
+            )
+        key = tuple(str(v) for v in values)
+        found = self._series.get(key)
+        if found is None:
+            raise MetricsError(
+                f"metric {self.decl.name}: {dict(zip(names, key, strict=True))} was not declared "
+                "(label values are fixed when the metric is declared)"
+            )
+        return found
+
+    def _single(self) -> Any:
+        if self._only is None:
+            raise MetricsError(f"metric {self.decl.name} has labels: use .labels(...) first")
+        return self._only
+
+    def __repr__(self) -> str:
+        return f"<{self.decl.kind} {self.decl.name}>"
+
+
+class Counter(Metric):
+    def inc(self, amount: float = 1.0) -> None:
+        self._single().inc(amount)
+
+    def get(self) -> float:
+        return float(self._single().get())
+
+
+class Gauge(Metric):
+    def inc(self, amount: float = 1.0) -> None:
+        self._single().inc(amount)
+
+    def dec(self, amount: float = 1.0) -> None:
+        self._single().dec(amount)
+
+    def set(self, value: float) -> None:
+        self._single().set(value)
+
+    def get(self) -> float:
+        return float(self._single().get())
+
+
+class Histogram(Metric):
+    def observe(self, value: float) -> None:
+        self._single().observe(value)
+
+    def get(self) -> tuple[list[float], float]:
+        result: tuple[list[float], float] = self._single().get()
+        return result
+
+
+_CLASSES: dict[str, tuple[type[Metric], type[_Series]]] = {
+    COUNTER: (Counter, CounterSeries),
+    GAUGE: (Gauge, GaugeSeries),
+    HISTOGRAM: (Histogram, HistogramSeries),
+}
+
+
+def _check_name(name: Any) -> str:
+    if not isinstance(name, str) or not _METRIC_NAME.match(name):
+        raise MetricsError(
+            f"bad metric name {name!r}: letters, digits, '_' and ':', not starting with a digit"
+        )
+    if name.startswith(RESERVED_PREFIX):
+        raise MetricsError(f"bad metric name {name!r}: {RESERVED_PREFIX}* is the master's")
+    return name
+
+
+def _check_labels(labels: Mapping[str, Sequence[Any]] | None, kind: str) -> dict[str, list[str]]:
+    if labels is None:
+        return {}
+    if not isinstance(labels, Mapping):
+        raise MetricsError(
+            'labels must be a dict of label name -> its values, e.g. {"kind": ["a", "b"]}'
+        )
+    checked: dict[str, list[str]] = {}
+    for label, values in labels.items():
+        if not isinstance(label, str) or not _LABEL_NAME.match(label) or label.startswith("__"):
+            raise MetricsError(f"bad label name {label!r}")
+        if kind == HISTOGRAM and label == "le":
+            raise MetricsError("a histogram cannot have a label named 'le'")
+        if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+            raise MetricsError(f"label {label!r}: give the list of its values, got {values!r}")
+        texts = [str(v) for v in values]
+        if not texts:
+            raise MetricsError(f"label {label!r}: no values given")
+        if len(set(texts)) != len(texts):
+            raise MetricsError(f"label {label!r}: a value is given twice")
+        checked[label] = texts
+    return checked
+
+
+def _check_buckets(buckets: Iterable[float]) -> tuple[float, ...]:
+    try:
+        bounds = [float(b) for b in buckets]
+    except (TypeError, ValueError):
+        raise MetricsError(f"buckets must be numbers, got {buckets!r}") from None
+    if bounds and math.isinf(bounds[-1]) and bounds[-1] > 0:
+        bounds.pop()  # +Inf is always there
+    if not bounds:
+        raise MetricsError("a histogram needs at least one finite bucket")
+    if len(bounds) > MAX_BUCKETS:
+        raise MetricsError(f"at most {MAX_BUCKETS} buckets, got {len(bounds)}")
+    if any(math.isnan(b) or math.isinf(b) for b in bounds) or any(
+        a >= b for a, b in itertools.pairwise(bounds)
+    ):
+        raise MetricsError(f"buckets must be finite and increasing, got {bounds!r}")
+    return tuple(bounds)
+
+
+class Registry:
+    """This process's metrics. In a worker it writes to the worker's arena; in
+    the master (--preload, config file) to a private buffer, replayed into each
+    worker's arena after fork."""
+
+    def __init__(self) -> None:
+        self._metrics: dict[str, Metric] = {}
+        self._decls: list[Decl] = []
+        self._all_series: list[_Series] = []
+        self._slots = 0
+        self._series = 0
+        self._arena: Arena | None = None
+        self._local: memoryview[float] | None = None
+
+    def _values(self) -> memoryview[float]:
+        if self._arena is not None:
+            return self._arena.values
+        if self._local is None:
+            self._local = memoryview(bytearray(MAX_SLOTS * 8)).cast("d")
+        return self._local
+
+    # -- declaring --
+
+    def counter(
+        self, name: str, help: str, labels: Mapping[str, Sequence[Any]] | None = None
+    ) -> Counter:
+        # prometheus_client exposes a counter as NAME_total: `x` and `x_total` are one.
+        name = _check_name(name)
+        if name.endswith("_total"):
+            name = _check_name(name[: -len("_total")])
+        metric = self._declare(COUNTER, name, help, labels, ())
+        assert isinstance(metric, Counter)
+        return metric
+
+    def gauge(
+        self, name: str, help: str, labels: Mapping[str, Sequence[Any]] | None = None
+    ) -> Gauge:
+        metric = self._declare(GAUGE, _check_name(name), help, labels, ())
+        assert isinstance(metric, Gauge)
+        return metric
+
+    def histogram(
+        self,
+        name: str,
+        help: str,
+        labels: Mapping[str, Sequence[Any]] | None = None,
+        buckets: Iterable[float] = DEFAULT_BUCKETS,
+    ) -> Histogram:
+        bounds = _check_buckets(buckets)
+        metric = self._declare(HISTOGRAM, _check_name(name), help, labels, bounds)
+        assert isinstance(metric, Histogram)
+        return metric
+
+    def _declare(
+        self,
+        kind: str,
+        name: str,
+        help: Any,
+        labels: Mapping[str, Sequence[Any]] | None,
+        buckets: tuple[float, ...],
+    ) -> Metric:
+        if not isinstance(help, str):
+            raise MetricsError(f"metric {name}: help must be a string")
+        checked = _check_labels(labels, kind)
+        labelnames = tuple(checked)
+        series = tuple(itertools.product(*checked.values())) if checked else ((),)
+        existing = self._metrics.get(name)
+        if existing is not None:
+            old = existing.decl
+            differs = [
+                what
+                for what, before, now in (
+                    ("type", old.kind, kind),
+                    ("help", old.help, help),
+                    ("labels", old.series, series)
+                    if old.labelnames == labelnames
+                    else ("label names", old.labelnames, labelnames),
+                    ("buckets", old.buckets, buckets),
+                )
+                if before != now
+            ]
+            if not differs:
+                return existing  # declared again (a second import, after_fork): the same
+            raise MetricsError(
+                f"metric {name} is already declared with another {', '.join(differs)}"
+            )
+        if self._series + len(series) > MAX_SERIES:
+            raise MetricsError(
+                f"metric {name}: {len(series)} more series would pass the limit of "
+                f"{MAX_SERIES} series per worker ({self._series} declared)"
+            )
+        decl = Decl(name, kind, help, labelnames, series, buckets, self._slots)
+        if decl.end > MAX_SLOTS:
+            raise MetricsError(
+                f"metric {name}: needs {decl.end - self._slots} value slots, "
+                f"{MAX_SLOTS - self._slots} are left of {MAX_SLOTS} per worker"
+            )
+        if self._arena is not None:
+            self._arena.append(decl.record(), decl.end)
+        values = self._values()
+        metric_class, series_class = _CLASSES[kind]
+        by_values: dict[tuple[str, ...], _Series] = {}
+        for k, label_values in enumerate(series):
+            index = decl.offset + k * decl.width
+            one: _Series = (
+                HistogramSeries(values, index, buckets)
+                if kind == HISTOGRAM
+                else series_class(values, index)
+            )
+            by_values[label_values] = one
+            self._all_series.append(one)
+        self._decls.append(decl)
+        self._slots = decl.end
+        self._series += len(series)
+        metric = metric_class(decl, by_values)
+        self._metrics[name] = metric
+        return metric
+
+    def __iter__(self) -> Iterator[Metric]:
+        return iter(list(self._metrics.values()))
+
+    # -- after fork --
+
+    def bind(self, arena: Arena) -> None:
+        """In a new worker (or spare): from now on every update goes to `arena`.
+        What the master declared (and counted) before the fork is replayed into it,
+        as if this process had run those declarations itself."""
+        arena.magic[0] = _MAGIC
+        arena.magic[1] = _LAYOUT
+        for decl in self._decls:
+            arena.append(decl.record(), decl.end)
+        if self._local is not None:
+            arena.values[: self._slots] = self._local[: self._slots]
+        for one in self._all_series:
+            one._values = arena.values
+        self._arena = arena
+        if self._local is not None:
+            self._local.release()
+            self._local = None
+
+
+# The one registry of this process: `worker.metrics`, and the module functions.
+REGISTRY = Registry()
+
+
+def counter(name: str, help: str, labels: Mapping[str, Sequence[Any]] | None = None) -> Counter:
+    return REGISTRY.counter(name, help, labels)
+
+
+def gauge(name: str, help: str, labels: Mapping[str, Sequence[Any]] | None = None) -> Gauge:
+    return REGISTRY.gauge(name, help, labels)
+
+
+def histogram(
+    name: str,
+    help: str,
+    labels: Mapping[str, Sequence[Any]] | None = None,
+    buckets: Iterable[float] = DEFAULT_BUCKETS,
+) -> Histogram:
+    return REGISTRY.histogram(name, help, labels, buckets)
+
+
+# -- the master's side: the collector -----------------------------------------------------
+
+Shape = tuple[str, str, tuple[str, ...], tuple[float, ...]]
+
+
+@dataclass
+class _Family:
+    shape: Shape
+    help: str
+    series: dict[tuple[str, ...], list[float]]
+
+
+def _add(family: _Family, labelvalues: tuple[str, ...], values: list[float]) -> None:
+    total = family.series.get(labelvalues)
+    if total is None:
+        family.series[labelvalues] = list(values)
+    else:
+        for k, v in enumerate(values):
+            total[k] += v
+
+
+def _read(arena: Arena) -> Iterator[tuple[Decl, tuple[str, ...], list[float]]]:
+    """Every series of an arena with its values (one copy of the value slots)."""
+    decls = arena.declarations()
+    if not decls:
+        return
+    values = arena.snapshot()
+    for decl in decls:
+        width = decl.width
+        for k, labelvalues in enumerate(decl.series):
+            start = decl.offset + k * width
+            chunk = values[start : start + width]
+            if len(chunk) == width:
+                yield decl, labelvalues, chunk
+
+
+class AppMetrics:
+    """The master's collector of the apps' metrics (prometheus_client's custom
+    collector protocol: `collect()` yields metric families).
+
+    `arenas` gives the live workers' arenas (spares are left out: they have not
+    served yet). `retire()` is called when a worker is reaped."""
+
+    def __init__(self, arenas: Callable[[], Iterable[Arena]]) -> None:
+        self.arenas = arenas
+        self.retired: dict[Shape, _Family] = {}
+
+    def retire(self, arena: Arena) -> None:
+        """Fold a reaped worker's final counters and histograms into the retired
+        totals (its gauges die with it), then unmap its arena."""
+        try:
+            for decl, labelvalues, values in _read(arena):
+                if decl.kind == GAUGE:
+                    continue
+                family = self.retired.get(decl.shape)
+                if family is None:
+                    family = self.retired[decl.shape] = _Family(decl.shape, decl.help, {})
+                _add(family, labelvalues, values)
+        finally:
+            arena.close()
+
+    def families(self) -> dict[str, _Family]:
+        """Live workers summed, then the retired totals; a name declared with
+        another shape (type, labels, buckets) than the first one seen is left out."""
+        found: dict[str, _Family] = {}
+        for arena in self.arenas():
+            for decl, labelvalues, values in _read(arena):
+                family = found.get(decl.name)
+                if family is None:
+                    family = found[decl.name] = _Family(decl.shape, decl.help, {})
+                elif family.shape != decl.shape:
+                    continue
+                _add(family, labelvalues, values)
+        for shape, retired in self.retired.items():
+            family = found.get(shape[0])
+            if family is None:
+                family = found[shape[0]] = _Family(shape, retired.help, {})
+            elif family.shape != shape:
+                continue
+            for labelvalues, values in retired.series.items():
+                _add(family, labelvalues, values)
+        return found
+
+    def collect(self) -> Iterator[Any]:
+        # Imported here: prometheus_client is optional (the `metrics` extra).
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        for name, family in sorted(self.families().items()):
+            _, kind, labelnames, bounds = family.shape
+            metric: Any
+            if kind == COUNTER:
+                metric = CounterMetricFamily(name, family.help, labels=labelnames)
+                for labelvalues, values in family.series.items():
+                    metric.add_metric(labelvalues, values[0])
+            elif kind == GAUGE:
+                metric = GaugeMetricFamily(name, family.help, labels=labelnames)
+                for labelvalues, values in family.series.items():
+                    metric.add_metric(labelvalues, values[0])
+            else:
+                metric = HistogramMetricFamily(name, family.help, labels=labelnames)
+                for labelvalues, values in family.series.items():
+                    cumulative = list(itertools.accumulate(values[: len(bounds) + 1]))
+                    les = [_le(b) for b in bounds] + ["+Inf"]
+                    pairs = list(zip(les, cumulative, strict=True))
+                    metric.add_metric(labelvalues, pairs, values[len(bounds) + 1])
+            yield metric
+
+
+def _le(bound: float) -> str:
+    """As prometheus_client writes `le` (floatToGoString): 1.0, 0.5, 2.5."""
+    return repr(float(bound))
