@@ -8,7 +8,7 @@ import signal
 import time
 
 import psutil
-from conftest import run_cli, wait_until
+from conftest import gone, run_cli, wait_until
 
 
 def let_pass(seconds: float) -> None:
@@ -80,7 +80,7 @@ def test_usr2_to_a_new_master_while_the_old_one_runs_is_refused(start, app_file,
     assert (tmp_path / "app.pid.oldbin").read_text() == oldbin
     assert [p.pid for p in psutil.Process(new).children() if p.name() == "unicornish"] == []
     os.kill(new, signal.SIGQUIT)
-    wait_until(lambda: not psutil.pid_exists(new) or psutil.Process(new).status() == "zombie", 15)
+    wait_until(lambda: gone(new), 15, "the new master to exit")
 
 
 def test_signal_bursts_count_alike_and_log_once(start, app_file):
