@@ -247,6 +247,13 @@ OPTIONS: tuple[Option, ...] = (
         "PATH",
     ),
     Option(
+        "metrics",
+        optional_text,
+        "serve Prometheus metrics, /healthz and /readyz over HTTP at HOST:PORT, PORT or "
+        "unix:/path (needs unicornish[metrics]; default none)",
+        "ADDR",
+    ),
+    Option(
         "max_tasks",
         optional_count,
         "recycle a worker gracefully after about N tasks (+0..10%% jitter; default off)",
@@ -310,6 +317,7 @@ class Settings:
     log_file: str | None = None
     listen: tuple[str, ...] = ()
     control: str | None = None
+    metrics: str | None = None
     max_tasks: int | None = None
     max_memory: float | None = None
     user: str | None = None

@@ -171,6 +171,14 @@ class Pool:
     def scale(self, wanted: int) -> None:
         self.wanted = max(0, wanted)
 
+    def held_back(self, now: float) -> int:
+        """Wanted slots the crash-loop backoff keeps empty right now (for metrics)."""
+        return sum(
+            1
+            for nr, slot in self.backoff.slots.items()
+            if nr < self.wanted and slot.not_before > now
+        )
+
     # -- reports and deaths -------------------------------------------------------
 
     def read_reports(self, fd: int) -> None:
