@@ -20,6 +20,7 @@ TCP listeners (TCP_INFO). Nothing here runs between scrapes.
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import time
@@ -157,13 +158,68 @@ def listener_name(sock: socket.socket) -> str:
 # -- the master's collector ------------------------------------------------------------------
 
 
-def memory(pid: int) -> tuple[int, int, int] | None:
-    """(rss, uss, pss) in bytes; None when the process is gone or not ours to read."""
+# USS and PSS make the kernel walk every page a worker maps (/proc/PID/smaps_rollup):
+# about 1 ms each, a quarter of a second for 256 workers, far too long for the
+# master's loop. RSS is one small read (/proc/PID/statm). So each scrape reads
+# every worker's RSS, and USS and PSS of as many workers as fit in this much
+# time, the longest unread first; the others repeat their last figures.
+DEEP_MEMORY_BUDGET = 0.005
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def read_rss(pid: int) -> int | None:
+    """Resident bytes from /proc/PID/statm: what psutil's memory_info().rss reads,
+    without its per-call overhead (3 ms instead of 11 ms for 256 workers)."""
     try:
-        full = psutil.Process(pid).memory_full_info()
-    except psutil.Error:
+        fd = os.open(f"/proc/{pid}/statm", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
         return None
-    return int(full.rss), int(full.uss), int(getattr(full, "pss", 0))
+    try:
+        fields = os.read(fd, 256).split()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return int(fields[1]) * PAGE_SIZE if len(fields) > 1 else None
+
+
+class MemoryReader:
+    """Per-worker memory at scrape time, with the USS/PSS budget above."""
+
+    def __init__(self, budget: float = DEEP_MEMORY_BUDGET) -> None:
+        self.budget = budget
+        # psutil.Process(pid) reads /proc/PID/stat: made once per worker, not per scrape.
+        self.procs: dict[int, psutil.Process] = {}
+        self.deep: dict[int, tuple[float, int, int]] = {}  # pid -> (read at, uss, pss)
+
+    def read(self, pids: list[int]) -> dict[int, tuple[int, int | None, int | None]]:
+        """pid -> (rss, uss, pss) in bytes; uss and pss None until first read.
+        A process gone or not ours to read is left out."""
+        wanted = set(pids)
+        for gone in [pid for pid in self.procs if pid not in wanted]:
+            del self.procs[gone]
+            self.deep.pop(gone, None)
+        rss: dict[int, int] = {}
+        for pid in pids:
+            value = read_rss(pid)
+            if value is not None:
+                rss[pid] = value
+        started = time.monotonic()
+        for pid in sorted(rss, key=lambda pid: self.deep.get(pid, (-1.0, 0, 0))[0]):
+            now = time.monotonic()
+            if now - started >= self.budget:
+                break
+            try:
+                if pid not in self.procs:
+                    self.procs[pid] = psutil.Process(pid)
+                full = self.procs[pid].memory_full_info()
+            except psutil.Error:
+                continue
+            self.deep[pid] = (now, int(full.uss), int(getattr(full, "pss", 0)))
+        return {
+            pid: (value, *(self.deep[pid][1:] if pid in self.deep else (None, None)))
+            for pid, value in rss.items()
+        }
 
 
 class MasterCollector:
@@ -187,6 +243,7 @@ class MasterCollector:
         self.tallies = tallies
         self.version = version
         self.start_time = time.time()
+        self.memory = MemoryReader()
 
     def collect(self) -> Iterator[Metric]:
         from prometheus_client.metrics_core import (
@@ -259,12 +316,14 @@ class MasterCollector:
                 ("pss", "Resident memory with shared pages divided among their sharers"),
             )
         }
+        figures = self.memory.read([w.pid for w in newest.values()])
         for nr in sorted(newest):
-            figures = memory(newest[nr].pid)
-            if figures is None:
+            found = figures.get(newest[nr].pid)
+            if found is None:
                 continue
-            for kind, value in zip(("rss", "uss", "pss"), figures, strict=True):
-                families[kind].add_metric([str(nr)], value)
+            for kind, value in zip(("rss", "uss", "pss"), found, strict=True):
+                if value is not None:
+                    families[kind].add_metric([str(nr)], value)
         yield from families.values()
 
     def listener_metrics(self) -> Iterator[Metric]:

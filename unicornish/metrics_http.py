@@ -5,7 +5,10 @@ non-blocking, driven by the master's EventLoop, and bounded everywhere, so a
 slow, silent, malformed or oversized client costs the master one bounded
 recv() per wake-up and nothing more:
 
-- at most MAX_CLIENTS connections at once (more get a 503 and are closed);
+- at most MAX_CLIENTS connections at once: at the limit the server stops
+  accepting, and the next connections wait in the kernel's backlog until a
+  client is done or dropped (a refusal would have to close a socket whose
+  request is unread, which resets the connection: the client sees no reply);
 - a request head (request line and headers) of at most MAX_REQUEST bytes
   (more gets a 431 and the connection is closed);
 - CLIENT_TIMEOUT to send the request and read the reply, from accept on; the
@@ -41,7 +44,7 @@ from unicornish.eventloop import ErrorLog, EventLoop
 from unicornish.listeners import same_address
 from unicornish.protocol import METRICS_FD_ENV
 
-# More connections than this at once get a 503 and are closed (each costs an fd).
+# More connections than this at once wait in the kernel's backlog (each costs an fd).
 MAX_CLIENTS = 64
 # The longest request head (request line + headers) we read; more gets a 431.
 MAX_REQUEST = 8 * 1024
@@ -348,7 +351,7 @@ class MetricsServer:
                 self._close(client)
         if self.paused_until is not None and now >= self.paused_until:
             self.paused_until = None
-            if not self.handed_over:
+            if not self.handed_over and len(self.clients) < MAX_CLIENTS:
                 self._accept_on()
         deadlines = [c.deadline for c in self.clients.values()]
         if self.paused_until is not None:
@@ -357,6 +360,8 @@ class MetricsServer:
 
     def _on_accept(self) -> None:
         for _ in range(ACCEPTS_PER_WAKE):
+            if not self.accepting:  # full, since the last accept
+                return
             try:
                 conn, _addr = self.sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -375,20 +380,17 @@ class MetricsServer:
 
     def _admit(self, conn: socket.socket) -> None:
         conn.setblocking(False)
-        if len(self.clients) >= MAX_CLIENTS:
-            now = time.monotonic()
-            if now - self.refused_logged_at >= CLIENT_TIMEOUT:
-                self.refused_logged_at = now
-                self.log.warning("metrics: %d connections open; refusing more", MAX_CLIENTS)
-            try:
-                conn.send(response(503, b"too many connections\n"))
-            except OSError:
-                pass
-            conn.close()
-            return
         client = Client(conn, time.monotonic() + CLIENT_TIMEOUT)
         self.clients[conn.fileno()] = client
         self.loop.add_reader(conn, lambda: self._on_event(client))
+        if len(self.clients) >= MAX_CLIENTS:
+            # Full: the next connections wait in the backlog; the first client
+            # done (or dropped at its deadline) lets them in (_close).
+            self._accept_off()
+            now = time.monotonic()
+            if now - self.refused_logged_at >= CLIENT_TIMEOUT:
+                self.refused_logged_at = now
+                self.log.warning("metrics: %d connections open; the next ones wait", MAX_CLIENTS)
 
     def _on_event(self, client: Client) -> None:
         if client.outbuf:
@@ -477,6 +479,8 @@ class MetricsServer:
             self.clients.pop(fd, None)
             self.loop.remove(client.sock)
         client.sock.close()
+        if len(self.clients) < MAX_CLIENTS and not self.handed_over and self.paused_until is None:
+            self._accept_on()
 
     # -- USR2 and exit ---------------------------------------------------------------
 
