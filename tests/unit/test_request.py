@@ -9,7 +9,7 @@ import pytest
 
 from unicornish.protocol import COMMANDS, RequestError, parse_request
 
-PLAIN = ["status", "ttin", "ttou", "reload", "reopen", "upgrade"]
+PLAIN = ["status", "ttin", "ttou", "reload", "reopen", "upgrade", "metrics"]
 
 
 def refused(line: str) -> str:
@@ -19,7 +19,17 @@ def refused(line: str) -> str:
 
 
 def test_the_commands():
-    assert COMMANDS == ("status", "scale", "ttin", "ttou", "reload", "reopen", "stop", "upgrade")
+    assert COMMANDS == (
+        "status",
+        "scale",
+        "ttin",
+        "ttou",
+        "reload",
+        "reopen",
+        "stop",
+        "upgrade",
+        "metrics",
+    )
 
 
 @pytest.mark.parametrize("command", PLAIN)
