@@ -86,7 +86,7 @@ def test_unknown_commands_list_the_known_ones():
     message = refused("restart")
     assert message == (
         "unknown command 'restart'; commands: status, scale N, ttin, ttou, reload, reopen,"
-        " stop [--quick], upgrade"
+        " stop [--quick], upgrade, metrics"
     )
     assert refused('{"command": "restart"}') == message
     assert refused("STATUS").startswith("unknown command 'STATUS'")
