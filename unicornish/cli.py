@@ -18,6 +18,7 @@ from unicornish import sockets as sockets_module
 from unicornish.config import OPTIONS, Settings, build_settings
 from unicornish.errors import StartupError, UsageError
 from unicornish.privileges import Identity
+from unicornish.protocol import METRICS_FD_ENV
 
 PROG = "unicornish"
 
@@ -234,6 +235,10 @@ def run_master(argv: list[str]) -> int:
             from unicornish import metrics
 
             metrics.load_client()
+        elif METRICS_FD_ENV in os.environ:
+            from unicornish import metrics_http
+
+            metrics_http.discard_inherited()
         app = prepare(settings, identity)
         if settings.control:
             control_sock = control.bind(settings.control)

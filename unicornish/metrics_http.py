@@ -246,6 +246,18 @@ def inherited(spec: str) -> socket.socket | None:
     return None
 
 
+def discard_inherited() -> None:
+    """Without --metrics now (the config changed before a USR2): close the
+    socket the old master handed over, so that no worker keeps it."""
+    text = os.environ.pop(METRICS_FD_ENV, "")
+    if text.isdigit() and int(text) >= 3:
+        try:
+            if stat.S_ISSOCK(os.fstat(int(text)).st_mode):
+                os.close(int(text))
+        except OSError:
+            pass
+
+
 def bind(spec: str) -> socket.socket:
     """Bind --metrics ADDR; raises UsageError (bad address) or StartupError."""
     address = sockets_module.parse_address(spec, "--metrics")
