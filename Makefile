@@ -24,7 +24,8 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 # System tools some tests drive for real: systemd-analyze verifies the unit
-# files, logrotate rotates a live log, faketime jumps the wall clock.
+# files, logrotate rotates a live log, faketime jumps the wall clock,
+# prometheus scrapes --metrics and promtool checks its output.
 # Installed only where missing.
 TOOLS_STAMP := $(VENV)/.tools
 $(TOOLS_STAMP): $(STAMP)
@@ -32,6 +33,8 @@ $(TOOLS_STAMP): $(STAMP)
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	command -v logrotate >/dev/null || missing="$$missing logrotate"; \
 	command -v faketime >/dev/null || missing="$$missing faketime"; \
+	{ command -v prometheus >/dev/null && command -v promtool >/dev/null; } \
+		|| missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			(apt-get update -qq && apt-get install -y -qq $$missing) >/dev/null; \

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from typing import Any, NoReturn
 
@@ -17,6 +18,7 @@ from unicornish import sockets as sockets_module
 from unicornish.config import OPTIONS, Settings, build_settings
 from unicornish.errors import StartupError, UsageError
 from unicornish.privileges import Identity
+from unicornish.protocol import METRICS_FD_ENV
 
 PROG = "unicornish"
 
@@ -82,6 +84,8 @@ def parse_cli(argv: list[str]) -> dict[str, Any]:
         values["listen"] = [item for item in values["listen"]]
         for spec in values["listen"]:
             sockets_module.parse_address(spec)  # a bad address is a usage error
+    if values.get("metrics"):
+        sockets_module.parse_address(values["metrics"], "--metrics")
     if "app" not in values and "config" not in values:
         raise UsageError("the following arguments are required: --app")
     return values
@@ -224,16 +228,31 @@ def run_master(argv: list[str]) -> int:
         except OSError:
             _startup_stderr = 2
     control_sock = None
+    metrics_sock: socket.socket | None = None
+    metrics_bound = False
     try:
+        if settings.metrics:
+            # Before anything else is set up: one line and exit 1 when it is missing.
+            from unicornish import metrics
+
+            metrics.load_client()
+        elif METRICS_FD_ENV in os.environ:
+            from unicornish import metrics_http
+
+            metrics_http.discard_inherited()
         app = prepare(settings, identity)
         if settings.control:
             control_sock = control.bind(settings.control)
         try:
+            if settings.metrics:
+                metrics_sock, metrics_bound = bind_metrics(settings.metrics)
             listeners = setup_listeners(settings.listen)
         except (StartupError, UsageError):
             if control_sock is not None and settings.control:
                 control_sock.close()
                 os.unlink(settings.control)
+            if metrics_sock is not None:
+                close_metrics(metrics_sock, unlink=metrics_bound)
             raise
     except (StartupError, UsageError) as exc:
         _die(str(exc), exc.exit_code)
@@ -241,9 +260,39 @@ def run_master(argv: list[str]) -> int:
         os.close(_startup_stderr)
     _startup_stderr = 2
     master = Master(
-        settings, cli_values, app, listeners, warnings, identity, ready_fd, control_sock
+        settings,
+        cli_values,
+        app,
+        listeners,
+        warnings,
+        identity,
+        ready_fd,
+        control_sock,
+        metrics_sock,
     )
     return master.run()
+
+
+def bind_metrics(spec: str) -> tuple[socket.socket, bool]:
+    """The --metrics socket: the old master's (USR2), or bound here (True)."""
+    from unicornish import metrics_http
+
+    sock = metrics_http.inherited(spec)
+    if sock is not None:
+        return sock, False
+    return metrics_http.bind(spec), True
+
+
+def close_metrics(sock: socket.socket, unlink: bool) -> None:
+    """A start that failed after binding --metrics unix:PATH leaves no file
+    behind (unless the old master of a USR2 bound it: it still serves there)."""
+    path = sock.getsockname() if unlink and sock.family == socket.AF_UNIX else ""
+    sock.close()
+    if isinstance(path, str) and path:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 def ensure_stdio() -> None:

@@ -266,6 +266,13 @@ OPTIONS: tuple[Option, ...] = (
         "PATH",
     ),
     Option(
+        "metrics",
+        optional_text,
+        "serve Prometheus metrics, /healthz and /readyz over HTTP at HOST:PORT, PORT or "
+        "unix:/path (needs unicornish[metrics]; default none)",
+        "ADDR",
+    ),
+    Option(
         "max_tasks",
         optional_count,
         "recycle a worker gracefully after about N tasks (+0..10%% jitter; default off)",
@@ -331,6 +338,7 @@ class Settings:
     log_format: str = "text"
     listen: tuple[str, ...] = ()
     control: str | None = None
+    metrics: str | None = None
     max_tasks: int | None = None
     max_memory: float | None = None
     user: str | None = None

@@ -20,10 +20,12 @@ ctl` takes, for `socat`/`nc -U` users:
     {"command": "stop"}                        stop
     {"command": "stop", "quick": true}         stop --quick
     {"command": "upgrade"}                     upgrade
+    {"command": "metrics"}                     metrics
 
 Replies: {"ok": true, ...} or {"ok": false, "error": "..."}. Commands run
 the same code as the signals (scale = TTIN/TTOU, reload = HUP, reopen = USR1,
-stop = QUIT/TERM, upgrade = USR2).
+stop = QUIT/TERM, upgrade = USR2); `metrics` replies with the text that
+--metrics serves at /metrics, in {"ok": true, "text": "..."}.
 """
 
 from __future__ import annotations
@@ -87,6 +89,8 @@ class Commands(Protocol):
     def reopen_logs(self) -> str | None: ...
 
     def upgrade(self, why: str) -> tuple[int | None, str | None]: ...
+
+    def metrics_text(self) -> str: ...
 
 
 # -- creating the socket ------------------------------------------------------
@@ -455,6 +459,11 @@ class ControlServer:
         if command == "stop":
             m.stop(quick=params["quick"], why="control stop")
             return {"ok": True, "stopping": m.stopping}
+        if command == "metrics":  # read-only, like status: answered while stopping too
+            try:
+                return {"ok": True, "text": m.metrics_text()}
+            except StartupError as exc:  # prometheus_client is not installed
+                return error(str(exc).replace("--metrics needs", "metrics need"))
         if m.stopping:
             return error("master is stopping")
         if command in ("scale", "ttin", "ttou"):

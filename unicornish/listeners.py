@@ -99,7 +99,7 @@ def inherited_sockets() -> list[socket.socket]:
     return found
 
 
-def _same_address(sock: socket.socket, address: sockets_module.Address) -> bool:
+def same_address(sock: socket.socket, address: sockets_module.Address) -> bool:
     if sock.family != address.family:
         return False
     name = sock.getsockname()
@@ -119,7 +119,7 @@ def setup_listeners(specs: tuple[str, ...] | list[str]) -> list[socket.socket]:
     listeners: list[socket.socket] = []
     for spec in specs:
         address = sockets_module.parse_address(spec)
-        match = next((s for s in inherited if _same_address(s, address)), None)
+        match = next((s for s in inherited if same_address(s, address)), None)
         if match is not None:
             inherited.remove(match)
             listeners.append(match)

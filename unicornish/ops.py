@@ -82,6 +82,7 @@ commands:
   reopen          reopen the log file (as USR1)
   stop [--quick]  graceful stop (as QUIT), or a quick stop (as INT)
   upgrade         re-exec a new master (as USR2)
+  metrics         print the master's Prometheus metrics (the text of /metrics)
 
 options:
   --control PATH  the master's control socket (default: ${CONTROL_ENV})
@@ -471,7 +472,7 @@ def parse_ctl(args: list[str]) -> tuple[str, dict[str, Any]]:
         if rest not in ([], ["--quick"]):
             raise UsageError(f"ctl stop takes only --quick, got {' '.join(rest)!r}")
         payload["quick"] = bool(rest)
-    elif command in ("status", "ttin", "ttou", "reload", "reopen", "upgrade"):
+    elif command in ("status", "ttin", "ttou", "reload", "reopen", "upgrade", "metrics"):
         if rest:
             raise UsageError(f"ctl {command} takes no argument, got {' '.join(rest)!r}")
     else:
@@ -486,6 +487,10 @@ def ctl_main(args: list[str]) -> int:
     except NoAnswer as exc:
         sys.stderr.write(f"unicornish: {exc}\n")
         return exc.code
+    text = reply.get("text")
+    if payload["command"] == "metrics" and reply.get("ok") is True and isinstance(text, str):
+        sys.stdout.write(text)  # raw, as /metrics serves it (for promtool, grep, a file)
+        return EXIT_OK
     sys.stdout.write(json.dumps(reply) + "\n")
     return EXIT_OK if reply.get("ok") is True else EXIT_ERROR
 

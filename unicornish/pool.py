@@ -196,6 +196,14 @@ class Pool:
         if why is not None:
             self.scale_log.changed(time.monotonic(), why, times, self.wanted)
 
+    def held_back(self, now: float) -> int:
+        """Wanted slots the crash-loop backoff keeps empty right now (for metrics)."""
+        return sum(
+            1
+            for nr, slot in self.backoff.slots.items()
+            if nr < self.wanted and slot.not_before > now
+        )
+
     # -- reports and deaths -------------------------------------------------------
 
     def read_reports(self, fd: int) -> None:

@@ -47,6 +47,10 @@ HOOK_NAMES = ("before_fork", "after_fork", "worker_exit", "before_exec")
 # a typo (99999999999) must be refused instead of being planned for.
 MAX_WORKERS = 10_000
 
+# USR2: the fd of the --metrics socket, handed by the old master to the new one
+# (which accepts on it from then on: the port is never closed, never busy).
+METRICS_FD_ENV = "UNICORNISH_METRICS_FD"
+
 # -- reports: worker -> master, through one pipe ------------------------------
 
 _REPORT = struct.Struct("=ii")
@@ -100,8 +104,8 @@ def describe_status(status: int) -> tuple[str, int | None, int | None]:
 # A request line longer than this is refused and the connection closed.
 MAX_LINE = 64 * 1024
 
-COMMANDS = ("status", "scale", "ttin", "ttou", "reload", "reopen", "stop", "upgrade")
-COMMANDS_HELP = "status, scale N, ttin, ttou, reload, reopen, stop [--quick], upgrade"
+COMMANDS = ("status", "scale", "ttin", "ttou", "reload", "reopen", "stop", "upgrade", "metrics")
+COMMANDS_HELP = "status, scale N, ttin, ttou, reload, reopen, stop [--quick], upgrade, metrics"
 
 
 class RequestError(Exception):

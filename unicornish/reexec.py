@@ -26,7 +26,7 @@ from typing import Protocol
 from unicornish import listeners as listeners_module
 from unicornish import pidfile
 from unicornish.listeners import FD_ENV, SYSTEMD_FD_ENV
-from unicornish.protocol import HANDLED_SIGNALS
+from unicornish.protocol import HANDLED_SIGNALS, METRICS_FD_ENV
 from unicornish.systemd import Notifier, monotonic_usec
 
 __all__ = ["FD_ENV", "OLD_MASTER_ENV", "Upgrade"]
@@ -94,6 +94,12 @@ class Upgrade:
         self.set_title = set_title
         self.before_exec = before_exec
         self.control: SocketFile | None = None
+        # --metrics: the socket the new master inherits (it accepts on it from
+        # then on: the port is never closed, and never busy for the new master).
+        self.metrics: SocketFile | None = None
+        self.metrics_fd: int | None = None
+        # Told "started", "refused" or "failed" for each USR2 (the metrics count them).
+        self.on_result: Callable[[str], None] = lambda result: None
         self.my_pid = os.getpid()
         self.pid: int | None = None  # the new master we started, while it runs
         self.is_old = False  # replaced: a new master runs beside us
@@ -129,6 +135,7 @@ class Upgrade:
         reason = self.refusal(stopping)
         if reason is not None:
             self.log.warning("%s ignored: %s", why, reason)
+            self.on_result("refused")
             return None, reason
         path = self.pid_path()
         if path and pidfile.read_pid(path) == self.my_pid:
@@ -139,13 +146,15 @@ class Upgrade:
                 return None, f"cannot rename pid file {path}: {exc.strerror}"
         if self.control is not None:
             self.control.move_aside()  # PATH -> PATH.oldbin: the new master binds PATH
+        if self.metrics is not None:
+            self.metrics.move_aside()  # the new master accepts on it
         self.before_exec()
         pid = self._fork_exec(why)
         if pid is None:
             self._restore_pid_file()
-            if self.control is not None:
-                self.control.move_back()
+            self._move_back()
             self.notifier.send("READY=1", self.status_line())
+            self.on_result("failed")
             return None, "fork failed; see the master's log"
         self.pid = pid
         self.is_old = True
@@ -153,7 +162,14 @@ class Upgrade:
         # nothing but watchdog pings from us, STOPPING=1 above all.
         self.notifier.quiet = True
         self.set_title(True)
+        self.on_result("started")
         return pid, None
+
+    def _move_back(self) -> None:
+        if self.control is not None:
+            self.control.move_back()
+        if self.metrics is not None:
+            self.metrics.move_back()
 
     def _fork_exec(self, why: str) -> int | None:
         fds = [sock.fileno() for sock in self.listeners]
@@ -163,6 +179,11 @@ class Upgrade:
             str(fd) for fd in listeners_module.systemd_fds(self.listeners)
         )
         env[OLD_MASTER_ENV] = str(self.my_pid)
+        env.pop(METRICS_FD_ENV, None)
+        inherit = list(fds)
+        if self.metrics_fd is not None:
+            env[METRICS_FD_ENV] = str(self.metrics_fd)
+            inherit.append(self.metrics_fd)
         argv = command_line()
         cwd = START_DIRECTORY
         env["PWD"] = cwd
@@ -178,7 +199,7 @@ class Upgrade:
             self.log.error("%s failed: fork: %s", why, exc.strerror)
             return None
         if pid == 0:
-            _exec_new_master(argv, env, cwd, fds, mask)
+            _exec_new_master(argv, env, cwd, inherit, mask)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.log.info("USR2: started new master pid=%d: %s", pid, " ".join(argv))
         return pid
@@ -202,14 +223,14 @@ class Upgrade:
         self.pid = None
         self.is_old = False
         self._restore_pid_file()
-        if self.control is not None:
-            self.control.move_back()
+        self._move_back()
         if stopping:
             # Stopping already (the new master took over, or we were told to quit):
             # stay quiet towards systemd, and let the stop finish.
             self.log.info("new master pid=%d exited (%s)", pid, text)
             return
         self.log.error("new master pid=%d exited (%s); this master carries on", pid, text)
+        self.on_result("failed")
         self.set_title(False)
         self.notifier.quiet = False
         self.notifier.send("READY=1", self.status_line())

@@ -99,6 +99,8 @@ def apply_settings(old: Settings, new: Settings, logger: logging.Logger) -> None
         logger.warning("listen addresses changed: they take effect on USR2 (re-exec)")
     if new.control != old.control:
         logger.warning("control socket changed: it takes effect on USR2 (re-exec)")
+    if new.metrics != old.metrics:
+        logger.warning("metrics address changed: it takes effect on USR2 (re-exec)")
     if new.subreaper and not old.subreaper:
         become_subreaper(logger)
 
@@ -153,6 +155,8 @@ class Reloader:
         self.rolling: RollingReload | None = None
         self.last_at = -RELOAD_COALESCE
         self.pending = False
+        # Told "done" or "failed" as each reload ends (the metrics count them).
+        self.on_result: Callable[[str], None] = lambda result: None
         pool.on_reload_done = self.commit
 
     def hup(self) -> None:
@@ -184,6 +188,7 @@ class Reloader:
         except ReloadError as exc:
             self.log.error("%s", exc)
             self.notifier.send("READY=1")
+            self.on_result("failed")
             return str(exc)
         for warning in warnings:
             self.log.warning("%s", warning)
@@ -209,6 +214,7 @@ class Reloader:
             # collector's reach; thaw so it can be freed. The next fork freezes again.
             gc.unfreeze()
         self.log.info("reload done: %d workers run the new app", self.pool.wanted)
+        self.on_result("done")
 
     def abort(self, failed: WorkerProc, code: int | None, live: list[WorkerProc]) -> None:
         """A new worker died before it was ready: back to the last proven release."""
@@ -237,3 +243,4 @@ class Reloader:
         self.rolling = None
         self.pool.reloading = False
         self.notifier.send("READY=1")
+        self.on_result("failed")

@@ -33,13 +33,13 @@ class Address:
         return f"{self.host}:{self.port}"
 
 
-def _port(text: str, spec: str) -> int:
+def _port(text: str, spec: str, option: str = "--listen") -> int:
     try:
         port = int(text, 10)
     except ValueError:
-        raise UsageError(f"--listen {spec!r}: port must be a number") from None
+        raise UsageError(f"{option} {spec!r}: port must be a number") from None
     if not 0 <= port <= 65535:
-        raise UsageError(f"--listen {spec!r}: port must be 0..65535")
+        raise UsageError(f"{option} {spec!r}: port must be 0..65535")
     return port
 
 
@@ -52,41 +52,42 @@ def _looks_like_mode(tail: str) -> bool:
     return not tail or (tail[0].isdigit() and "/" not in tail)
 
 
-def _unix_path_and_mode(spec: str) -> tuple[str, int | None]:
+def _unix_path_and_mode(spec: str, option: str = "--listen") -> tuple[str, int | None]:
     """`unix:PATH` or `unix:PATH:MODE`, MODE octal 0..0777."""
     path, mode = spec[5:], None
     head, sep, tail = path.rpartition(":")
     if sep and _looks_like_mode(tail):
         if not head:
-            raise UsageError(f"--listen {spec!r}: unix: needs a path before the mode")
+            raise UsageError(f"{option} {spec!r}: unix: needs a path before the mode")
         if not tail or any(c not in "01234567" for c in tail) or int(tail, 8) > 0o777:
-            raise UsageError(f"--listen {spec!r}: mode must be octal 0..0777, e.g. 0660")
+            raise UsageError(f"{option} {spec!r}: mode must be octal 0..0777, e.g. 0660")
         path, mode = head, int(tail, 8)
     if not path:
-        raise UsageError(f"--listen {spec!r}: unix: needs a path")
+        raise UsageError(f"{option} {spec!r}: unix: needs a path")
     return path, mode
 
 
-def parse_address(spec: str) -> Address:
-    """`HOST:PORT`, `[V6]:PORT`, `PORT`, `unix:/path` or `unix:/path:MODE` (octal)."""
+def parse_address(spec: str, option: str = "--listen") -> Address:
+    """`HOST:PORT`, `[V6]:PORT`, `PORT`, `unix:/path` or `unix:/path:MODE` (octal).
+    `option` names the option in error messages (--listen, --metrics)."""
     if spec.startswith("unix:"):
-        path, mode = _unix_path_and_mode(spec)
+        path, mode = _unix_path_and_mode(spec, option)
         return Address(socket.AF_UNIX, "", 0, os.path.abspath(path), mode)
     if spec.startswith("["):
         host, sep, rest = spec[1:].partition("]")
         if not sep or not rest.startswith(":"):
-            raise UsageError(f"--listen {spec!r}: expected [V6ADDR]:PORT")
-        return Address(socket.AF_INET6, host, _port(rest[1:], spec))
+            raise UsageError(f"{option} {spec!r}: expected [V6ADDR]:PORT")
+        return Address(socket.AF_INET6, host, _port(rest[1:], spec, option))
     if spec.isdigit():
-        return Address(socket.AF_INET, "0.0.0.0", _port(spec, spec))
+        return Address(socket.AF_INET, "0.0.0.0", _port(spec, spec, option))
     host, sep, port = spec.rpartition(":")
     if not sep or not host:
-        raise UsageError(f"--listen {spec!r}: expected HOST:PORT, [V6]:PORT or unix:/path")
+        raise UsageError(f"{option} {spec!r}: expected HOST:PORT, [V6]:PORT or unix:/path")
     if ":" in host:
-        raise UsageError(f"--listen {spec!r}: write IPv6 addresses as [ADDR]:PORT")
+        raise UsageError(f"{option} {spec!r}: write IPv6 addresses as [ADDR]:PORT")
     if host == "*":
         host = "0.0.0.0"
-    return Address(socket.AF_INET, host, _port(port, spec))
+    return Address(socket.AF_INET, host, _port(port, spec, option))
 
 
 def socket_address(sock: socket.socket) -> str:

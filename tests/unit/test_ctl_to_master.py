@@ -17,6 +17,7 @@ CASES = [
     (["reload"], ("reload", {})),
     (["reopen"], ("reopen", {})),
     (["upgrade"], ("upgrade", {})),
+    (["metrics"], ("metrics", {})),
     (["scale", "0"], ("scale", {"workers": 0})),
     (["scale", "7"], ("scale", {"workers": 7})),
     (["stop"], ("stop", {"quick": False})),

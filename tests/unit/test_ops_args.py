@@ -88,7 +88,9 @@ def test_status_usage_errors():
 # -- ctl -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", ["status", "ttin", "ttou", "reload", "reopen", "upgrade"])
+@pytest.mark.parametrize(
+    "command", ["status", "ttin", "ttou", "reload", "reopen", "upgrade", "metrics"]
+)
 def test_ctl_commands_without_arguments(command):
     assert parse_ctl(["--control", "/s", command]) == ("/s", {"command": command})
     assert ctl_error("--control", "/s", command, "x") == (

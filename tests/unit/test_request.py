@@ -9,7 +9,7 @@ import pytest
 
 from unicornish.protocol import COMMANDS, RequestError, parse_request
 
-PLAIN = ["status", "ttin", "ttou", "reload", "reopen", "upgrade"]
+PLAIN = ["status", "ttin", "ttou", "reload", "reopen", "upgrade", "metrics"]
 
 
 def refused(line: str) -> str:
@@ -19,7 +19,17 @@ def refused(line: str) -> str:
 
 
 def test_the_commands():
-    assert COMMANDS == ("status", "scale", "ttin", "ttou", "reload", "reopen", "stop", "upgrade")
+    assert COMMANDS == (
+        "status",
+        "scale",
+        "ttin",
+        "ttou",
+        "reload",
+        "reopen",
+        "stop",
+        "upgrade",
+        "metrics",
+    )
 
 
 @pytest.mark.parametrize("command", PLAIN)
@@ -76,7 +86,7 @@ def test_unknown_commands_list_the_known_ones():
     message = refused("restart")
     assert message == (
         "unknown command 'restart'; commands: status, scale N, ttin, ttou, reload, reopen,"
-        " stop [--quick], upgrade"
+        " stop [--quick], upgrade, metrics"
     )
     assert refused('{"command": "restart"}') == message
     assert refused("STATUS").startswith("unknown command 'STATUS'")

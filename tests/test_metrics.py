@@ -1,0 +1,464 @@
+"""--metrics for real: a real Prometheus scrapes the master, promtool checks the
+output, /readyz follows a graceful stop, slow and oversized clients cannot
+hold the master up, and the idle master does not wake between scrapes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import gone, loop_app, run_cli, wait_until
+
+needs_prometheus = pytest.mark.skipif(
+    shutil.which("prometheus") is None or shutil.which("promtool") is None,
+    reason="prometheus and promtool are not installed (make check installs them)",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http(port: int, path: str, raw: bytes | None = None, timeout: float = 10.0) -> tuple[int, str]:
+    """(status, body) of one request; `raw` replaces the whole request."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(raw or f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+        data = bytearray()
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = bytes(data).partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode()
+
+
+def sample(text: str, name: str) -> float | None:
+    """The value of an unlabelled sample."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def ready_metrics(start, app_file, *extra: str, workers: int = 2, app: str = ""):
+    port = free_port()
+    run = start(
+        "--app",
+        str(app_file(app or loop_app())),
+        "--workers",
+        str(workers),
+        "--metrics",
+        f"127.0.0.1:{port}",
+        *extra,
+    )
+    run.wait_ready(workers)
+    return run, port
+
+
+# -- a real Prometheus -----------------------------------------------------------------
+
+
+class Prometheus:
+    def __init__(self, tmp: Path, target_port: int) -> None:
+        self.port = free_port()
+        config = tmp / "prometheus.yml"
+        config.write_text(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
+            "scrape_configs:\n  - job_name: unicornish\n"
+            f"    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
+        )
+        self.log = open(tmp / "prometheus.log", "wb")
+        self.proc = subprocess.Popen(
+            [
+                "prometheus",
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=self.log,
+            start_new_session=True,
+        )
+
+    def query(self, expr: str) -> list[dict]:
+        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode(
+            {"query": expr}
+        )
+        try:
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                data = json.load(reply)
+        except OSError:
+            return []
+        return data["data"]["result"] if data.get("status") == "success" else []
+
+    def value(self, expr: str) -> float | None:
+        result = self.query(expr)
+        return float(result[0]["value"][1]) if len(result) == 1 else None
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        self.proc.wait(10)
+        self.log.close()
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator:
+    started: list[Prometheus] = []
+
+    def _start(target_port: int) -> Prometheus:
+        server = Prometheus(tmp_path, target_port)
+        started.append(server)
+        return server
+
+    yield _start
+    for server in started:
+        server.stop()
+
+
+@needs_prometheus
+def test_prometheus_sees_the_workers_across_a_sigkill(start, app_file, prometheus):
+    run, port = ready_metrics(start, app_file, workers=3)
+    prom = prometheus(port)
+    wait_until(
+        lambda: prom.value("unicornish_workers_running") == 3.0,
+        30,
+        "Prometheus to read unicornish_workers_running 3",
+    )
+    wait_until(lambda: prom.value('up{job="unicornish"}') == 1.0, 10, "the target up")
+    tasks_expr = 'unicornish_worker_tasks_completed_total{nr="0"}'
+    before = wait_until(lambda: prom.value(f"{tasks_expr} > 0"), 10, "a task count for slot 0")
+    victim = run.worker_pids()[0]
+    killed_at = time.time()
+    os.kill(victim, signal.SIGKILL)
+    run.wait_log(r"worker\[0\] spawned pid=", 2)
+    run.wait_workers(3)
+    # A scrape after the replacement: still 3 running, and slot 0's count went on
+    # from where the dead worker left it (the replacement started from 0).
+    wait_until(
+        lambda: (
+            prom.value(f"timestamp(unicornish_workers_running) > {killed_at + 1}") is not None
+            and prom.value("unicornish_workers_running") == 3.0
+        ),
+        20,
+        "a scrape after the SIGKILL with 3 workers running",
+    )
+    after = prom.value(tasks_expr)
+    assert after is not None and after >= before  # type: ignore[operator]
+    assert prom.value(f"resets({tasks_expr}[5m])") == 0.0
+    assert prom.value("unicornish_workers_wanted") == 3.0
+
+
+@needs_prometheus
+def test_promtool_accepts_the_output(start, app_file, tmp_path: Path):
+    run, port = ready_metrics(start, app_file, "--listen", "127.0.0.1:0")
+    status, text = http(port, "/metrics")
+    assert status == 200
+    checked = subprocess.run(
+        ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    for name in (
+        "unicornish_build_info",
+        "unicornish_master_start_time_seconds",
+        "unicornish_workers_wanted",
+        "unicornish_workers_busy",
+        "unicornish_workers_idle",
+        "unicornish_workers_booting",
+        "unicornish_spares",
+        "unicornish_crash_backoff_slots",
+        "unicornish_worker_tasks_completed_total",
+        "unicornish_reloads_total",
+        "unicornish_upgrades_total",
+        "unicornish_worker_memory_rss_bytes",
+        "unicornish_worker_memory_uss_bytes",
+        "unicornish_worker_memory_pss_bytes",
+        "unicornish_listener_accept_queue",
+        "unicornish_listener_accept_queue_limit",
+    ):
+        assert f"\n# TYPE {name.removesuffix('_total')}" in text or f"# TYPE {name} " in text, name
+    assert sample(text, "unicornish_workers_running") == 2.0
+
+
+def test_openmetrics_when_asked_for(start, app_file):
+    run, port = ready_metrics(start, app_file)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(
+            b"GET /metrics HTTP/1.0\r\n"
+            b"Accept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5\r\n\r\n"
+        )
+        data = bytearray()
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = bytes(data).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200 OK")
+    assert b"Content-Type: application/openmetrics-text; version=1.0.0" in head
+    assert body.endswith(b"# EOF\n")
+    assert b"unicornish_workers_running 2.0" in body
+
+
+def test_reloads_are_counted(start, app_file):
+    run, port = ready_metrics(start, app_file)
+    run.signal(signal.SIGHUP)
+    run.wait_log("reload done")
+    _, text = http(port, "/metrics")
+    assert 'unicornish_reloads_total{result="done"} 1.0' in text
+    assert 'unicornish_reloads_total{result="failed"} 0.0' in text
+
+
+def test_ctl_metrics_prints_the_same_text(start, app_file, tmp_path: Path):
+    control = str(tmp_path / "ctl.sock")
+    run, port = ready_metrics(start, app_file, "--control", control)
+    result = run_cli("ctl", "--control", control, "metrics")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("# HELP unicornish_build_info")
+    assert sample(result.stdout, "unicornish_workers_running") == 2.0
+    status, text = http(port, "/metrics")
+    names = lambda t: [line for line in t.splitlines() if line.startswith("# TYPE")]  # noqa: E731
+    assert names(result.stdout) == names(text)
+
+
+def test_ctl_metrics_without_the_option(start, app_file, tmp_path: Path):
+    control = str(tmp_path / "ctl.sock")
+    run = start("--app", str(app_file(loop_app())), "--control", control)
+    run.wait_ready(1)
+    result = run_cli("ctl", "--control", control, "metrics")
+    assert result.returncode == 0, result.stderr
+    assert sample(result.stdout, "unicornish_workers_running") == 1.0
+
+
+# -- readiness ------------------------------------------------------------------------------
+
+
+def test_readyz_flips_to_503_during_a_graceful_stop(start, app_file):
+    app = """
+    import time
+    def worker_start(worker):
+        print("task start", flush=True)
+        time.sleep(4)
+    """
+    run, port = ready_metrics(start, app_file, workers=1, app=app)
+    wait_until(lambda: http(port, "/readyz") == (200, "ready\n"), 10, "/readyz 200")
+    wait_until(lambda: "task start" in run.stdout(), 10, "a task under way")
+    run.signal(signal.SIGQUIT)
+    run.wait_log("QUIT received")
+    status, body = http(port, "/readyz")
+    assert (status, body) == (503, "not ready: stopping\n")
+    assert http(port, "/healthz") == (200, "ok\n")  # alive, finishing its task
+    assert run.wait_exit(15) == 0
+
+
+def test_readyz_says_why_while_workers_boot(start, app_file, tmp_path: Path):
+    app = """
+    import time
+    def after_fork(worker):
+        time.sleep(3)
+    def worker_start(worker):
+        time.sleep(0.05)
+    """
+    port = free_port()
+    run = start("--app", str(app_file(app)), "--workers", "2", "--metrics", f"127.0.0.1:{port}")
+    run.wait_log("master process ready")
+    status, body = wait_until(lambda: _answer(port, "/readyz"), 10, "/readyz to answer")
+    assert (status, body) == (503, "not ready: booting: 0 of 2 ready\n")
+    wait_until(lambda: _answer(port, "/readyz") == (200, "ready\n"), 15, "/readyz 200")
+
+
+def _answer(port: int, path: str) -> tuple[int, str] | None:
+    try:
+        return http(port, path)
+    except OSError:
+        return None
+
+
+# -- clients that misbehave --------------------------------------------------------------------
+
+
+def test_a_silent_client_does_not_delay_another(start, app_file):
+    run, port = ready_metrics(start, app_file)
+    silent = socket.create_connection(("127.0.0.1", port))
+    try:
+        began = time.monotonic()
+        assert http(port, "/healthz", timeout=2) == (200, "ok\n")
+        assert time.monotonic() - began < 1.0
+        status, text = http(port, "/metrics", timeout=2)
+        assert status == 200 and "unicornish_workers_running" in text
+        # The silent one is dropped at its deadline (5 s), with nothing sent.
+        silent.settimeout(10)
+        assert silent.recv(100) == b""
+        assert time.monotonic() - began < 8
+    finally:
+        silent.close()
+
+
+def test_an_oversized_request_is_refused(start, app_file):
+    run, port = ready_metrics(start, app_file)
+    huge = b"GET /metrics HTTP/1.1\r\nX-Pad: " + b"a" * 20000 + b"\r\n\r\n"
+    status, body = http(port, "", raw=huge)
+    assert status == 431 and "8192" in body
+    assert http(port, "/healthz") == (200, "ok\n")  # and the master serves on
+
+
+def test_wrong_paths_and_methods(start, app_file):
+    run, port = ready_metrics(start, app_file)
+    assert http(port, "/")[0] == 404
+    assert http(port, "", raw=b"POST /metrics HTTP/1.1\r\nContent-Length: 2\r\n\r\nab")[0] == 405
+    assert http(port, "", raw=b"GARBAGE\r\n\r\n")[0] == 400
+
+
+def test_past_the_client_limit_connections_wait_in_the_backlog(start, app_file):
+    run, port = ready_metrics(start, app_file)
+    silent = []
+    waiting = socket.socket()
+    try:
+        for _ in range(64):
+            silent.append(socket.create_connection(("127.0.0.1", port)))
+        wait_until(lambda: run.count("64 connections open") == 1, 10, "the limit reached")
+        # The 65th is not accepted (nor reset) while 64 are open...
+        waiting.settimeout(10)
+        waiting.connect(("127.0.0.1", port))
+        waiting.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+        waiting.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            waiting.recv(100)
+        # ...and is answered as soon as one of them is done.
+        silent.pop().close()
+        waiting.settimeout(5)
+        assert waiting.recv(100).startswith(b"HTTP/1.1 200 OK")
+    finally:
+        waiting.close()
+        for s in silent:
+            s.close()
+    wait_until(lambda: _answer(port, "/healthz") == (200, "ok\n"), 10, "/healthz 200 again")
+
+
+# -- the idle master -----------------------------------------------------------------------------
+
+
+def context_switches(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as handle:
+        fields = dict(line.split(":", 1) for line in handle if ":" in line)
+    return int(fields["voluntary_ctxt_switches"]) + int(fields["nonvoluntary_ctxt_switches"])
+
+
+def test_the_idle_master_does_not_wake_between_scrapes(start, app_file):
+    # Workers that never finish a task: nothing but a scrape could wake the master.
+    app = """
+    import time
+    def worker_start(worker):
+        while worker.alive:
+            time.sleep(1)
+    """
+    run, port = ready_metrics(start, app_file, "--listen", "127.0.0.1:0", app=app)
+    http(port, "/metrics")
+    http(port, "/metrics")  # served and closed: no client, so no deadline left
+    # Once it is back in epoll_wait (its count stops moving), a master that is
+    # never woken switches context 0 times.
+    seen = [context_switches(run.pid)]
+
+    def settled() -> bool:
+        seen.append(context_switches(run.pid))
+        return len(seen) > 5 and seen[-1] == seen[-6]
+
+    wait_until(settled, 10, "the master to go back to sleep")
+    before = context_switches(run.pid)
+    until = time.monotonic() + 3
+    wait_until(lambda: time.monotonic() >= until, 5, "3 s to pass")
+    assert context_switches(run.pid) == before, "the master woke up with no client connected"
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "address, message",
+    [
+        ("nohost", "--metrics 'nohost': expected HOST:PORT"),
+        ("127.0.0.1:99999", "--metrics '127.0.0.1:99999': port must be 0..65535"),
+        ("unix:", "--metrics 'unix:': unix: needs a path"),
+    ],
+)
+def test_a_bad_address_is_a_usage_error(app_file, address: str, message: str):
+    result = run_cli("--app", str(app_file(loop_app())), "--metrics", address)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"unicornish: error: {message}")
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_a_busy_port_stops_the_start(app_file):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = run_cli("--app", str(app_file(loop_app())), "--metrics", f"127.0.0.1:{port}")
+    assert result.returncode == 1
+    expected = f"unicornish: error: --metrics 127.0.0.1:{port}: address already in use\n"
+    assert result.stderr == expected
+
+
+def test_without_prometheus_client_the_start_says_how_to_install_it(app_file, tmp_path: Path):
+    shadow = tmp_path / "shadow" / "prometheus_client"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('No module named prometheus_client')\n")
+    result = run_cli(
+        "--app",
+        str(app_file(loop_app())),
+        "--metrics",
+        "127.0.0.1:0",
+        env={"PYTHONPATH": str(shadow.parent)},
+    )
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "pip install 'unicornish[metrics]'" in lines[0], result.stderr
+
+
+def test_a_unix_socket_serves_and_is_removed_at_exit(start, app_file, tmp_path: Path):
+    path = tmp_path / "metrics.sock"
+    run = start("--app", str(app_file(loop_app())), "--metrics", f"unix:{path}")
+    run.wait_ready(1)
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        s.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        assert s.recv(1000).startswith(b"HTTP/1.0 200 OK")
+    run.signal(signal.SIGQUIT)
+    assert run.wait_exit(15) == 0
+    assert not path.exists()
+
+
+# -- USR2 ------------------------------------------------------------------------------------
+
+
+def test_usr2_hands_the_port_to_the_new_master(start, app_file, tmp_path: Path):
+    pid_file = tmp_path / "app.pid"
+    run, port = ready_metrics(start, app_file, "--pid", str(pid_file), workers=1)
+    old_start = sample(http(port, "/metrics")[1], "unicornish_master_start_time_seconds")
+    run.signal(signal.SIGUSR2)
+    run.wait_log("old master pid=.* still runs", timeout=20)
+    new_pid = int(pid_file.read_text())
+    assert new_pid != run.pid
+    # The new master answers on the same port (it was never closed, never busy).
+    _, text = http(port, "/metrics")
+    assert sample(text, "unicornish_master_start_time_seconds") != old_start
+    run.signal(signal.SIGQUIT)
+    assert run.wait_exit(15) == 0
+    try:
+        assert http(port, "/healthz") == (200, "ok\n")
+        _, text = http(port, "/metrics")
+        assert sample(text, "unicornish_workers_running") == 1.0
+    finally:
+        os.kill(new_pid, signal.SIGQUIT)
+        wait_until(lambda: gone(new_pid), 15, "the new master to exit")
