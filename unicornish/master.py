@@ -28,7 +28,7 @@ from unicornish.appmetrics import AppMetrics
 from unicornish.config import Settings
 from unicornish.control import ControlServer, collect_status
 from unicornish.deaths import OOM, OOM_SUFFIX, Deaths
-from unicornish.drain import Drain, describe_plan
+from unicornish.drain import describe_plan
 from unicornish.eventloop import ErrorLog, EventLoop
 from unicornish.metrics import Collector, Exposition, MasterCollector, Tallies
 from unicornish.pool import Pool
@@ -43,14 +43,13 @@ from unicornish.readiness import Readiness, not_ready_reason
 from unicornish.recycle import GiveUp, MemoryLimit
 from unicornish.reexec import Upgrade
 from unicornish.reload import Reloader, apply_settings, become_subreaper, write_pid_file
+from unicornish.shutdown import Shutdown
 from unicornish.spares import Spares
 from unicornish.spawner import Release, Spawner
 from unicornish.systemd import Notifier, Watchdog
 from unicornish.timeouts import Timeouts
 from unicornish.workers import Stopper, WorkerProc, WorkerTable
 
-# Quick stop (TERM/INT): how long workers get to exit before SIGKILL, at most.
-QUICK_STOP_WAIT = 5.0
 # After a duty failed, it is asked again this much later (a signal still wakes us).
 ERROR_PAUSE = 0.5
 # The same failure is logged again at most this often.
@@ -76,11 +75,6 @@ class Master:
         self.log = log.get_logger()
         self.started_at = time.monotonic()
         self.listeners = listeners
-        # None, then "draining" (--drain: still serving, not ready), then
-        # "graceful" or "quick" (workers are being stopped).
-        self.stopping: str | None = None
-        self.stop_by: float | None = None  # when the whole stop must be over (pid 1's leftovers)
-        self.exit_code = 0
         self.grace_from = 0.0  # busy workers' --timeout counts from here after a suspension
         self.errors = ErrorLog(self.log, ERROR_LOG_EVERY)
         self.startup_warnings = list(warnings or [])
@@ -88,6 +82,14 @@ class Master:
         self.notifier = Notifier()
         self.table = table = WorkerTable()
         self.stopper = Stopper(self.log, [table])
+        self.shutdown = Shutdown(
+            self.log,
+            self.notifier,
+            self.stopper,
+            table,
+            lambda now, quick, wait: self.spares.stop_all(now, quick, wait),
+            lambda: self.settings,
+        )
         # Metrics for the master's endpoint (collect() objects): the apps' own,
         # summed over workers and kept across their deaths, and deaths by cause.
         self.app_metrics = AppMetrics(lambda: [w.arena for w in table if w.arena is not None])
@@ -223,9 +225,8 @@ class Master:
         )
         # In this order: a duty may change what a later one sees (a reload, the
         # pool's stops), and the stop deadlines are looked at last.
-        self.drain = Drain(self.log, lambda why: self.stop_workers(False, why))
         duties: list[tuple[str, Duty]] = [
-            ("drain", self.drain.tick),
+            ("drain", self.shutdown.tick),
             ("pending reload", self.reloader.tick),
             ("pool", self.pool.tick),
             ("spares", self.spares.tick),
@@ -260,9 +261,14 @@ class Master:
     def current(self) -> Release:
         return self.release
 
+    @property
+    def stopping(self) -> str | None:
+        """None, "draining" (still serving, not ready), "graceful" or "quick"."""
+        return self.shutdown.state
+
     def is_stopping(self) -> bool:
         """Workers are being stopped (a drain is not that yet: they still serve)."""
-        return self.stopping in ("graceful", "quick")
+        return self.shutdown.stopping_workers
 
     # -- the loop ----------------------------------------------------------------
 
@@ -410,57 +416,8 @@ class Master:
                 self.log.exception("before_exec failed")
 
     def stop(self, quick: bool, why: str, exit_code: int | None = None) -> None:
-        """INT, TERM, QUIT, `ctl stop`, --give-up-after.
-
-        A graceful stop with --drain first drains: not ready, workers still
-        serving, for --drain seconds (the drain duty then stops the workers). A
-        second graceful stop during the drain skips the rest of it. A quick stop
-        (INT, TERM with --term quick, `ctl stop --quick`) never drains: INT is
-        an operator's Ctrl-C, who wants the master gone now, and no container
-        runtime sends INT to stop a container.
-        """
-        if exit_code is not None:
-            self.exit_code = exit_code
-        if self.stopping == "quick" or (self.stopping == "graceful" and not quick):
-            return
-        if self.stopping == "draining":
-            self.drain.cancel()
-            skipped = "" if quick else " during the drain (rest of it skipped)"
-            self.stop_workers(quick, f"{why} received{skipped}")
-            return
-        drain, grace = self.settings.drain, self.settings.graceful_timeout
-        now = time.monotonic()
-        if not quick and self.drain.start(now, drain):
-            self.stopping = "draining"
-            self.stop_by = now + drain + grace
-            self.log.info(
-                "%s received: draining for %gs (not ready, still serving), then graceful stop",
-                why,
-                drain,
-            )
-            self.log.info("%s", describe_plan(drain, grace))
-            self.notifier.send("STOPPING=1")
-            return
-        self.stop_workers(quick, f"{why} received")
-
-    def stop_workers(self, quick: bool, why: str) -> None:
-        """The stop proper: QUIT (graceful) or TERM (quick) to every worker, SIGKILL
-        after --graceful-timeout (quick: at most QUICK_STOP_WAIT)."""
-        self.drain.cancel()
-        if self.stopping is None:
-            self.notifier.send("STOPPING=1")  # after a drain, sent when it began
-        self.stopping = "quick" if quick else "graceful"
-        self.log.info("%s: %s stop", why, self.stopping)
-        now = time.monotonic()
-        grace = self.settings.graceful_timeout
-        wait = min(QUICK_STOP_WAIT, grace) if quick else grace
-        self.stop_by = now + wait
-        for w in self.table:
-            if quick:
-                self.stopper.stop(w, signal.SIGTERM, now, wait)
-            elif not w.stopping:
-                self.stopper.stop(w, signal.SIGQUIT, now, wait)
-        self.spares.stop_all(now, quick, wait)
+        """INT, TERM, QUIT, `ctl stop`, --give-up-after (see shutdown.py)."""
+        self.shutdown.stop(quick, why, exit_code)
 
     def not_ready_reason(self) -> str | None:
         """Why this master should get no traffic now (None: it should); for
@@ -593,12 +550,7 @@ class Master:
         if self.control is not None:
             self.control.close()
         if self.pid == 1:
-            wait = min(QUICK_STOP_WAIT, self.settings.graceful_timeout)
-            if self.stop_by is not None:
-                # Within --drain + --graceful-timeout, which a container's grace period is
-                # set from: the runtime's SIGKILL would cut the leftovers' wait short anyway.
-                wait = max(0.0, min(wait, self.stop_by - time.monotonic()))
-            pid1.stop_leftovers(self.loop, self.log, wait)
+            pid1.stop_leftovers(self.loop, self.log, self.shutdown.leftovers_wait())
         if self.settings.pid:
             pidfile.remove_if_ours(self.settings.pid, self.pid)
             pidfile.remove_if_ours(self.settings.pid + ".oldbin", self.pid)
@@ -609,5 +561,5 @@ class Master:
         if self.metrics_server is not None:
             self.metrics_server.close(unlink=not shared)
         self.log.info("master exited", extra=log.event("master_exited", pid=self.pid))
-        self.readiness.close(self.exit_code)
-        return self.exit_code
+        self.readiness.close(self.shutdown.exit_code)
+        return self.shutdown.exit_code
