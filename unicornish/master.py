@@ -24,6 +24,7 @@ from unicornish import app as app_module
 from unicornish import linux, log, pid1, pidfile, proctitle
 from unicornish import listeners as listeners_module
 from unicornish.app import App
+from unicornish.autoscale import Autoscaler
 from unicornish.config import Settings
 from unicornish.control import ControlServer, collect_status
 from unicornish.eventloop import ErrorLog, EventLoop
@@ -123,6 +124,15 @@ class Master:
             self.is_stopping,
         )
         self.pool.spares = self.spares
+        self.autoscale = Autoscaler(
+            table,
+            self.log,
+            settings,
+            lambda: self.pool.wanted,
+            self.pool.scale,
+            self.is_stopping,
+            lambda: self.pool.reloading,
+        )
         self.stopper.tables.append(self.spares.procs)
         loop.close_in_child(self.spares.close_in_child)
         self.scale_log = ScaleLog(self.log)
@@ -181,6 +191,8 @@ class Master:
         # pool's stops), and the stop deadlines are looked at last.
         duties: list[tuple[str, Duty]] = [
             ("pending reload", self.reloader.tick),
+            # Before the pool: the count it decides is acted on in the same turn.
+            ("autoscale", self.autoscale.tick),
             ("pool", self.pool.tick),
             ("spares", self.spares.tick),
             ("timeouts", Timeouts(table, self.stopper, self.log, timeout, grace_from).tick),
@@ -265,6 +277,9 @@ class Master:
             self.log.info("listening on %s", listeners_module.describe(sock))
         self.log.info("master process ready pid=%d", self.pid)
         self.log.info("TERM means %s stop (--term %s)", self.settings.term, self.settings.term)
+        adaptive = self.autoscale.describe()
+        if adaptive:
+            self.log.info("%s", adaptive)
         if self.settings.subreaper:
             become_subreaper(self.log)
         if self.pid == 1:
@@ -302,18 +317,36 @@ class Master:
     def change_count(self, ttin: int, ttou: int) -> None:
         for why, times in (("TTIN", ttin), ("TTOU", ttou)):
             if times:
-                step = times if why == "TTIN" else -times
-                self.scale(self.pool.wanted + step, why, times)
+                self.step(times if why == "TTIN" else -times, why, times)
+
+    def step(self, delta: int, why: str, times: int = 1) -> None:
+        """TTIN/TTOU: one more or one fewer worker; with MIN:MAX both bounds move too."""
+        if self.stopping:
+            self.log.info("%s ignored: master is stopping", why)
+            return
+        if self.pool.wanted + delta > MAX_WORKERS:
+            self.log.warning("%s: at most %d workers; count kept", why, MAX_WORKERS)
+        wanted = min(MAX_WORKERS, self.autoscale.shift(delta, self.pool.wanted))
+        self.pool.scale(wanted)
+        note = ""
+        if self.autoscale.adaptive:
+            low, high = self.autoscale.bounds()
+            note = f" (workers {low}:{high})"
+        self.scale_log.changed(time.monotonic(), why, times, self.pool.wanted, note)
 
     def scale(self, wanted: int, why: str, times: int = 1) -> None:
+        """An exact count (`ctl scale N`, WINCH): it also ends an adaptive count
+        (MIN = MAX = N) until the next HUP reads the bounds again."""
         if self.stopping:
             self.log.info("%s ignored: master is stopping", why)
             return
         if wanted > MAX_WORKERS:
             self.log.warning("%s: at most %d workers; count kept", why, MAX_WORKERS)
             wanted = MAX_WORKERS
+        was_adaptive = self.autoscale.fix()
         self.pool.scale(wanted)
-        self.scale_log.changed(time.monotonic(), why, times, self.pool.wanted)
+        note = " (a fixed count until HUP)" if was_adaptive else ""
+        self.scale_log.changed(time.monotonic(), why, times, self.pool.wanted, note)
 
     def winch(self) -> None:
         try:
@@ -378,6 +411,13 @@ class Master:
     def switched(self, old: Release, new: Release) -> None:
         """What changes for the master itself with a new release."""
         apply_settings(old.settings, new.settings, self.log)
+        self.autoscale.configure(new.settings)
+        adaptive = self.autoscale.describe()
+        if adaptive and (old.settings.workers_min, old.settings.workers_max) != (
+            new.settings.workers_min,
+            new.settings.workers_max,
+        ):
+            self.log.info("%s", adaptive)
         if new.app_name != old.app_name:
             proctitle.set_master_title(new.app_name, old=self.upgrade_.is_old)
         self.readiness.announced = False
@@ -432,12 +472,16 @@ class Master:
     # -- status and exit -------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
+        low, high = self.autoscale.bounds()
         summary = {
             "pid": self.pid,
             "uptime": round(time.monotonic() - self.started_at, 3),
             "app": self.release.app_name,
             "workers_wanted": self.pool.wanted,
             "workers_running": len(self.table.live()),
+            "workers_min": low,
+            "workers_max": high,
+            "workers_idle": self.autoscale.idle_count(),
         }
         return collect_status(summary, self.table)
 

@@ -219,6 +219,10 @@ def status_from_pid_file(path: str) -> dict[str, Any]:
             "app": _app_from_title(master),
             "workers_wanted": None,
             "workers_running": len(workers),
+            # In the master's memory only (its bounds, its workers' scoreboards).
+            "workers_min": None,
+            "workers_max": None,
+            "workers_idle": None,
         },
         "workers": workers,
     }
@@ -276,13 +280,22 @@ def _plain(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def _adaptive(master: dict[str, Any]) -> str:
+    """`(2 to 8), 1 idle` for an adaptive count; nothing for a fixed one."""
+    low, high = master.get("workers_min"), master.get("workers_max")
+    if low is None or high is None or low == high:
+        return ""
+    return f" ({low} to {high}), {_plain(master.get('workers_idle'))} idle"
+
+
 def format_table(status: dict[str, Any], source: str) -> str:
     m = status["master"]
     wanted = m.get("workers_wanted")
     lines = [
         f"unicornish master pid={m['pid']} app={_plain(m.get('app'))} "
         f"uptime={_seconds(m.get('uptime'))} "
-        f"workers: {m.get('workers_running')} running, {_plain(wanted)} wanted",
+        f"workers: {m.get('workers_running')} running, {_plain(wanted)} wanted"
+        + _adaptive(m),
     ]
     if source:
         lines.append(source)

@@ -237,12 +237,12 @@ class ScaleLog:
         self.last_why = ""
         self.wanted = 0
 
-    def changed(self, now: float, why: str, times: int, wanted: int) -> None:
+    def changed(self, now: float, why: str, times: int, wanted: int, note: str = "") -> None:
         self.wanted = wanted
         self.last_why = why
         if now >= self.quiet_until and not self.pending:
             more = f" ({times} signals)" if times > 1 else ""
-            self.log.info("%s: %d workers wanted%s", why, wanted, more)
+            self.log.info("%s: %d workers wanted%s%s", why, wanted, note, more)
         else:
             self.pending[why] = self.pending.get(why, 0) + times
         self.quiet_until = now + BURST_WINDOW
