@@ -294,8 +294,7 @@ def format_table(status: dict[str, Any], source: str) -> str:
     lines = [
         f"unicornish master pid={m['pid']} app={_plain(m.get('app'))} "
         f"uptime={_seconds(m.get('uptime'))} "
-        f"workers: {m.get('workers_running')} running, {_plain(wanted)} wanted"
-        + _adaptive(m),
+        f"workers: {m.get('workers_running')} running, {_plain(wanted)} wanted" + _adaptive(m),
     ]
     if source:
         lines.append(source)
