@@ -411,12 +411,10 @@ class Master:
     def switched(self, old: Release, new: Release) -> None:
         """What changes for the master itself with a new release."""
         apply_settings(old.settings, new.settings, self.log)
+        before = self.autoscale.policy  # as TTIN/TTOU or `ctl scale` left it
         self.autoscale.configure(new.settings)
         adaptive = self.autoscale.describe()
-        if adaptive and (old.settings.workers_min, old.settings.workers_max) != (
-            new.settings.workers_min,
-            new.settings.workers_max,
-        ):
+        if adaptive and self.autoscale.policy != before:
             self.log.info("%s", adaptive)
         if new.app_name != old.app_name:
             proctitle.set_master_title(new.app_name, old=self.upgrade_.is_old)
