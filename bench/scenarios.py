@@ -1,4 +1,5 @@
-"""The nine scenarios of issue 6. Each returns a list of table rows plus raw data.
+"""The nine scenarios of issue 6, and 10 (adaptive count, issue 16). Each returns a
+list of table rows plus raw data.
 
 A row compares one figure across the peers: `values` maps a peer to a number,
 or to a string saying why there is none ("n/a: ...", "not installed",
@@ -11,9 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
+import selectors
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +31,7 @@ from harness import (
     BenchError,
     children_of,
     cpu_seconds,
+    percentile,
     pidfd,
     ready_pids,
     summary,
@@ -933,6 +938,233 @@ def s9_graceful_stop(ctx: Ctx) -> list[Row]:
     return rows
 
 
+# -- 10. adaptive worker count --------------------------------------------------------------
+
+BURST_MIN, BURST_MAX = 2, 8
+BURST_HOLD_MS = 100  # each job holds its worker this long
+BURST_RATE = 50.0  # jobs/s during a burst: ~5 busy workers wanted, 2.5x what MIN can do
+QUIET_RATE = 3.0  # jobs/s between bursts
+BURST_SCALE_DOWN = 1.0  # --scale-down-after of the adaptive master: idle workers go within the gaps
+
+
+def burst_schedule(cycles: int, burst_s: float, quiet_s: float, seed: int = 10) -> list[float]:
+    """Send times (seconds from the start): Poisson arrivals, bursts then quiet gaps.
+    The same seed for every configuration, so all see the same load."""
+    rng = random.Random(seed)
+    times: list[float] = []
+    t0 = 0.0
+    for _ in range(cycles):
+        for length, rate in ((burst_s, BURST_RATE), (quiet_s, QUIET_RATE)):
+            t = t0 + rng.expovariate(rate)
+            while t < t0 + length:
+                times.append(t)
+                t += rng.expovariate(rate)
+            t0 += length
+    return times
+
+
+def drive_bursts(path: str, master_pid: int, schedule: list[float], cap: float) -> dict[str, Any]:
+    """Open loop: each job is sent at its time whatever came before (a late one is
+    late from its scheduled time); one thread, non-blocking sockets. Meanwhile
+    the master's children are counted every 0.1 s for the worker-seconds."""
+    sel = selectors.DefaultSelector()
+    start = time.monotonic() + 0.2
+    due = [start + t for t in schedule]
+    latencies: list[float] = []
+    failed = 0
+    i = 0
+    worker_seconds = 0.0
+    counts: list[int] = []
+    last_count_at = start
+    count = len(children_of(master_pid))
+    end_by = due[-1] + cap if due else start
+    while (i < len(due) or sel.get_map()) and time.monotonic() < end_by:
+        now = time.monotonic()
+        while i < len(due) and due[i] <= now:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(path)  # queued at once: the backlog is 1024
+                sock.sendall(f"{BURST_HOLD_MS}\n".encode())
+                sock.setblocking(False)
+                sel.register(sock, selectors.EVENT_READ, due[i])
+            except OSError:
+                sock.close()
+                failed += 1
+            i += 1
+        if now - last_count_at >= 0.1:
+            worker_seconds += count * (now - last_count_at)
+            last_count_at = now
+            count = len(children_of(master_pid))
+            counts.append(count)
+        wait = 0.1 if i >= len(due) else min(0.1, max(0.0, due[i] - now))
+        for key, _events in sel.select(wait):
+            sock = key.fileobj
+            assert isinstance(sock, socket.socket)
+            try:
+                data = sock.recv(16)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if data.startswith(b"ok"):
+                latencies.append(time.monotonic() - key.data)
+            else:
+                failed += 1
+            sel.unregister(sock)
+            sock.close()
+    for key in list(sel.get_map().values()):
+        failed += 1
+        key.fileobj.close()  # type: ignore[union-attr]
+    now = time.monotonic()
+    worker_seconds += count * (now - last_count_at)
+    return {
+        "latencies_s": latencies,
+        "failed": failed,
+        "worker_seconds": worker_seconds,
+        "seconds": now - start,
+        "mean_workers": worker_seconds / max(1e-9, now - start),
+        "max_workers": max(counts, default=count),
+    }
+
+
+def _voluntary_switches(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    return 0
+
+
+def s10_adaptive(ctx: Ctx) -> list[Row]:
+    """Bursts of jobs against fixed MAX, fixed MIN and adaptive MIN:MAX: tail latency
+    of the jobs, and the worker-seconds each spends; then an idle adaptive master."""
+    L = ctx.launcher
+    if ctx.missing("unicornish"):
+        return []
+    cycles, burst_s, quiet_s = (2, 2.5, 4.5) if ctx.quick else (5, 3.0, 7.0)
+    schedule = burst_schedule(cycles, burst_s, quiet_s)
+    adaptive = f"adaptive {BURST_MIN}:{BURST_MAX}"
+    configs: list[tuple[str, str, list[str]]] = [
+        (f"fixed {BURST_MAX} (MAX)", str(BURST_MAX), []),
+        (f"fixed {BURST_MIN} (MIN)", str(BURST_MIN), []),
+        (adaptive, f"{BURST_MIN}:{BURST_MAX}", ["--scale-down-after", f"{BURST_SCALE_DOWN:g}"]),
+    ]
+    results: dict[str, dict[str, Any] | str] = {}
+    for label, workers, extra in configs:
+        ctx.log(
+            f"10 adaptive {label}: {len(schedule)} jobs of {BURST_HOLD_MS} ms, {cycles} bursts"
+            f" of {burst_s:g} s at {BURST_RATE:g}/s, gaps of {quiet_s:g} s at {QUIET_RATE:g}/s"
+        )
+        first = int(workers.split(":")[0]) if ":" in workers else int(workers)
+        m = L.start("unicornish", workers, app="burst", extra_args=extra)
+        try:
+            L.wait_ready(m, max(1, first), timeout=60)
+            _settle(0.5)
+            got = drive_bursts(m.listen, m.pid, schedule, cap=30.0)
+            with open(m.log, errors="replace") as f:
+                log = f.read()
+            got["scale_ups"] = log.count("] scale up: ")
+            got["scale_downs"] = log.count("] scale down: ")
+            results[label] = got
+        except (BenchError, OSError, ValueError) as exc:
+            _report_error(ctx, f"adaptive {label}", exc)
+            results[label] = _err(exc)
+        finally:
+            L.stop(m)
+    # The idle master: an adaptive one looks at its workers once a second, a fixed one never.
+    window = 4.0 if ctx.quick else 20.0
+    idle: dict[str, dict[str, float] | str] = {}
+    ctx.log(f"10 adaptive: idle masters, {window:g} s")
+    masters = {
+        adaptive: L.start("unicornish", f"{BURST_MIN}:{BURST_MAX}", app="burst"),
+        f"fixed {BURST_MAX}": L.start("unicornish", str(BURST_MAX), app="burst"),
+    }
+    try:
+        for label, m in masters.items():
+            L.wait_ready(m, BURST_MIN if label == adaptive else BURST_MAX, timeout=60)
+        _settle(1.0)
+        before = {k: (_voluntary_switches(m.pid), cpu_seconds(m.pid)) for k, m in masters.items()}
+        time.sleep(window)
+        for k, m in masters.items():
+            idle[k] = {
+                "wakeups": float(_voluntary_switches(m.pid) - before[k][0]),
+                "cpu_ms": (cpu_seconds(m.pid) - before[k][1]) * 1000.0,
+            }
+    except (BenchError, OSError) as exc:
+        _report_error(ctx, "adaptive idle", exc)
+        idle = {k: _err(exc) for k in masters}
+    finally:
+        for m in masters.values():
+            L.stop(m)
+    ctx.raw["adaptive"] = {
+        "schedule": {
+            "jobs": len(schedule),
+            "cycles": cycles,
+            "burst_s": burst_s,
+            "quiet_s": quiet_s,
+            "burst_rate": BURST_RATE,
+            "quiet_rate": QUIET_RATE,
+            "hold_ms": BURST_HOLD_MS,
+            "scale_down_after_s": BURST_SCALE_DOWN,
+        },
+        "runs": {
+            k: (
+                {**{x: y for x, y in v.items() if x != "latencies_s"}, **summary(v["latencies_s"])}
+                if isinstance(v, dict) and v["latencies_s"]
+                else v
+            )
+            for k, v in results.items()
+        },
+        "idle": idle,
+    }
+    na = {"gunicorn": "no adaptive count", "unicorn": "no adaptive count"}
+    fixed_max = configs[0][0]
+    rows: list[Row] = []
+
+    def figure(label: str, what: str) -> Value:
+        got = results.get(label)
+        if not isinstance(got, dict):
+            return got or "error"
+        xs = got["latencies_s"]
+        if what in ("p50", "p99"):
+            return (percentile(xs, 0.5 if what == "p50" else 0.99) * 1000.0) if xs else "error"
+        return float(got[what])
+
+    for what, metric, unit in (
+        ("p50", "latency p50", "ms"),
+        ("p99", "latency p99", "ms"),
+        ("worker_seconds", "worker-seconds", "s"),
+    ):
+        for label, _w, _e in configs:
+            vals: dict[str, Value] = {"unicornish": figure(label, what)}
+            if label != fixed_max:
+                vals[fixed_max] = figure(fixed_max, what)
+            _fill_missing(ctx, vals, na)
+            row = Row("10 adaptive", f"{label}: {metric}", unit, vals)
+            if label != fixed_max:
+                row.baseline = fixed_max
+            rows.append(row)
+    got = results.get(adaptive)
+    if isinstance(got, dict):
+        vals = {"unicornish": float(got["scale_ups"] + got["scale_downs"])}
+        _fill_missing(ctx, vals, na)
+        rows.append(Row("10 adaptive", f"{adaptive}: count changes", "", vals, compare=False))
+    for label, entry in idle.items():
+        for key, metric, unit in (("wakeups", "wake-ups", ""), ("cpu_ms", "CPU ms", "ms")):
+            value: Value = entry[key] if isinstance(entry, dict) else entry
+            vals = {"unicornish": value}
+            _fill_missing(ctx, vals, na)
+            name = f"idle {label}: {metric} in {window:g} s"
+            rows.append(Row("10 adaptive", name, unit, vals, compare=False))
+    rows[0].note = (
+        f"{len(schedule)} jobs of {BURST_HOLD_MS} ms; {cycles} bursts of {burst_s:g} s at"
+        f" {BURST_RATE:g}/s, gaps of {quiet_s:g} s at {QUIET_RATE:g}/s; latency from each job's"
+        f" scheduled send to its answer; adaptive: --idle-workers 1 --scale-down-after"
+        f" {BURST_SCALE_DOWN:g}; ratio vs {fixed_max}"
+    )
+    return rows
+
+
 ALL: list[tuple[str, Callable[[Ctx], list[Row]]]] = [
     ("respawn", s1_respawn),
     ("cold", s2_s3_cold_start_and_storm),
@@ -944,4 +1176,5 @@ ALL: list[tuple[str, Callable[[Ctx], list[Row]]]] = [
     ("stop", s9_graceful_stop),
     ("memory", s7_preload_memory),
     ("death", s8_collect),
+    ("adaptive", s10_adaptive),
 ]

@@ -108,8 +108,9 @@ class Master:
     tmp: str
     log: str
     t_launch: float
-    workers: int
+    workers: int | str
     env: dict[str, str] = field(repr=False, default_factory=dict)
+    listen: str = ""  # unicornish's --listen unix socket path
 
     @property
     def pid(self) -> int:
@@ -144,15 +145,18 @@ class Launcher:
     def start(
         self,
         peer: str,
-        workers: int,
+        workers: int | str,
         *,
         app: str = "idle",
         preload: bool = False,
         timeout: int | None = None,
         extra_env: dict[str, str] | None = None,
         spares: int = 0,
+        extra_args: list[str] | None = None,
     ) -> Master:
-        """app: 'idle' (waits on a listener), 'heap' (~100 MB preloaded), 'loop' (empty task)."""
+        """app: 'idle' (waits on a listener), 'heap' (~100 MB preloaded), 'loop' (empty task),
+        'burst' (one job per connection, of the length the client asks for; unicornish only).
+        workers: a count, or for unicornish anything --workers takes ("2:8")."""
         self._n += 1
         tmp = tempfile.mkdtemp(prefix=f"{peer}-{self._n}-", dir=self.workdir)
         listen = os.path.join(tmp, "listen.sock")
@@ -169,7 +173,12 @@ class Launcher:
         env.update(extra_env or {})
         if peer == "unicornish":
             cmd = unicornish_cmd()
-            appfile = {"idle": "uni_idle.py", "heap": "uni_heap.py", "loop": "uni_loop.py"}[app]
+            appfile = {
+                "idle": "uni_idle.py",
+                "heap": "uni_heap.py",
+                "loop": "uni_loop.py",
+                "burst": "uni_burst.py",
+            }[app]
             assert cmd
             cmd = cmd + ["--app", os.path.join(APPS, appfile), "--workers", str(workers)]
             if app != "loop":
@@ -180,6 +189,7 @@ class Launcher:
                 cmd += ["--timeout", str(timeout)]
             if spares:
                 cmd += ["--spares", str(spares)]
+            cmd += extra_args or []
         elif peer == "gunicorn":
             cmd = gunicorn_cmd()
             assert cmd and app != "loop"
@@ -212,7 +222,7 @@ class Launcher:
         finally:
             logf.close()
         self.sessions.add(proc.pid)
-        m = Master(peer, proc, inbox, tmp, log, t0, workers, env)
+        m = Master(peer, proc, inbox, tmp, log, t0, workers, env, listen)
         self.masters.append(m)
         if self.verbose:
             print(f"  [{peer}] pid={proc.pid} {' '.join(cmd[1:])}", file=sys.stderr)

@@ -7,7 +7,10 @@ import signal
 
 from conftest import run_cli, wait_until
 
-MASTER_KEYS = {"pid", "uptime", "app", "workers_wanted", "workers_running", "ready", "not_ready"}
+MASTER_KEYS = {
+    "pid", "uptime", "app", "workers_wanted", "workers_running",
+    "workers_min", "workers_max", "workers_idle", "ready", "not_ready",
+}  # fmt: skip
 WORKER_KEYS = {"nr", "pid", "age", "state", "tasks", "task_age", "rss", "uss", "cpu"}
 
 # worker[0] waits for connections (idle), worker[1] sleeps in its tasks (busy),
@@ -63,6 +66,8 @@ def test_status_table_and_json_with_idle_busy_and_booting_workers(start, app_fil
     assert set(master) == MASTER_KEYS
     assert master["pid"] == run.pid and master["app"] == "app.py"
     assert master["workers_wanted"] == 3 and master["workers_running"] == 3
+    # A fixed count is its own MIN and MAX; worker[0] waits in accept().
+    assert (master["workers_min"], master["workers_max"], master["workers_idle"]) == (3, 3, 1)
     assert master["uptime"] > 0
     # worker[2] never boots: the master has never had all 3 ready.
     assert master["ready"] is False and master["not_ready"] == "booting: 2 of 3 ready"
@@ -108,6 +113,7 @@ def test_status_table_and_json_with_idle_busy_and_booting_workers(start, app_fil
     seen = json.loads(out)
     assert seen["master"]["pid"] == run.pid and seen["master"]["app"] == "app.py"
     assert seen["master"]["workers_running"] == 3
+    assert set(seen["master"]) == MASTER_KEYS and seen["master"]["workers_idle"] is None
     assert {w["nr"]: w["pid"] for w in seen["workers"]} == pids
     for w in seen["workers"]:
         assert set(w) == WORKER_KEYS

@@ -75,17 +75,44 @@ def poll_seconds(value: Any) -> float:
     return number
 
 
-def worker_count(value: Any) -> int | str:
-    """--workers: a whole number 0 to MAX_WORKERS, or "auto" (resolved from cgroups
-    in build_settings)."""
+WORKERS_WHAT = "a whole number >= 0, 'auto' or MIN:MAX"
+
+
+def worker_count(value: Any) -> int | str | tuple[int, int]:
+    """--workers: a whole number 0 to MAX_WORKERS, "auto" (resolved from cgroups
+    in build_settings), or "MIN:MAX" (an adaptive count, see autoscale.py)."""
     if isinstance(value, str) and value.strip() == "auto":
         return "auto"
+    if isinstance(value, str) and ":" in value:
+        return worker_range(value)
     try:
         return worker_total(value)
     except ValueError as exc:
         if "at most" in str(exc):
             raise
-        raise ValueError(f"must be a whole number >= 0 or 'auto', got {value!r}") from None
+        raise ValueError(f"must be {WORKERS_WHAT}, got {value!r}") from None
+
+
+def worker_range(value: str) -> tuple[int, int]:
+    """MIN:MAX with 0 <= MIN <= MAX <= MAX_WORKERS."""
+    low_text, _sep, high_text = value.strip().partition(":")
+    try:
+        low, high = count(low_text), count(high_text)
+    except ValueError:
+        raise ValueError(f"must be {WORKERS_WHAT}, got {value!r}") from None
+    if high > MAX_WORKERS:
+        raise ValueError(f"must be at most {MAX_WORKERS}, got {value!r}")
+    if low > high:
+        raise ValueError(f"MIN:MAX needs MIN <= MAX, got {value!r}")
+    return low, high
+
+
+def idle_count(value: Any) -> int:
+    """--idle-workers: 1 to MAX_WORKERS (0 would never add a worker: MIN would do)."""
+    number = positive_count(value)
+    if number > MAX_WORKERS:
+        raise ValueError(f"must be at most {MAX_WORKERS}, got {value!r}")
+    return number
 
 
 def positive_count(value: Any) -> int:
@@ -201,8 +228,22 @@ OPTIONS: tuple[Option, ...] = (
         "workers",
         worker_count,
         f"workers to keep alive, 0 to {MAX_WORKERS} (default 1); auto: from the cgroup's "
-        "CPU quota, cpuset and, with --worker-memory, memory limit",
-        "N|auto",
+        "CPU quota, cpuset and, with --worker-memory, memory limit; MIN:MAX: adaptive, "
+        "keeping --idle-workers idle",
+        "N|auto|MIN:MAX",
+    ),
+    Option(
+        "idle_workers",
+        idle_count,
+        "with --workers MIN:MAX: idle workers to keep ready for new work (default 1)",
+        "K",
+    ),
+    Option(
+        "scale_down_after",
+        positive_seconds,
+        "with --workers MIN:MAX: retire one worker after more than --idle-workers have "
+        "been idle this long (default 30)",
+        "SECONDS",
     ),
     Option(
         "worker_memory",
@@ -326,6 +367,11 @@ class Settings:
     workers: int = 1
     # With --workers auto: where the figure came from (re-resolved on HUP).
     workers_auto: str | None = None
+    # With --workers MIN:MAX: the bounds of the adaptive count (None: a fixed count).
+    workers_min: int | None = None
+    workers_max: int | None = None
+    idle_workers: int = 1
+    scale_down_after: float = 30.0
     worker_memory: float | None = None
     spares: int = 0
     poll: float = 30.0
@@ -439,6 +485,18 @@ def build_settings(cli_values: dict[str, Any]) -> tuple[Settings, list[str]]:
         warnings.append(f"workers auto = {merged['workers']} ({merged['workers_auto']})")
     elif merged.get("worker_memory") is not None:
         warnings.append("--worker-memory is used only with --workers auto; ignored")
+    if isinstance(merged.get("workers"), tuple):
+        low, high = merged["workers"]
+        merged["workers_min"], merged["workers_max"] = low, high
+        # Start with as many as keep --idle-workers idle once nothing is busy:
+        # no ramp from MIN at the first requests.
+        idle = merged.get("idle_workers", Settings.idle_workers)
+        merged["workers"] = min(high, max(low, idle))
+    else:
+        for name in ("idle_workers", "scale_down_after"):
+            if name in merged:
+                flag_name = "--" + name.replace("_", "-")
+                warnings.append(f"{flag_name} is used only with --workers MIN:MAX; ignored")
     settings = Settings().with_values(merged)
     settings = replace(settings, hooks=hooks)
     if not settings.app:

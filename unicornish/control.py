@@ -84,6 +84,8 @@ class Commands(Protocol):
 
     def scale(self, wanted: int, why: str) -> None: ...
 
+    def step(self, delta: int, why: str) -> None: ...
+
     def reload(self, why: str) -> str | None: ...
 
     def reopen_logs(self) -> str | None: ...
@@ -466,13 +468,12 @@ class ControlServer:
                 return error(str(exc).replace("--metrics needs", "metrics need"))
         if m.stopping:
             return error("master is stopping")
-        if command in ("scale", "ttin", "ttou"):
-            wanted = {
-                "scale": params.get("workers", m.wanted),
-                "ttin": m.wanted + 1,
-                "ttou": m.wanted - 1,
-            }[command]
-            m.scale(wanted, f"control {describe_request(command, params)}")
+        if command == "scale":
+            m.scale(params.get("workers", m.wanted), f"control {describe_request(command, params)}")
+            return {"ok": True, "workers_wanted": m.wanted}
+        if command in ("ttin", "ttou"):
+            # As the signals: one more or one fewer (with MIN:MAX, the bounds move too).
+            m.step(1 if command == "ttin" else -1, f"control {command}")
             return {"ok": True, "workers_wanted": m.wanted}
         if command == "reload":
             failure = m.reload(why="control reload")

@@ -25,6 +25,7 @@ from unicornish import app as app_module
 from unicornish import listeners as listeners_module
 from unicornish.app import App
 from unicornish.appmetrics import AppMetrics
+from unicornish.autoscale import Autoscaler
 from unicornish.config import Settings
 from unicornish.control import ControlServer, collect_status
 from unicornish.deaths import OOM, OOM_SUFFIX, Deaths
@@ -138,6 +139,15 @@ class Master:
             self.is_stopping,
         )
         self.pool.spares = self.spares
+        self.autoscale = Autoscaler(
+            table,
+            self.log,
+            settings,
+            lambda: self.pool.wanted,
+            self.pool.scale,
+            self.is_stopping,
+            lambda: self.pool.reloading,
+        )
         self.stopper.tables.append(self.spares.procs)
         loop.close_in_child(self.spares.close_in_child)
 
@@ -228,6 +238,8 @@ class Master:
         duties: list[tuple[str, Duty]] = [
             ("drain", self.shutdown.tick),
             ("pending reload", self.reloader.tick),
+            # Before the pool: the count it decides is acted on in the same turn.
+            ("autoscale", self.autoscale.tick),
             ("pool", self.pool.tick),
             ("spares", self.spares.tick),
             ("timeouts", Timeouts(table, self.stopper, self.log, timeout, grace_from).tick),
@@ -329,6 +341,9 @@ class Master:
         if self.settings.drain:
             # What a container's grace period must exceed, where whoever sets it reads.
             self.log.info("%s", describe_plan(self.settings.drain, self.settings.graceful_timeout))
+        adaptive = self.autoscale.describe()
+        if adaptive:
+            self.log.info("%s", adaptive)
         if self.settings.subreaper:
             become_subreaper(self.log)
         if self.pid == 1:
@@ -366,17 +381,34 @@ class Master:
     def change_count(self, ttin: int, ttou: int) -> None:
         for why, times in (("TTIN", ttin), ("TTOU", ttou)):
             if times:
-                step = times if why == "TTIN" else -times
-                self.scale(self.pool.wanted + step, why, times)
+                self.step(times if why == "TTIN" else -times, why, times)
+
+    def step(self, delta: int, why: str, times: int = 1) -> None:
+        """TTIN/TTOU: one more or one fewer worker; with MIN:MAX both bounds move too."""
+        if self.stopping:
+            self.log.info("%s ignored: master is stopping", why)
+            return
+        if self.pool.wanted + delta > MAX_WORKERS:
+            self.log.warning("%s: at most %d workers; count kept", why, MAX_WORKERS)
+        wanted = min(MAX_WORKERS, self.autoscale.shift(delta, self.pool.wanted))
+        note = ""
+        if self.autoscale.adaptive:
+            low, high = self.autoscale.bounds()
+            note = f" (workers {low}:{high})"
+        self.pool.scale(wanted, why, times, note)
 
     def scale(self, wanted: int, why: str, times: int = 1) -> None:
+        """An exact count (`ctl scale N`, WINCH): it also ends an adaptive count
+        (MIN = MAX = N) until the next HUP reads the bounds again."""
         if self.stopping:
             self.log.info("%s ignored: master is stopping", why)
             return
         if wanted > MAX_WORKERS:
             self.log.warning("%s: at most %d workers; count kept", why, MAX_WORKERS)
             wanted = MAX_WORKERS
-        self.pool.scale(wanted, why, times)
+        was_adaptive = self.autoscale.fix()
+        note = " (a fixed count until HUP)" if was_adaptive else ""
+        self.pool.scale(wanted, why, times, note)
 
     def winch(self) -> None:
         try:
@@ -438,6 +470,11 @@ class Master:
     def switched(self, old: Release, new: Release) -> None:
         """What changes for the master itself with a new release."""
         apply_settings(old.settings, new.settings, self.log)
+        before = self.autoscale.policy  # as TTIN/TTOU or `ctl scale` left it
+        self.autoscale.configure(new.settings)
+        adaptive = self.autoscale.describe()
+        if adaptive and self.autoscale.policy != before:
+            self.log.info("%s", adaptive)
         if new.app_name != old.app_name:
             proctitle.set_master_title(new.app_name, old=self.upgrade_.is_old)
         self.readiness.announced = False
@@ -534,12 +571,16 @@ class Master:
     # -- status and exit -------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
+        low, high = self.autoscale.bounds()
         summary = {
             "pid": self.pid,
             "uptime": round(time.monotonic() - self.started_at, 3),
             "app": self.release.app_name,
             "workers_wanted": self.pool.wanted,
             "workers_running": len(self.table.live()),
+            "workers_min": low,
+            "workers_max": high,
+            "workers_idle": self.autoscale.idle_count(),
         }
         reason = self.not_ready_reason()
         summary["ready"] = reason is None

@@ -224,7 +224,11 @@ def status_from_pid_file(path: str) -> dict[str, Any]:
             "app": _app_from_title(master),
             "workers_wanted": None,
             "workers_running": len(workers),
-            "ready": None,  # known only to the master (its control socket)
+            # In the master's memory only (its bounds, its workers' scoreboards, readiness).
+            "workers_min": None,
+            "workers_max": None,
+            "workers_idle": None,
+            "ready": None,
             "not_ready": None,
         },
         "workers": workers,
@@ -291,13 +295,23 @@ def _readiness(master: dict[str, Any]) -> str:
     return ""  # from a pid file, or a master too old to say
 
 
+def _adaptive(master: dict[str, Any]) -> str:
+    """`(2 to 8), 1 idle` for an adaptive count; nothing for a fixed one."""
+    low, high = master.get("workers_min"), master.get("workers_max")
+    if low is None or high is None or low == high:
+        return ""
+    return f" ({low} to {high}), {_plain(master.get('workers_idle'))} idle"
+
+
 def format_table(status: dict[str, Any], source: str) -> str:
     m = status["master"]
     wanted = m.get("workers_wanted")
     lines = [
         f"unicornish master pid={m['pid']} app={_plain(m.get('app'))} "
         f"uptime={_seconds(m.get('uptime'))} "
-        f"workers: {m.get('workers_running')} running, {_plain(wanted)} wanted" + _readiness(m),
+        f"workers: {m.get('workers_running')} running, {_plain(wanted)} wanted"
+        + _adaptive(m)
+        + _readiness(m),
     ]
     if source:
         lines.append(source)

@@ -186,15 +186,16 @@ class Pool:
             return
         self.table.add(proc)
 
-    def scale(self, wanted: int, why: str | None = None, times: int = 1) -> None:
-        """Change the count; `why` (TTIN, WINCH, ...) is logged, a reload logs its own."""
+    def scale(self, wanted: int, why: str | None = None, times: int = 1, note: str = "") -> None:
+        """Change the count; `why` (TTIN, WINCH, ...) is logged, a reload or the
+        autoscaler logs its own line."""
         if why not in BURSTY:
             # Whatever a burst changed is said before another change, so that the
             # log reads in the order the count changed.
             self.scale_log.flush()
         self.wanted = max(0, wanted)
         if why is not None:
-            self.scale_log.changed(time.monotonic(), why, times, self.wanted)
+            self.scale_log.changed(time.monotonic(), why, times, self.wanted, note)
 
     def held_back(self, now: float) -> int:
         """Wanted slots the crash-loop backoff keeps empty right now (for metrics)."""
@@ -271,12 +272,12 @@ class ScaleLog:
         self.last_why = ""
         self.wanted = 0
 
-    def changed(self, now: float, why: str, times: int, wanted: int) -> None:
+    def changed(self, now: float, why: str, times: int, wanted: int, note: str = "") -> None:
         self.wanted = wanted
         self.last_why = why
         if why not in BURSTY or (now >= self.quiet_until and not self.pending):
             more = f" ({times} signals)" if times > 1 else ""
-            self.log.info("%s: %d workers wanted%s", why, wanted, more)
+            self.log.info("%s: %d workers wanted%s%s", why, wanted, note, more)
         else:
             self.pending[why] = self.pending.get(why, 0) + times
         if why in BURSTY:

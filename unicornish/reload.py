@@ -22,6 +22,7 @@ from typing import Any
 from unicornish import app as app_module
 from unicornish import linux, log, pidfile, privileges
 from unicornish.app import AppError, load_app
+from unicornish.autoscale import count_after_reload
 from unicornish.config import Settings, build_settings
 from unicornish.errors import StartupError
 from unicornish.pool import Pool
@@ -196,9 +197,10 @@ class Reloader:
         rolling = self.rolling
         rollback = rolling.rollback if rolling else self.current
         rollback_wanted = rolling.rollback_wanted if rolling else self.pool.wanted
-        self.rolling = RollingReload(rollback, rollback_wanted, release.settings.workers)
+        wanted = count_after_reload(release.settings, self.pool.wanted)
+        self.rolling = RollingReload(rollback, rollback_wanted, wanted)
         self.switch_to(release)
-        self.pool.scale(release.settings.workers)
+        self.pool.scale(wanted)
         self.pool.reloading = True
         return None
 

@@ -6,6 +6,7 @@ the master's code: the caller turns its result into os._exit().
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import faulthandler
 import logging
@@ -15,7 +16,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from unicornish import appmetrics, linux, log, proctitle
@@ -85,6 +86,27 @@ class Worker:
     def notify(self) -> None:
         """A heartbeat for long tasks: restarts the --timeout clock."""
         self._board.beat[0] = time.monotonic()
+
+    @contextlib.contextmanager
+    def idle(self) -> Iterator[None]:
+        """Mark a wait for work as idle, as accept() does for its own wait:
+
+            with worker.idle():
+                job = jobs.get(timeout=1.0)   # a queue, a select(), a blocking read
+
+        Inside, the worker shows as `idle` (status, --workers MIN:MAX counts
+        it as ready for work) and --timeout does not run; leaving it starts
+        the task's clock. A stop request does not interrupt the wait: give it
+        a timeout and check `worker.alive`.
+        """
+        board = self._board
+        board.state[0] = IDLE
+        board.beat[0] = 0.0
+        try:
+            yield
+        finally:
+            board.state[0] = BUSY
+            board.beat[0] = time.monotonic()
 
     def accept(self, timeout: float | None = None) -> tuple[socket.socket, Any] | None:
         """Wait for a connection on any listener; None on stop, master death or timeout.

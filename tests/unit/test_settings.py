@@ -114,7 +114,7 @@ def test_read_config_file_returns_values_hooks_and_warnings(tmp_path):
 @pytest.mark.parametrize(
     ("source", "message"),
     [
-        ("workers = -1\n", "workers must be a whole number >= 0 or 'auto', got -1"),
+        ("workers = -1\n", "workers must be a whole number >= 0, 'auto' or MIN:MAX, got -1"),
         ("term = 'slow'\n", "term must be 'graceful' or 'quick', got 'slow'"),
         ("after_fork = 3\n", "after_fork must be a function"),
         ("config = 'other.py'\n", "'config' cannot be set in a config file"),
