@@ -37,7 +37,7 @@ def _master():
 def before_fork(worker):
     from prometheus_client import CollectorRegistry, generate_latest
     registry = CollectorRegistry()
-    for collector in _master().collectors:
+    for collector in _master().metrics.collectors:
         registry.register(collector)
     _scrapes[0] += 1
     path = os.path.join(os.path.dirname(__file__), f"scrape-{_scrapes[0]}.txt")

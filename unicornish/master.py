@@ -31,7 +31,7 @@ from unicornish.control import ControlServer, collect_status
 from unicornish.deaths import OOM, OOM_SUFFIX, Deaths
 from unicornish.drain import describe_plan
 from unicornish.eventloop import ErrorLog, EventLoop
-from unicornish.metrics import Collector, Exposition, MasterCollector, Tallies
+from unicornish.metrics import MasterCollector, Metrics, Tallies
 from unicornish.pool import Pool
 from unicornish.privileges import Identity, chown_for_workers
 from unicornish.protocol import (
@@ -181,34 +181,29 @@ class Master:
             self.upgrade_.control = self.control
 
     def build_metrics(self, sock: socket.socket | None) -> None:
-        """Counts kept as things happen, the master's collector, and with
-        --metrics the HTTP endpoint. prometheus_client is imported only with
-        --metrics (cli.py did already) or on the first `ctl metrics`."""
-        self.tallies = tallies = Tallies()
+        """Counts kept as things happen, the collectors, and with --metrics the
+        HTTP endpoint (prometheus_client is imported only then, or on the first
+        `ctl metrics`)."""
+        tallies = Tallies()
         self.reloader.on_result = lambda result: tallies.count("reloads", result)
         self.upgrade_.on_result = lambda result: tallies.count("upgrades", result)
-        self.collectors: list[Collector] = [
-            MasterCollector(
-                self.table,
-                lambda: self.pool.wanted,
-                lambda: len(self.spares.procs),
-                self.pool.held_back,
-                self.listeners,
-                tallies,
-                __version__,
-            ),
-            self.app_metrics,
-            self.deaths,
-        ]
-        self.exposition: Exposition | None = None
-        self.metrics_server = None
+        master = MasterCollector(
+            self.table,
+            lambda: self.pool.wanted,
+            lambda: len(self.spares.procs),
+            self.pool.held_back,
+            self.listeners,
+            tallies,
+            __version__,
+        )
+        self.metrics = Metrics([master, self.app_metrics, self.deaths], tallies)
         if sock is None:
             return
         from unicornish.metrics_http import Endpoints, MetricsServer
 
-        endpoints = Endpoints(self.render_metrics, self.not_ready_reason, self.log)
-        self.metrics_server = MetricsServer(self.loop, self.log, sock, endpoints)
-        self.upgrade_.metrics = self.metrics_server
+        endpoints = Endpoints(self.metrics.render, self.not_ready_reason, self.log)
+        self.metrics.server = MetricsServer(self.loop, self.log, sock, endpoints)
+        self.upgrade_.metrics = self.metrics.server
         self.upgrade_.metrics_fd = sock.fileno()
 
     def build_duties(self) -> list[tuple[str, Duty]]:
@@ -251,8 +246,8 @@ class Master:
         ]
         if self.control is not None:
             duties.append(("control", self.control.tick))
-        if self.metrics_server is not None:
-            duties.append(("metrics", self.metrics_server.tick))
+        if self.metrics.server is not None:
+            duties.append(("metrics", self.metrics.server.tick))
         duties.append(("stop deadlines", self.stopper.tick))
         return duties
 
@@ -323,8 +318,8 @@ class Master:
         self.loop.install_signals(HANDLED_SIGNALS)
         if self.control is not None:
             self.control.install()
-        if self.metrics_server is not None:
-            self.metrics_server.install()
+        if self.metrics.server is not None:
+            self.metrics.server.install()
         proctitle.set_master_title(self.release.app_name)
         for warning in self.startup_warnings:
             self.log.warning("%s", warning)
@@ -332,8 +327,8 @@ class Master:
             self.log.warning("%s", self.notifier.error)
         for sock in self.listeners:
             self.log.info("listening on %s", listeners_module.describe(sock))
-        if self.metrics_server is not None:
-            self.log.info("metrics on http://%s/metrics", self.metrics_server.address)
+        if self.metrics.server is not None:
+            self.log.info("metrics on http://%s/metrics", self.metrics.server.address)
         self.log.info(
             "master process ready pid=%d", self.pid, extra=log.event("master_ready", pid=self.pid)
         )
@@ -529,7 +524,7 @@ class Master:
             w.ready_at = now
         tasks = w.board.task_count()
         w.board.close()
-        self.tallies.worker_reaped(w.nr, tasks)
+        self.metrics.tallies.worker_reaped(w.nr, tasks)
         if w.arena is not None:
             # Its counters and histograms live on in the totals; the arena goes.
             self.app_metrics.retire(w.arena)
@@ -550,23 +545,9 @@ class Master:
             return
         self.pool.record_exit(w, code, signum, now, tasks)
 
-    # -- metrics and readiness ------------------------------------------------------------
-
-    def add_collector(self, collector: Collector) -> None:
-        """Another source of metrics (anything with collect() -> Iterable[Metric])."""
-        self.collectors.append(collector)
-        if self.exposition is not None:
-            self.exposition.register(collector)
-
-    def render_metrics(self, accept: str = "") -> tuple[bytes, str]:
-        if self.exposition is None:
-            self.exposition = Exposition(self.collectors)
-        return self.exposition.render(accept)
-
     def metrics_text(self) -> str:
-        """`ctl metrics`: the text /metrics serves (prometheus_client is imported
-        on first use without --metrics; StartupError says how to install it)."""
-        return self.render_metrics()[0].decode()
+        """`ctl metrics`: the text /metrics serves."""
+        return self.metrics.text()
 
     # -- status and exit -------------------------------------------------------------------
 
@@ -599,8 +580,8 @@ class Master:
         # (USR2), or the old master that started us (the back-out procedure).
         shared = self.upgrade_.pid is not None or self.upgrade_.predecessor_alive()
         listeners_module.close_all(self.listeners, unlink_unix=not shared)
-        if self.metrics_server is not None:
-            self.metrics_server.close(unlink=not shared)
+        if self.metrics.server is not None:
+            self.metrics.server.close(unlink=not shared)
         self.log.info("master exited", extra=log.event("master_exited", pid=self.pid))
         self.readiness.close(self.shutdown.exit_code)
         return self.shutdown.exit_code

@@ -25,7 +25,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psutil
 
@@ -347,3 +347,35 @@ class MasterCollector:
                 limit.add_metric([name], found[1])
         yield queue
         yield limit
+
+
+class Metrics:
+    """Everything the master exposes: its collectors, rendered for /metrics and
+    `ctl metrics`, and with --metrics the HTTP endpoint that serves them."""
+
+    def __init__(
+        self,
+        collectors: list[Collector],
+        tallies: Tallies,
+        server: Any = None,
+    ) -> None:
+        self.collectors = collectors
+        self.tallies = tallies
+        self.server = server  # metrics_http.MetricsServer, or None without --metrics
+        self.exposition: Exposition | None = None
+
+    def add_collector(self, collector: Collector) -> None:
+        """Another source of metrics (anything with collect() -> Iterable[Metric])."""
+        self.collectors.append(collector)
+        if self.exposition is not None:
+            self.exposition.register(collector)
+
+    def render(self, accept: str = "") -> tuple[bytes, str]:
+        """prometheus_client is imported on first use without --metrics (`ctl
+        metrics`); StartupError says how to install it when it is missing."""
+        if self.exposition is None:
+            self.exposition = Exposition(self.collectors)
+        return self.exposition.render(accept)
+
+    def text(self) -> str:
+        return self.render()[0].decode()
