@@ -194,8 +194,7 @@ def prepare(settings: Settings, identity: Identity | None = None) -> app_module.
 
 
 def run_master(argv: list[str]) -> int:
-    from unicornish import control, daemon, reexec
-    from unicornish.listeners import setup_listeners
+    from unicornish import daemon, reexec
     from unicornish.master import Master
 
     try:
@@ -227,33 +226,8 @@ def run_master(argv: list[str]) -> int:
             os.set_inheritable(_startup_stderr, False)
         except OSError:
             _startup_stderr = 2
-    control_sock = None
-    metrics_sock: socket.socket | None = None
-    metrics_bound = False
     try:
-        if settings.metrics:
-            # Before anything else is set up: one line and exit 1 when it is missing.
-            from unicornish import metrics
-
-            metrics.load_client()
-        elif METRICS_FD_ENV in os.environ:
-            from unicornish import metrics_http
-
-            metrics_http.discard_inherited()
-        app = prepare(settings, identity)
-        if settings.control:
-            control_sock = control.bind(settings.control)
-        try:
-            if settings.metrics:
-                metrics_sock, metrics_bound = bind_metrics(settings.metrics)
-            listeners = setup_listeners(settings.listen)
-        except (StartupError, UsageError):
-            if control_sock is not None and settings.control:
-                control_sock.close()
-                os.unlink(settings.control)
-            if metrics_sock is not None:
-                close_metrics(metrics_sock, unlink=metrics_bound)
-            raise
+        app, listeners, control_sock, metrics_sock = set_up(settings, identity)
     except (StartupError, UsageError) as exc:
         _die(str(exc), exc.exit_code)
     if _startup_stderr not in (2, ready_fd):
@@ -271,6 +245,43 @@ def run_master(argv: list[str]) -> int:
         metrics_sock,
     )
     return master.run()
+
+
+def set_up(
+    settings: Settings, identity: Identity | None
+) -> tuple[app_module.App | None, list[socket.socket], socket.socket | None, socket.socket | None]:
+    """The app (with --preload), the listeners, the control and metrics sockets;
+    raises StartupError/UsageError, leaving no socket file behind."""
+    from unicornish import control
+    from unicornish.listeners import setup_listeners
+
+    control_sock = None
+    metrics_sock: socket.socket | None = None
+    metrics_bound = False
+    if settings.metrics:
+        # Before anything else is set up: one line and exit 1 when it is missing.
+        from unicornish import metrics
+
+        metrics.load_client()
+    elif METRICS_FD_ENV in os.environ:
+        from unicornish import metrics_http
+
+        metrics_http.discard_inherited()
+    app = prepare(settings, identity)
+    if settings.control:
+        control_sock = control.bind(settings.control)
+    try:
+        if settings.metrics:
+            metrics_sock, metrics_bound = bind_metrics(settings.metrics)
+        listeners = setup_listeners(settings.listen)
+    except (StartupError, UsageError):
+        if control_sock is not None and settings.control:
+            control_sock.close()
+            os.unlink(settings.control)
+        if metrics_sock is not None:
+            close_metrics(metrics_sock, unlink=metrics_bound)
+        raise
+    return app, listeners, control_sock, metrics_sock
 
 
 def bind_metrics(spec: str) -> tuple[socket.socket, bool]:

@@ -79,29 +79,11 @@ class Spawner:
         kind = "worker" if nr >= 0 else "spare"
         fields = {"nr": nr} if nr >= 0 else {}
         self.log.info("%s spawning..", label, extra=log.event(f"{kind}_spawning", **fields))
-        try:
-            board = Scoreboard()
-        except (OSError, MemoryError) as exc:  # out of memory or address space
-            why = getattr(exc, "strerror", None) or type(exc).__name__
-            self.log.error("%s cannot spawn: scoreboard: %s; retrying", label, why)
+        record = self.new_record(nr, label, release, max_tasks)
+        if record is None:
             return None
-        try:
-            arena = appmetrics.Arena()
-        except (OSError, MemoryError) as exc:
-            board.close()
-            why = getattr(exc, "strerror", None) or type(exc).__name__
-            self.log.error("%s cannot spawn: metrics arena: %s; retrying", label, why)
-            return None
-        record = WorkerProc(
-            nr,
-            pid=0,
-            generation=release.generation,
-            board=board,
-            spawned_at=time.monotonic(),
-            spawned_wall=time.time(),
-            max_tasks=max_tasks,
-            arena=arena,
-        )
+        arena = record.arena
+        assert arena is not None
         worker = self.before_fork(record, release)
         log.flush_stdio()
         if release.app is not None:
@@ -134,6 +116,35 @@ class Spawner:
             extra=log.event(f"{kind}_spawned", pid=pid, **fields),
         )
         return record
+
+    def new_record(
+        self, nr: int, label: str, release: Release, max_tasks: int | None
+    ) -> WorkerProc | None:
+        """The master's record of the child to fork, with its shared pages (its
+        scoreboard and its metrics arena); None when memory ran out (logged)."""
+        try:
+            board = Scoreboard()
+        except (OSError, MemoryError) as exc:  # out of memory or address space
+            why = getattr(exc, "strerror", None) or type(exc).__name__
+            self.log.error("%s cannot spawn: scoreboard: %s; retrying", label, why)
+            return None
+        try:
+            arena = appmetrics.Arena()
+        except (OSError, MemoryError) as exc:
+            board.close()
+            why = getattr(exc, "strerror", None) or type(exc).__name__
+            self.log.error("%s cannot spawn: metrics arena: %s; retrying", label, why)
+            return None
+        return WorkerProc(
+            nr,
+            pid=0,
+            generation=release.generation,
+            board=board,
+            spawned_at=time.monotonic(),
+            spawned_wall=time.time(),
+            max_tasks=max_tasks,
+            arena=arena,
+        )
 
     def before_fork(self, record: WorkerProc, release: Release) -> Worker:
         """The worker object the child will run, shown to before_fork hooks first."""
