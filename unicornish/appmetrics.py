@@ -498,24 +498,7 @@ class Registry:
         series = tuple(itertools.product(*checked.values())) if checked else ((),)
         existing = self._metrics.get(name)
         if existing is not None:
-            old = existing.decl
-            differs = [
-                what
-                for what, before, now in (
-                    ("type", old.kind, kind),
-                    ("help", old.help, help),
-                    ("labels", old.series, series)
-                    if old.labelnames == labelnames
-                    else ("label names", old.labelnames, labelnames),
-                    ("buckets", old.buckets, buckets),
-                )
-                if before != now
-            ]
-            if not differs:
-                return existing  # declared again (a second import, after_fork): the same
-            raise MetricsError(
-                f"metric {name} is already declared with another {', '.join(differs)}"
-            )
+            return _same_again(existing, kind, help, labelnames, series, buckets)
         if self._series + len(series) > MAX_SERIES:
             raise MetricsError(
                 f"metric {name}: {len(series)} more series would pass the limit of "
@@ -707,3 +690,33 @@ class AppMetrics:
 def _le(bound: float) -> str:
     """As prometheus_client writes `le` (floatToGoString): 1.0, 0.5, 2.5."""
     return repr(float(bound))
+
+
+def _same_again(
+    existing: Metric,
+    kind: str,
+    help: str,
+    labelnames: tuple[str, ...],
+    series: tuple[tuple[Any, ...], ...],
+    buckets: tuple[float, ...],
+) -> Metric:
+    """A metric declared again (a second import, after_fork): the same one, or an
+    error naming what differs."""
+    old = existing.decl
+    differs = [
+        what
+        for what, before, now in (
+            ("type", old.kind, kind),
+            ("help", old.help, help),
+            ("labels", old.series, series)
+            if old.labelnames == labelnames
+            else ("label names", old.labelnames, labelnames),
+            ("buckets", old.buckets, buckets),
+        )
+        if before != now
+    ]
+    if differs:
+        raise MetricsError(
+            f"metric {existing.decl.name} is already declared with another {', '.join(differs)}"
+        )
+    return existing
