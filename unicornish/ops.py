@@ -190,32 +190,8 @@ def status_from_pid_file(path: str) -> dict[str, Any]:
         raise NoAnswer(f"not running: pid {pid} (from {path}) is gone") from None
     except psutil.AccessDenied:
         raise NoAnswer(f"cannot inspect pid {pid}: permission denied", EXIT_UNKNOWN) from None
-    workers = []
     master_sid = _sid(pid)
-    for child in children:
-        try:
-            name = child.name()
-            if child.status() == psutil.STATUS_ZOMBIE or not name.startswith("worker["):
-                continue
-            # An orphan that a worker forked inherits its title and, under
-            # --subreaper or as pid 1, the master as parent; only a worker leads
-            # a process group of its own within the master's session.
-            if _pgid(child.pid) != child.pid or _sid(child.pid) != master_sid:
-                continue
-            nr = int(name[7:-1])
-            age = now - child.create_time()
-        except (psutil.Error, ValueError):
-            continue
-        entry: dict[str, Any] = {
-            "nr": nr,
-            "pid": child.pid,
-            "age": round(age, 3),
-            "state": None,
-            "tasks": None,
-            "task_age": None,
-        }
-        entry.update(process_stats(child.pid, now))
-        workers.append(entry)
+    workers = [entry for child in children if (entry := _worker_entry(child, master_sid, now))]
     workers.sort(key=lambda w: (w["nr"], -w["age"]))
     return {
         "master": {
@@ -233,6 +209,33 @@ def status_from_pid_file(path: str) -> dict[str, Any]:
         },
         "workers": workers,
     }
+
+
+def _worker_entry(child: psutil.Process, master_sid: int | None, now: float) -> dict[str, Any]:
+    """A worker as the process table shows it; {} for any other child."""
+    try:
+        name = child.name()
+        if child.status() == psutil.STATUS_ZOMBIE or not name.startswith("worker["):
+            return {}
+        # An orphan that a worker forked inherits its title and, under
+        # --subreaper or as pid 1, the master as parent; only a worker leads
+        # a process group of its own within the master's session.
+        if _pgid(child.pid) != child.pid or _sid(child.pid) != master_sid:
+            return {}
+        nr = int(name[7:-1])
+        age = now - child.create_time()
+    except (psutil.Error, ValueError):
+        return {}
+    entry: dict[str, Any] = {
+        "nr": nr,
+        "pid": child.pid,
+        "age": round(age, 3),
+        "state": None,
+        "tasks": None,
+        "task_age": None,
+    }
+    entry.update(process_stats(child.pid, now))
+    return entry
 
 
 def _pgid(pid: int) -> int | None:
