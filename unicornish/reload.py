@@ -52,27 +52,26 @@ def build_release(cli_values: dict[str, Any], generation: int) -> tuple[Release,
     except StartupError as exc:
         raise ReloadError(f"reload failed: {exc}; old settings and workers kept") from None
     spec = settings.app or ""
+    compiled = None
     try:
         app = load_app(spec) if settings.preload else None
         if app is None:
-            precheck_app(spec)
+            compiled = precheck_app(spec)  # a HUP compiles anew; the workers run this code
     except AppError as exc:
         raise ReloadError(f"reload failed: {exc}; old workers kept") from None
-    release = Release(settings, app, identity, app_module.describe(spec), generation)
+    release = Release(settings, app, identity, app_module.describe(spec), generation, compiled)
     return release, warnings
 
 
-def precheck_app(spec: str) -> None:
-    """Catch a syntax error in the master, without running the app's code."""
+def precheck_app(spec: str) -> app_module.CompiledApp | None:
+    """Catch a syntax error in the master, without running the app's code. The
+    code compiled here is what the new release's workers run (None for a module)."""
     if not app_module.is_path(spec):
-        return
+        return None
     try:
-        with open(spec, "rb") as handle:
-            source = handle.read()
+        return app_module.compile_app(spec)
     except OSError as exc:
         raise AppError(f"cannot read app file {spec}: {exc.strerror}") from None
-    try:
-        compile(source, spec, "exec")
     except SyntaxError as exc:
         raise AppError(
             f"cannot load app {spec}: SyntaxError: {exc.msg}"
