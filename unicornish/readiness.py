@@ -40,7 +40,7 @@ class Readiness:
         self.last_status = ""
 
     def ready_count(self) -> int:
-        return sum(1 for w in self.table.live() if w.ready_at is not None)
+        return self.table.ready_count()
 
     def status_line(self) -> str:
         return f"STATUS={self.ready_count()} workers running, master pid={os.getpid()}"

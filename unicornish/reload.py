@@ -27,7 +27,7 @@ from unicornish.errors import StartupError
 from unicornish.pool import Pool
 from unicornish.spawner import Release
 from unicornish.systemd import Notifier, monotonic_usec
-from unicornish.workers import Stopper, WorkerProc
+from unicornish.workers import Stopper, WorkerProc, WorkerTable
 
 
 class ReloadError(Exception):
@@ -207,7 +207,7 @@ class Reloader:
             gc.unfreeze()
         self.log.info("reload done: %d workers run the new app", self.pool.wanted)
 
-    def abort(self, failed: WorkerProc, code: int | None, live: list[WorkerProc]) -> None:
+    def abort(self, failed: WorkerProc, code: int | None, table: WorkerTable) -> None:
         """A new worker died before it was ready: back to the last proven release."""
         rolling = self.rolling
         if rolling is None:
@@ -222,12 +222,12 @@ class Reloader:
         # A generation of its own for what we go back to: spares of the failed
         # release are retired, and every worker still running counts as current.
         generation = self.current.generation + 1
-        for w in live:
+        for w in table.live():
             if w.generation == self.current.generation and w.ready_at is None:
                 # QUIT, not TERM: one may be ready and serving already, its report
                 # still in the pipe; it finishes that request. SIGKILL soon after.
                 self.stopper.stop(w, signal.SIGQUIT, now, ABORT_WAIT)
-            w.generation = generation
+            table.set_generation(w, generation)
         self.switch_to(replace(rolling.rollback, generation=generation))
         if self.pool.wanted == rolling.wanted:
             self.pool.scale(rolling.rollback_wanted)
