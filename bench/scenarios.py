@@ -945,3 +945,12 @@ ALL: list[tuple[str, Callable[[Ctx], list[Row]]]] = [
     ("memory", s7_preload_memory),
     ("death", s8_collect),
 ]
+
+
+def _scale(ctx: Ctx) -> list[Row]:
+    from scale import s10_scale  # here: scale.py builds on this module
+
+    return s10_scale(ctx)
+
+
+ALL.append(("scale-n", _scale))

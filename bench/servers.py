@@ -151,6 +151,7 @@ class Launcher:
         timeout: int | None = None,
         extra_env: dict[str, str] | None = None,
         spares: int = 0,
+        control: bool = False,
     ) -> Master:
         """app: 'idle' (waits on a listener), 'heap' (~100 MB preloaded), 'loop' (empty task)."""
         self._n += 1
@@ -180,6 +181,8 @@ class Launcher:
                 cmd += ["--timeout", str(timeout)]
             if spares:
                 cmd += ["--spares", str(spares)]
+            if control:
+                cmd += ["--control", env["BENCH_CTL"]]
         elif peer == "gunicorn":
             cmd = gunicorn_cmd()
             assert cmd and app != "loop"

@@ -106,8 +106,13 @@ class Spawner:
         worker = self.before_fork(record, release)
         compiled = release.fresh_compiled()
         log.flush_stdio()
-        if release.app is not None:
-            gc.freeze()  # keep the preloaded app's pages shared after fork
+        # Everything the master holds goes into the frozen generation for the
+        # fork: the child's collector then never walks it (with thousands of
+        # workers, the master's records of them), so it takes no copy-on-write
+        # fault for them. With --preload it stays frozen here too, to keep the
+        # app's pages shared; without, the master thaws at once (two list
+        # splices: no object is touched) and collects its own garbage as before.
+        gc.freeze()
         # Signals wait (blocked) until the child has its own handlers: a signal
         # caught in between would go to our wake-up pipe, as if sent to us.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
@@ -115,12 +120,16 @@ class Spawner:
             pid = os.fork()
         except OSError as exc:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            if release.app is None:
+                gc.unfreeze()
             record.board.close()
             self.log.error("%s fork failed: %s; retrying", record.label, exc.strerror or exc)
             return None
         if pid == 0:
             self._become_worker(worker, release, compiled, mask, assign_fd, close_fd)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if release.app is None:
+            gc.unfreeze()
         record.board.keep_from_children()
         try:
             os.setpgid(pid, pid)  # also done by the child; whoever runs first wins the race
