@@ -209,3 +209,69 @@ def plot_respawn(path: str, raw: dict[str, Any], title: str) -> str | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return None
+
+
+def plot_scale(path: str, raw: dict[str, Any], title: str) -> str | None:
+    """Cost against the number of workers (log-log), one panel per figure, one line per peer."""
+    figs = raw.get("scale_figures") or {}
+    if not figs:
+        return "no scale data"
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib not installed"
+    from scale import FIGURES
+
+    panels = [
+        ("cold_per_worker_ms", "cold start per worker (ms)"),
+        ("respawn_cpu_ms", "master CPU per respawn (ms)"),
+        ("respawn_p50_ms", "respawn latency p50 (ms)"),
+        ("idle_cpu_ms_s", "idle master CPU (ms per s)"),
+        ("timeout_respawn_cpu_ms", "CPU per respawn, --timeout 30 (ms)"),
+        ("status_per_worker_us", "status latency per worker (us)"),
+        ("rss_mib", "master RSS (MiB)"),
+    ]
+    assert {k for k, _ in panels} <= {k for k, _l, _u in FIGURES}
+    colors = {"unicornish": "#c2185b", "gunicorn": "#2e7d32", "unicorn": "#1565c0"}
+    fig, axes = plt.subplots(2, 4, figsize=(15, 6.8))
+    for ax, (key, label) in zip(axes.flat, panels, strict=False):
+        for peer in COLUMNS:
+            per = figs.get(peer) or {}
+            pts = sorted(
+                (int(n), v[key])
+                for n, v in per.items()
+                if isinstance(v, dict) and isinstance(v.get(key), (int, float))
+            )
+            if not pts:
+                continue
+            # A zero cannot sit on a log axis: drawn at the floor, marked hollow.
+            floor = 1e-3
+            xs = [n for n, _ in pts]
+            ys = [max(v, floor) for _, v in pts]
+            ax.plot(xs, ys, "o-", color=colors[peer], label=peer, ms=4)
+            failed = [n for n, v in per.items() if isinstance(v, str)]
+            for n in failed:
+                ax.annotate("x", (int(n), ys[-1]), color=colors[peer], ha="center")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("workers (N)", fontsize=8)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.tick_params(labelsize=7)
+    axes.flat[0].legend(fontsize=8)
+    last = axes.flat[len(panels)]
+    last.axis("off")
+    notes = []
+    for peer in COLUMNS:
+        for n, v in sorted((figs.get(peer) or {}).items(), key=lambda kv: int(kv[0])):
+            if isinstance(v, str):
+                notes.append(f"{peer} N={n}: {v}")
+    last.text(0, 1, "\n".join(notes[:12]) or "every peer ran at every N", va="top", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return None

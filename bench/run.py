@@ -27,7 +27,7 @@ import traceback
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import become_subreaper  # noqa: E402
-from report import markdown_table, plot_respawn, text_table, write_json  # noqa: E402
+from report import markdown_table, plot_respawn, plot_scale, text_table, write_json  # noqa: E402
 from scenarios import ALL, Ctx, Row  # noqa: E402
 from servers import BENCH, ROOT, Launcher, availability, versions  # noqa: E402
 
@@ -240,6 +240,13 @@ def main(argv: list[str] | None = None) -> int:
             ctx.raw,
             f"{cmd} - {meta['date']} - {os.cpu_count()} CPUs",
         )
+    if "scale_figures" in ctx.raw:
+        scale_why = plot_scale(
+            os.path.join(args.out, "scale.png"),
+            ctx.raw,
+            f"{cmd} - {meta['date']} - {os.cpu_count()} CPUs - cost against N (log-log)",
+        )
+        print("scale plot: " + (scale_why or os.path.relpath(os.path.join(args.out, "scale.png"))))
     print()
     print(
         f"wrote {os.path.relpath(os.path.join(args.out, 'latest.json'))}, "

@@ -1178,3 +1178,12 @@ ALL: list[tuple[str, Callable[[Ctx], list[Row]]]] = [
     ("death", s8_collect),
     ("adaptive", s10_adaptive),
 ]
+
+
+def _scale(ctx: Ctx) -> list[Row]:
+    from scale import s10_scale  # here: scale.py builds on this module
+
+    return s10_scale(ctx)
+
+
+ALL.append(("scale-n", _scale))

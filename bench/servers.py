@@ -153,6 +153,7 @@ class Launcher:
         extra_env: dict[str, str] | None = None,
         spares: int = 0,
         extra_args: list[str] | None = None,
+        control: bool = False,
     ) -> Master:
         """app: 'idle' (waits on a listener), 'heap' (~100 MB preloaded), 'loop' (empty task),
         'burst' (one job per connection, of the length the client asks for; unicornish only).
@@ -190,6 +191,8 @@ class Launcher:
             if spares:
                 cmd += ["--spares", str(spares)]
             cmd += extra_args or []
+            if control:
+                cmd += ["--control", env["BENCH_CTL"]]
         elif peer == "gunicorn":
             cmd = gunicorn_cmd()
             assert cmd and app != "loop"

@@ -265,3 +265,30 @@ def test_two_hups_in_a_row_end_on_the_last_app(start, tmp_path):
     pids = run.wait_workers(3)
     assert booted(run, "v3").items() >= pids.items()
     assert "reload failed" not in run.log()
+
+
+def test_a_respawn_without_hup_runs_the_file_as_it_is_on_disk_now(start, tmp_path):
+    """The master compiles the app once and hands the code to new workers, but
+    an edit on disk (in place, same size, old mtime) is never hidden by it: a
+    worker replaced without a HUP runs the new file; the others keep theirs."""
+    app = tmp_path / "app.py"
+    write_app(app, "v1")
+    run = start("--app", str(app), "--workers", "2", env=WRITE_BYTECODE)
+    old = run.wait_ready(2)
+    wait_until(lambda: len(booted(run, "v1")) == 2, 5, "v1 workers")
+    for version, nr in (("v2", 1), ("v3", 0), ("v3", 1)):
+        if not booted(run, version):
+            write_app(app, version)
+        victim = run.worker_pids()[nr]
+        os.kill(victim, signal.SIGKILL)
+        wait_until(
+            lambda nr=nr, version=version, victim=victim: (
+                booted(run, version).get(nr) not in (None, victim)
+            ),
+            10,
+            f"worker[{nr}] replaced, running {version}; log:\n{run.log()[-2000:]}",
+        )
+        if version == "v2":
+            assert run.worker_pids()[0] == old[0]  # not replaced: still runs v1
+    assert run.worker_pids()[0] != old[0] and run.worker_pids()[1] != old[1]
+    assert "reloading" not in run.log()  # no HUP was involved

@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.machinery import ModuleSpec
-from types import ModuleType
+from types import CodeType, ModuleType
 from typing import Any
 
 from unicornish.log import printable
@@ -50,6 +50,59 @@ class App:
     hooks: dict[str, Callable[..., Any]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class CompiledApp:
+    """An app file compiled once in the master, handed to every worker by the fork.
+
+    Compiling is not running: the master never executes it. `source` is what
+    `code` was compiled from; a worker uses `code` only when the file holds
+    those very bytes now, so a new worker still runs the file as it is on disk.
+    `stamp` is the file's stat when it was read: cheap to compare before a fork.
+    """
+
+    path: str  # absolute, as the worker's loader names it
+    source: bytes
+    code: CodeType
+    stamp: tuple[int, ...]
+
+
+def file_stamp(path: str) -> tuple[int, ...] | None:
+    """What changes when a file is rewritten, even in place with its old size and
+    mtime (rsync -a, cp -p): ctime cannot be set back. None if it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def compile_app(spec: str) -> CompiledApp:
+    """Read and compile an app file exactly as a worker's loader would (same
+    file name, same flags). Raises OSError, SyntaxError or ValueError."""
+    absolute = os.path.abspath(spec)
+    stamp = file_stamp(absolute) or ()  # before the read: a later edit shows as a new stamp
+    with open(absolute, "rb") as handle:
+        source = handle.read()
+    return CompiledApp(absolute, source, _compile(source, absolute), stamp)
+
+
+def refresh_compiled(spec: str, current: CompiledApp | None) -> CompiledApp | None:
+    """`current` while the file is unchanged, else compiled anew; None when the file
+    cannot be compiled now (each worker then compiles it and reports the error)."""
+    if not is_path(spec):
+        return None  # a dotted module is found by importing its package: app code
+    if current is not None and file_stamp(current.path) == current.stamp:
+        return current
+    try:
+        return compile_app(spec)
+    except (OSError, SyntaxError, ValueError):
+        return None
+
+
+def _compile(source: bytes, filename: str) -> CodeType:
+    return compile(source, filename, "exec", dont_inherit=True)
+
+
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, SyntaxError):
         where = f" ({exc.filename}, line {exc.lineno})" if exc.filename else ""
@@ -71,30 +124,38 @@ def _module_name_for(path: str) -> str:
     return name
 
 
-def _exec_module(spec: importlib.machinery.ModuleSpec, module: ModuleType) -> None:
+def _exec_module(
+    spec: importlib.machinery.ModuleSpec, module: ModuleType, compiled: CompiledApp | None = None
+) -> None:
     """Run the module's code compiled from its source as it is now.
 
     Not through __pycache__: a .pyc is trusted when the source's mtime (in
     whole seconds) and size match, so an app edited within the same second, or
     deployed with its old mtime kept (rsync -a, tar, cp -p), would run stale
-    code after a HUP.
+    code after a HUP. The master's `compiled` code is used only when the file
+    holds the bytes it was compiled from: reading is cheap, compiling is not.
     """
     loader = spec.loader
     origin = spec.origin
     if isinstance(loader, importlib.machinery.SourceFileLoader) and origin:
         source = loader.get_data(origin)
-        code = compile(source, origin, "exec", dont_inherit=True)
+        if compiled is not None and compiled.path == origin and compiled.source == source:
+            code = compiled.code
+        else:
+            code = _compile(source, origin)
         exec(code, module.__dict__)
     elif loader is not None:
         loader.exec_module(module)
 
 
-def _install_fresh(name: str, spec: ModuleSpec, module: ModuleType) -> ModuleType:
+def _install_fresh(
+    name: str, spec: ModuleSpec, module: ModuleType, compiled: CompiledApp | None = None
+) -> ModuleType:
     """Run a fresh module under `name`; on failure the previous one is put back."""
     previous = sys.modules.get(name)
     sys.modules[name] = module
     try:
-        _exec_module(spec, module)
+        _exec_module(spec, module, compiled)
     except BaseException:
         if previous is not None:
             sys.modules[name] = previous
@@ -104,7 +165,7 @@ def _install_fresh(name: str, spec: ModuleSpec, module: ModuleType) -> ModuleTyp
     return module
 
 
-def _exec_path(path: str) -> ModuleType:
+def _exec_path(path: str, compiled: CompiledApp | None = None) -> ModuleType:
     absolute = os.path.abspath(path)
     if not os.path.exists(absolute):
         raise AppError(f"app file not found: {path}")
@@ -122,7 +183,7 @@ def _exec_path(path: str) -> ModuleType:
         raise AppError(f"cannot load app file: {path}")
     module = importlib.util.module_from_spec(spec)
     module.__unicornish_app__ = absolute  # type: ignore[attr-defined]
-    return _install_fresh(name, spec, module)
+    return _install_fresh(name, spec, module, compiled)
 
 
 def _not_a_module(name: str, why: str) -> AppError:
@@ -154,10 +215,11 @@ def _exec_dotted(name: str) -> ModuleType:
     return _install_fresh(name, spec, module)
 
 
-def load_app(spec: str) -> App:
-    """Load the app afresh. Raises AppError with a one-line reason."""
+def load_app(spec: str, compiled: CompiledApp | None = None) -> App:
+    """Load the app afresh (with the master's `compiled` code when the file still
+    holds its source). Raises AppError with a one-line reason."""
     try:
-        module = _exec_path(spec) if is_path(spec) else _exec_dotted(spec)
+        module = _exec_path(spec, compiled) if is_path(spec) else _exec_dotted(spec)
     except AppError:
         raise
     except BaseException as exc:  # noqa: BLE001 - the user's import can raise anything

@@ -477,7 +477,7 @@ class Master:
     # -- reaping -----------------------------------------------------------------------
 
     def reap_all_workers(self) -> None:
-        self.pool.notice_ready(time.monotonic(), self.table)  # before exits: was it ready?
+        self.pool.notice_ready(time.monotonic())  # before exits: was it ready?
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -541,7 +541,7 @@ class Master:
         if w.stopping or w.timed_out or self.is_stopping():  # a drain still replaces workers
             return
         if not was_ready and self.reloader.rolling and w.generation == self.release.generation:
-            self.reloader.abort(w, code, self.table.live())
+            self.reloader.abort(w, code, self.table)
             return
         self.pool.record_exit(w, code, signum, now, tasks)
 
@@ -558,7 +558,7 @@ class Master:
             "uptime": round(time.monotonic() - self.started_at, 3),
             "app": self.release.app_name,
             "workers_wanted": self.pool.wanted,
-            "workers_running": len(self.table.live()),
+            "workers_running": self.table.live_count(),
             "workers_min": low,
             "workers_max": high,
             "workers_idle": self.autoscale.idle_count(),

@@ -16,14 +16,14 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from unicornish.backoff import CrashBackoff
 from unicornish.protocol import EXIT_BOOT_FAILED, EXIT_UNASKED, REPORT_READY, decode_reports
 from unicornish.spawner import Release, Spawner
-from unicornish.workers import Stopper, WorkerProc, WorkerTable
+from unicornish.workers import Slots, Stopper, WorkerProc, WorkerTable
 
 # While a worker boots, its scoreboard is looked at this often, for an app
 # that closed the report pipe it inherited (it cannot say it is ready).
@@ -43,38 +43,44 @@ class SlotPlan:
 
 def plan_slots(
     wanted: int,
-    current: list[WorkerProc],
+    current: Slots,
     old: list[WorkerProc],
     reloading: bool,
     not_before: Callable[[int], float],
     now: float,
 ) -> SlotPlan:
-    """`current`: live workers of the current generation; `old`: of older ones."""
+    """`current`: live workers of the current generation by slot; `old`: of older ones.
+
+    Outside a reload (`old` empty) this costs what is missing or extra, not
+    the number of workers: the master runs it on every turn.
+    """
     plan = SlotPlan()
-    current = _one_per_slot(current, plan.stop)
-    ready_slots = {w.nr for w in current if w.ready_at is not None}
-    plan.stop += [w for w in current if w.nr >= wanted]
-    # No old worker is stopped before one new worker proved the new app boots,
-    # not even one above the new count: the reload may yet fail.
-    validated = bool(ready_slots) or wanted == 0
+    # A second worker in a slot (an aborted reload keeps a booting replacement
+    # beside the old worker of its slot) goes first.
+    plan.stop = current.take_extras() + current.above(wanted)
     old_slots = set()
-    for w in old:
-        if w.nr in ready_slots or (w.nr >= wanted and validated):
-            plan.stop.append(w)
-        elif w.nr < wanted:
-            old_slots.add(w.nr)
-    if reloading and not old and all(nr in ready_slots for nr in range(wanted)):
-        plan.reload_done = True
-    have = {w.nr for w in current}
-    if len(have) >= wanted and (not have or max(have) < wanted):
-        return plan  # the common case: every slot filled, nothing to scan
+    if old or reloading:
+        ready_slots = {w.nr for w in current.values() if w.ready_at is not None}
+        # No old worker is stopped before one new worker proved the new app boots,
+        # not even one above the new count: the reload may yet fail.
+        validated = bool(ready_slots) or wanted == 0
+        for w in old:
+            if w.nr in ready_slots or (w.nr >= wanted and validated):
+                plan.stop.append(w)
+            elif w.nr < wanted:
+                old_slots.add(w.nr)
+        if reloading and not old and all(nr in ready_slots for nr in range(wanted)):
+            plan.reload_done = True
+    empty = current.empty_below(wanted)
+    if not empty:
+        return plan  # the common case: every slot filled
     # Replacing a running old worker waits for the new one to be ready, a few
     # at a time: a broken reload must never cost more than that.
     batch = max(1, math.ceil(wanted / 4))
-    replacing = sum(1 for w in current if w.ready_at is None and w.nr in old_slots)
-    for nr in range(wanted):
-        if nr in have:
-            continue
+    replacing = 0
+    if old_slots:
+        replacing = sum(1 for w in current.values() if w.ready_at is None and w.nr in old_slots)
+    for nr in empty:
         when = not_before(nr)
         if when > now:
             plan.next_at = when if plan.next_at is None else min(plan.next_at, when)
@@ -85,22 +91,6 @@ def plan_slots(
             replacing += 1
         plan.spawn.append(nr)
     return plan
-
-
-def _one_per_slot(current: list[WorkerProc], extra: list[WorkerProc]) -> list[WorkerProc]:
-    """Two workers of the current generation in one slot (an aborted reload
-    keeps a booting replacement beside the old worker of its slot): keep the
-    ready one, or the older, and put the other in `extra`."""
-    by_nr: dict[int, WorkerProc] = {}
-    for w in current:
-        kept = by_nr.get(w.nr)
-        if kept is None:
-            by_nr[w.nr] = w
-            continue
-        if (w.ready_at is not None, -w.spawned_at) > (kept.ready_at is not None, -kept.spawned_at):
-            by_nr[w.nr], w = w, kept
-        extra.append(w)
-    return list(by_nr.values()) if extra else current
 
 
 def jittered_max_tasks(limit: int | None, rng: random.Random) -> int | None:
@@ -145,11 +135,10 @@ class Pool:
         """maintain_worker_count: stop the extra, spawn the missing; the next wake-up."""
         if self.is_stopping():
             return None
-        self.notice_ready(now, self.table)
+        self.notice_ready(now)
         generation = self.release().generation
-        live = self.table.live()
-        current = [w for w in live if w.generation == generation]
-        old = [w for w in live if w.generation != generation]
+        current = self.table.slots(generation)
+        old = self.table.live_not_of(generation)
         plan = plan_slots(self.wanted, current, old, self.reloading, self.backoff.not_before, now)
         for w in plan.stop:
             self.stopper.stop(w, signal.SIGQUIT, now, self.release().settings.graceful_timeout)
@@ -159,7 +148,7 @@ class Pool:
         next_at = plan.next_at
         if plan.spawn and not self.spawn_missing_workers(plan.spawn):
             next_at = now  # a slice was used up: go on after reading signals
-        if any(w.ready_at is None and not w.stopping for w in self.table):
+        if any(not w.stopping for w in self.table.booting.values()):
             next_at = min(next_at or math.inf, now + BOOT_CHECK)
         return next_at
 
@@ -213,17 +202,17 @@ class Pool:
             data = os.read(fd, 65536)
         except BlockingIOError:
             data = b""
-        by_pid = {w.pid: w for w in self.table}
         for pid, event in decode_reports(data):
-            w = by_pid.get(pid)
+            w = self.table.get(pid)
             if w is not None and event == REPORT_READY and w.ready_at is None:
-                w.ready_at = now
-        self.notice_ready(now, by_pid.values())
+                self.table.mark_ready(w, now)
+        self.notice_ready(now)
 
-    def notice_ready(self, now: float, procs: Iterable[WorkerProc]) -> None:
-        for w in procs:
-            if w.ready_at is None and w.started_loop():
-                w.ready_at = now
+    def notice_ready(self, now: float) -> None:
+        """Booting workers seen past booting on their scoreboard are ready."""
+        for w in list(self.table.booting.values()):
+            if w.started_loop():
+                self.table.mark_ready(w, now)
 
     def record_exit(
         self, w: WorkerProc, code: int | None, signum: int | None, now: float, tasks: int

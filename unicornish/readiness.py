@@ -74,7 +74,7 @@ class Readiness:
         self.last_status = ""
 
     def ready_count(self) -> int:
-        return sum(1 for w in self.table.live() if w.ready_at is not None)
+        return self.table.ready_count()
 
     def ready_slots(self) -> int:
         """Slots served by a ready worker: during a HUP an old and a new worker of

@@ -28,7 +28,7 @@ from unicornish.errors import StartupError
 from unicornish.pool import Pool
 from unicornish.spawner import Release
 from unicornish.systemd import Notifier, monotonic_usec
-from unicornish.workers import Stopper, WorkerProc
+from unicornish.workers import Stopper, WorkerProc, WorkerTable
 
 
 class ReloadError(Exception):
@@ -53,27 +53,26 @@ def build_release(cli_values: dict[str, Any], generation: int) -> tuple[Release,
     except StartupError as exc:
         raise ReloadError(f"reload failed: {exc}; old settings and workers kept") from None
     spec = settings.app or ""
+    compiled = None
     try:
         app = load_app(spec) if settings.preload else None
         if app is None:
-            precheck_app(spec)
+            compiled = precheck_app(spec)  # a HUP compiles anew; the workers run this code
     except AppError as exc:
         raise ReloadError(f"reload failed: {exc}; old workers kept") from None
-    release = Release(settings, app, identity, app_module.describe(spec), generation)
+    release = Release(settings, app, identity, app_module.describe(spec), generation, compiled)
     return release, warnings
 
 
-def precheck_app(spec: str) -> None:
-    """Catch a syntax error in the master, without running the app's code."""
+def precheck_app(spec: str) -> app_module.CompiledApp | None:
+    """Catch a syntax error in the master, without running the app's code. The
+    code compiled here is what the new release's workers run (None for a module)."""
     if not app_module.is_path(spec):
-        return
+        return None
     try:
-        with open(spec, "rb") as handle:
-            source = handle.read()
+        return app_module.compile_app(spec)
     except OSError as exc:
         raise AppError(f"cannot read app file {spec}: {exc.strerror}") from None
-    try:
-        compile(source, spec, "exec")
     except SyntaxError as exc:
         raise AppError(
             f"cannot load app {spec}: SyntaxError: {exc.msg}"
@@ -218,7 +217,7 @@ class Reloader:
         self.log.info("reload done: %d workers run the new app", self.pool.wanted)
         self.on_result("done")
 
-    def abort(self, failed: WorkerProc, code: int | None, live: list[WorkerProc]) -> None:
+    def abort(self, failed: WorkerProc, code: int | None, table: WorkerTable) -> None:
         """A new worker died before it was ready: back to the last proven release."""
         rolling = self.rolling
         if rolling is None:
@@ -233,12 +232,12 @@ class Reloader:
         # A generation of its own for what we go back to: spares of the failed
         # release are retired, and every worker still running counts as current.
         generation = self.current.generation + 1
-        for w in live:
+        for w in table.live():
             if w.generation == self.current.generation and w.ready_at is None:
                 # QUIT, not TERM: one may be ready and serving already, its report
                 # still in the pipe; it finishes that request. SIGKILL soon after.
                 self.stopper.stop(w, signal.SIGQUIT, now, ABORT_WAIT)
-            w.generation = generation
+            table.set_generation(w, generation)
         self.switch_to(replace(rolling.rollback, generation=generation))
         if self.pool.wanted == rolling.wanted:
             self.pool.scale(rolling.rollback_wanted)

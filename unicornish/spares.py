@@ -76,7 +76,7 @@ class Spares:
         not_before = self.backoff.not_before(SPARE_SLOT)
         if not_before > now:
             return not_before
-        if any(w.from_spare and w.ready_at is None for w in self.workers.live()):
+        if any(w.from_spare and not w.stopping for w in self.workers.booting.values()):
             # A spare just took a slot: let it have the CPU until it is ready (its
             # ready report, or the pool's boot check, wakes us); then fork the next.
             return None
@@ -141,7 +141,7 @@ class Spares:
         if proc.assign_fd is not None:
             os.close(proc.assign_fd)
             proc.assign_fd = None
-        proc.stop_signal = "EOF"
+        self.stopper.mark_stopping(proc, "EOF")
         self.stopper.kill_after(proc, now + wait)
 
     def stop_all(self, now: float, quick: bool, wait: float) -> None:

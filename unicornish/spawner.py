@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from unicornish import appmetrics, linux, log, privileges
-from unicornish.app import App
+from unicornish.app import App, CompiledApp, refresh_compiled
 from unicornish.config import Settings
 from unicornish.eventloop import EventLoop
 from unicornish.privileges import Identity
@@ -35,6 +35,17 @@ class Release:
     identity: Identity | None
     app_name: str
     generation: int = 0
+    # Without --preload: the app file compiled in the master, inherited by each
+    # new worker through the fork instead of compiled again in every child.
+    compiled: CompiledApp | None = None
+
+    def fresh_compiled(self) -> CompiledApp | None:
+        """The compiled app for the next fork: compiled anew if the file changed
+        since (a new worker runs the file as it is on disk now, HUP or not)."""
+        if self.app is not None:
+            return None
+        self.compiled = refresh_compiled(self.settings.app or "", self.compiled)
+        return self.compiled
 
     def hooks(self, name: str) -> list[Callable[..., Any]]:
         """The config file's hook runs first, then the app's."""
@@ -85,9 +96,15 @@ class Spawner:
         arena = record.arena
         assert arena is not None
         worker = self.before_fork(record, release)
+        compiled = release.fresh_compiled()
         log.flush_stdio()
-        if release.app is not None:
-            gc.freeze()  # keep the preloaded app's pages shared after fork
+        # Everything the master holds goes into the frozen generation for the
+        # fork: the child's collector then never walks it (with thousands of
+        # workers, the master's records of them), so it takes no copy-on-write
+        # fault for them. With --preload it stays frozen here too, to keep the
+        # app's pages shared; without, the master thaws at once (two list
+        # splices: no object is touched) and collects its own garbage as before.
+        gc.freeze()
         # Signals wait (blocked) until the child has its own handlers: a signal
         # caught in between would go to our wake-up pipe, as if sent to us.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
@@ -95,13 +112,17 @@ class Spawner:
             pid = os.fork()
         except OSError as exc:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            if release.app is None:
+                gc.unfreeze()
             record.board.close()
             arena.close()
             self.log.error("%s fork failed: %s; retrying", record.label, exc.strerror or exc)
             return None
         if pid == 0:
-            self._become_worker(worker, release, mask, assign_fd, close_fd, arena)
+            self._become_worker(worker, release, compiled, mask, assign_fd, close_fd, arena)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if release.app is None:
+            gc.unfreeze()
         record.board.keep_from_children()
         arena.keep_from_children()
         try:
@@ -168,6 +189,7 @@ class Spawner:
         self,
         worker: Worker,
         release: Release,
+        compiled: CompiledApp | None,
         mask: set[int | signal.Signals],
         assign_fd: int | None,
         close_fd: int | None,
@@ -204,7 +226,7 @@ class Spawner:
             worker.pid = os.getpid()
             settings = release.settings
             code = worker.run(
-                release.app, settings.app or "", settings.hooks, self.report_fd, assign_fd
+                release.app, settings.app or "", settings.hooks, self.report_fd, assign_fd, compiled
             )
         except BaseException:  # noqa: BLE001 - the child must never return into the master's loop
             try:

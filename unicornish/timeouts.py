@@ -32,12 +32,32 @@ class Timeouts:
         self.log = log
         self.timeout = timeout
         self.grace_from = grace_from
+        # No task can pass its timeout before this (see tick): until then a turn
+        # costs nothing, whatever the number of workers.
+        self.next_scan: float | None = None
+        self.scanned_with: float | None = None
 
     def tick(self, now: float) -> float | None:
-        """kill_stuck_workers; the next time a task could pass its timeout."""
+        """kill_stuck_workers; the next time a task could pass its timeout.
+
+        A scan at time s finds every due time: a busy worker's is its beat +
+        timeout; one not in a task (or spawned later) can start one no sooner
+        than s, so it is due no sooner than s + timeout. Beats only move later
+        and a suspension only adds grace, so nothing can be due before the
+        earliest of these: the table is scanned again then, or when the
+        timeout itself changed (HUP), not on every turn.
+        """
         timeout = self.timeout()
         if not timeout:
+            self.next_scan = None
             return None
+        if timeout == self.scanned_with and self.next_scan is not None and now < self.next_scan:
+            return self.next_scan
+        self.scanned_with = timeout
+        self.next_scan = self.scan(now, timeout)
+        return self.next_scan
+
+    def scan(self, now: float, timeout: float) -> float | None:
         grace_from = self.grace_from()
         upcoming: float | None = None
         for w in self.table:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from unicornish import appmetrics, linux, log, proctitle
-from unicornish.app import App, AppError, load_app
+from unicornish.app import App, AppError, CompiledApp, load_app
 from unicornish.protocol import (
     EXIT_BOOT_FAILED,
     EXIT_OK,
@@ -282,6 +282,7 @@ class Worker:
         config_hooks: dict[str, Callable[..., Any]],
         report_fd: int,
         assign_fd: int | None = None,
+        compiled: CompiledApp | None = None,
     ) -> int:
         if assign_fd is None:
             proctitle.set_worker_title(self.nr, self._app_name)
@@ -293,7 +294,7 @@ class Worker:
             self._stopping = True
         if app is None:
             try:
-                app = load_app(app_spec)
+                app = load_app(app_spec, compiled)
             except AppError as exc:
                 what = f"worker[{self.nr}]" if assign_fd is None else "spare"
                 self.log.error("%s cannot load app: %s", what, exc)

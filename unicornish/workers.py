@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from unicornish.appmetrics import Arena
@@ -52,11 +52,100 @@ class WorkerProc:
         return self.ready_at is not None or self.board.state[0] != BOOTING
 
 
+class Slots:
+    """The live workers of one generation, by slot: what the pool asks on every
+    turn, answered without a pass over every worker.
+
+    `empty_hint` holds slots known to have no live worker (each one that left,
+    and what a full scan found); `high` is at least the highest slot held.
+    Together they name the empty slots below a count in O(empty) in the common
+    case; when they cannot account for every slot, a scan decides (and refills
+    the hint), so a stale hint costs time, never a wrong answer.
+    """
+
+    __slots__ = ("by_nr", "empty_hint", "high", "extras")
+
+    def __init__(self) -> None:
+        self.by_nr: dict[int, WorkerProc] = {}
+        self.empty_hint: set[int] = set()
+        self.high = -1
+        # Second workers of a slot, to be stopped: an aborted reload gives its
+        # booting replacement the generation of the old worker of its slot.
+        self.extras: list[WorkerProc] = []
+
+    def __len__(self) -> int:
+        return len(self.by_nr)
+
+    def __contains__(self, nr: object) -> bool:
+        return nr in self.by_nr
+
+    def values(self) -> Iterable[WorkerProc]:
+        return self.by_nr.values()
+
+    def put(self, w: WorkerProc) -> None:
+        kept = self.by_nr.get(w.nr)
+        if kept is not None and kept is not w:
+            # The ready one keeps the slot, or else the older one.
+            if (kept.ready_at is not None, -kept.spawned_at) >= (
+                w.ready_at is not None,
+                -w.spawned_at,
+            ):
+                self.extras.append(w)
+                return
+            self.extras.append(kept)
+        self.by_nr[w.nr] = w
+        self.empty_hint.discard(w.nr)
+        self.high = max(self.high, w.nr)
+
+    def take_extras(self) -> list[WorkerProc]:
+        extras, self.extras = self.extras, []
+        return [w for w in extras if w.stop_signal is None]
+
+    def take(self, w: WorkerProc) -> None:
+        if w in self.extras:
+            self.extras.remove(w)
+        if self.by_nr.get(w.nr) is w:
+            del self.by_nr[w.nr]
+            self.empty_hint.add(w.nr)
+
+    def above(self, wanted: int) -> list[WorkerProc]:
+        """Workers in slots >= wanted (to be stopped), lowest first."""
+        found = [self.by_nr[nr] for nr in range(wanted, self.high + 1) if nr in self.by_nr]
+        if not found:
+            self.high = min(self.high, wanted - 1)  # nothing up there: look no further next time
+        return found
+
+    def empty_below(self, wanted: int) -> list[int]:
+        """Slots below `wanted` with no live worker, lowest first."""
+        above = len(self.above(wanted)) if self.high >= wanted else 0
+        if len(self.by_nr) - above >= wanted:
+            return []
+        hinted = {nr for nr in self.empty_hint if nr < wanted and nr not in self.by_nr}
+        hinted.update(range(self.high + 1, wanted))
+        if len(self.by_nr) - above + len(hinted) == wanted:
+            return sorted(hinted)  # with the filled ones, exactly the slots 0..wanted-1
+        empty = [nr for nr in range(wanted) if nr not in self.by_nr]
+        self.empty_hint.update(empty)
+        return empty
+
+
 class WorkerTable:
-    """Processes by pid. Read by every duty; changed by the master and the pool."""
+    """Processes by pid. Read by every duty; changed by the master and the pool.
+
+    Besides the processes by pid, it keeps the few sets the master's loop asks
+    about on every turn, so that a turn costs what changed, not the number of
+    workers: the ones still booting, the ones with a SIGKILL deadline, and the
+    live ones of each generation by slot. So a worker's readiness, stop and
+    generation change through the table (`mark_ready`, `mark_stopping`,
+    `set_generation`, `set_kill_at`), never by assigning the field.
+    """
 
     def __init__(self) -> None:
         self._by_pid: dict[int, WorkerProc] = {}
+        self.booting: dict[int, WorkerProc] = {}  # ready_at is None
+        self.deadlines: dict[int, WorkerProc] = {}  # kill_at set, not killed yet
+        self._live: dict[int, WorkerProc] = {}  # not asked to stop
+        self._slots: dict[int, Slots] = {}  # generation -> live workers by slot (not spares)
 
     def __len__(self) -> int:
         return len(self._by_pid)
@@ -67,18 +156,92 @@ class WorkerTable:
     def __contains__(self, pid: object) -> bool:
         return pid in self._by_pid
 
-    def add(self, proc: WorkerProc) -> None:
-        self._by_pid[proc.pid] = proc
-
-    def pop(self, pid: int) -> WorkerProc | None:
-        return self._by_pid.pop(pid, None)
-
     def get(self, pid: int) -> WorkerProc | None:
         return self._by_pid.get(pid)
 
+    def add(self, proc: WorkerProc) -> None:
+        self._by_pid[proc.pid] = proc
+        if proc.ready_at is None:
+            self.booting[proc.pid] = proc
+        if proc.kill_at is not None and not proc.killed:
+            self.deadlines[proc.pid] = proc
+        if proc.stop_signal is None:
+            self._enter_live(proc)
+
+    def pop(self, pid: int) -> WorkerProc | None:
+        proc = self._by_pid.pop(pid, None)
+        if proc is not None:
+            self.booting.pop(pid, None)
+            self.deadlines.pop(pid, None)
+            self._leave_live(proc)
+        return proc
+
     def live(self) -> list[WorkerProc]:
         """Not asked to stop: the ones that count."""
-        return [w for w in self._by_pid.values() if w.stop_signal is None]
+        return list(self._live.values())
+
+    def live_count(self) -> int:
+        return len(self._live)
+
+    def ready_count(self) -> int:
+        """Live workers that are ready: the live ones less those still booting."""
+        booting = sum(1 for w in self.booting.values() if w.stop_signal is None)
+        return self.live_count() - booting
+
+    def slots(self, generation: int) -> Slots:
+        """The live workers of `generation`, by slot."""
+        found = self._slots.get(generation)
+        if found is None:
+            found = self._slots[generation] = Slots()
+        return found
+
+    def live_not_of(self, generation: int) -> list[WorkerProc]:
+        """Live workers of any other generation (none, but during a reload)."""
+        return [
+            w for gen, slots in self._slots.items() if gen != generation for w in slots.values()
+        ]
+
+    # -- changes that the indices follow ----------------------------------------
+
+    def mark_ready(self, w: WorkerProc, now: float) -> None:
+        if w.ready_at is None:
+            w.ready_at = now
+        self.booting.pop(w.pid, None)
+
+    def mark_stopping(self, w: WorkerProc, why: str) -> None:
+        if w.stop_signal is None and w.pid in self._by_pid:
+            self._leave_live(w)
+        w.stop_signal = why
+
+    def set_generation(self, w: WorkerProc, generation: int) -> None:
+        live = self._live.get(w.pid) is w
+        if live:
+            self._leave_live(w)
+        w.generation = generation
+        if live:
+            self._enter_live(w)
+
+    def set_kill_at(self, w: WorkerProc, deadline: float | None) -> None:
+        w.kill_at = deadline
+        if deadline is not None and not w.killed and w.pid in self._by_pid:
+            self.deadlines[w.pid] = w
+        else:
+            self.deadlines.pop(w.pid, None)
+
+    def _enter_live(self, w: WorkerProc) -> None:
+        self._live[w.pid] = w
+        if w.nr >= 0:  # spares (nr -1) have no slot
+            self.slots(w.generation).put(w)
+
+    def _leave_live(self, w: WorkerProc) -> None:
+        if self._live.pop(w.pid, None) is None:
+            return
+        slots = self._slots.get(w.generation)
+        if slots is None:
+            return
+        slots.take(w)
+        if not slots.by_nr and w.generation != max(self._slots):
+            del self._slots[w.generation]  # an old generation is gone for good
 
 
 class Stopper:
@@ -106,19 +269,36 @@ class Stopper:
     def stop(self, w: WorkerProc, signum: int, now: float, wait: float) -> None:
         """Ask a worker to stop; SIGKILL its process group once `wait` has passed."""
         self.signal(w, signum, group=signum == signal.SIGTERM)
-        w.stop_signal = signal_name(signum)
+        self.mark_stopping(w, signal_name(signum))
         self.kill_after(w, now + wait)
 
+    def mark_stopping(self, w: WorkerProc, why: str) -> None:
+        table = self._table_of(w)
+        if table is not None:
+            table.mark_stopping(w, why)
+        else:
+            w.stop_signal = why
+
     def kill_after(self, w: WorkerProc, deadline: float) -> None:
-        w.kill_at = deadline if w.kill_at is None else min(w.kill_at, deadline)
+        deadline = deadline if w.kill_at is None else min(w.kill_at, deadline)
+        table = self._table_of(w)
+        if table is not None:
+            table.set_kill_at(w, deadline)
+        else:
+            w.kill_at = deadline
+
+    def _table_of(self, w: WorkerProc) -> WorkerTable | None:
+        for table in self.tables:
+            if table.get(w.pid) is w:
+                return table
+        return None
 
     def tick(self, now: float) -> float | None:
         """SIGKILL whoever is past its deadline; the next deadline."""
         upcoming: float | None = None
         for table in self.tables:
-            for w in table:
-                if w.kill_at is None or w.killed:
-                    continue
+            for w in list(table.deadlines.values()):
+                assert w.kill_at is not None
                 if now < w.kill_at:
                     upcoming = w.kill_at if upcoming is None else min(upcoming, w.kill_at)
                     continue
@@ -133,4 +313,5 @@ class Stopper:
                     )
                 self.signal(w, signal.SIGKILL, group=True)
                 w.killed = True
+                table.deadlines.pop(w.pid, None)
         return upcoming

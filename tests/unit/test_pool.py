@@ -9,7 +9,7 @@ import pytest
 
 from unicornish.pool import ScaleLog, jittered_max_tasks, plan_slots
 from unicornish.scoreboard import Scoreboard
-from unicornish.workers import WorkerProc
+from unicornish.workers import Slots, WorkerProc
 
 NOW = 100.0
 
@@ -30,8 +30,15 @@ def never(nr: int) -> float:
     return 0.0
 
 
+def slots(workers) -> Slots:
+    found = Slots()
+    for w in workers:
+        found.put(w)
+    return found
+
+
 def plan(wanted, current=(), old=(), reloading=False, not_before=never):
-    return plan_slots(wanted, list(current), list(old), reloading, not_before, NOW)
+    return plan_slots(wanted, slots(current), list(old), reloading, not_before, NOW)
 
 
 def test_fills_every_missing_slot_in_order():
