@@ -75,10 +75,12 @@ def main() -> int:
     port = free_port()
     tmp = Path(tempfile.mkdtemp(prefix="metrics-bench-"))
     (tmp / "app.py").write_text(APP)
-    cmd = [str(ROOT / "bin" / "unicornish"), "--app", "app.py", "--workers", str(args.workers)]
+    # This Python (the bench's venv, or the dev one) runs the checkout's master.
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "unicornish", "--app", "app.py", "--workers", str(args.workers)]
     cmd += ["--metrics", f"127.0.0.1:{port}", "--listen", "127.0.0.1:0"]
     log = open(tmp / "log", "wb")
-    master = subprocess.Popen(cmd, cwd=tmp, stdout=log, stderr=log, start_new_session=True)
+    master = subprocess.Popen(cmd, cwd=tmp, stdout=log, stderr=log, start_new_session=True, env=env)
     try:
         deadline = time.monotonic() + 120
         while True:

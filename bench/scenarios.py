@@ -567,6 +567,14 @@ def _rates(ctx: Ctx, box: Any, windows: int, window: float) -> list[float]:
     return [float(x.extra[0]) for x in got]  # type: ignore[attr-defined]
 
 
+COUNTER_LABEL = "one app counter inc per task"
+LOOP_VARIANTS: tuple[tuple[str, int | None, dict[str, str]], ...] = (
+    ("no --timeout", None, {}),
+    ("--timeout 30", 30, {}),
+    (COUNTER_LABEL, None, {"BENCH_LOOP_COUNTER": "1"}),
+)
+
+
 def s6_worker_loop(ctx: Ctx) -> list[Row]:
     """Empty tasks per second: the median of several 0.5 s windows (the machine may
     not be quiet; the median of short windows shrugs off a burst of other work)."""
@@ -576,12 +584,12 @@ def s6_worker_loop(ctx: Ctx) -> list[Row]:
     env = {"BENCH_LOOP_WINDOW": str(window)}
     res: dict[str, Value] = {}
     raw: dict[str, Any] = {}
-    for label, timeout in (("no --timeout", None), ("--timeout 30", 30)):
+    for label, timeout, extra in LOOP_VARIANTS:
         if ctx.missing("unicornish"):
             res[label] = "not installed"
             continue
         ctx.log(f"6 worker loop unicornish {label}: {windows} x {window:g} s of empty tasks")
-        m = L.start("unicornish", 1, app="loop", timeout=timeout, extra_env=env)
+        m = L.start("unicornish", 1, app="loop", timeout=timeout, extra_env={**env, **extra})
         try:
             rates = _rates(ctx, m.inbox, windows, window)
             res[label] = summary(rates)["p50"]
@@ -616,12 +624,15 @@ def s6_worker_loop(ctx: Ctx) -> list[Row]:
     ctx.raw["worker_loop"] = {"window_s": window, "tasks_per_s": raw}
     rows = []
     na = "no task loop"
-    for label in ("no --timeout", "--timeout 30"):
+    for label, _timeout, _extra in LOOP_VARIANTS:
         vals: dict[str, Value] = {"unicornish": res[label], "bare loop": bare}
         _fill_missing(ctx, vals, {"gunicorn": na, "unicorn": na})
         row = Row("6 worker loop", f"{label}: tasks/s", "/s", vals, better="higher")
         row.baseline = "bare loop"
-        if timeout_label(label):
+        if label == COUNTER_LABEL:
+            row.target = ">= 1000000"
+            row.met = (res[label] >= 1_000_000) if _num(res[label]) else None  # type: ignore[operator]
+        elif timeout_label(label):
             row.target = ">= 500000"
             row.met = (res[label] >= 500_000) if _num(res[label]) else None  # type: ignore[operator]
         else:
@@ -1187,3 +1198,48 @@ def _scale(ctx: Ctx) -> list[Row]:
 
 
 ALL.append(("scale-n", _scale))
+
+
+# -- 12. metrics endpoint ---------------------------------------------------------------------
+
+
+def s12_metrics(ctx: Ctx) -> list[Row]:
+    """GET /metrics with 256 workers (text and OpenMetrics), and the idle master's
+    syscalls between scrapes: bench/metrics_latency.py, run here and parsed."""
+    if ctx.missing("unicornish"):
+        return []
+    requests, idle = (50, 4.0) if ctx.quick else (200, 10.0)
+    ctx.log(f"12 metrics: 256 workers, {requests} scrapes per format, {idle:g} s idle")
+    script = os.path.join(os.path.dirname(__file__), "metrics_latency.py")
+    cmd = [sys.executable, script, "--workers", "256", "--requests", str(requests)]
+    cmd += ["--idle", f"{idle:g}"]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600).stdout
+    except subprocess.TimeoutExpired as exc:
+        _report_error(ctx, "metrics", exc)
+        return []
+    na = {"gunicorn": "no metrics endpoint", "unicorn": "no metrics endpoint"}
+    rows = []
+    for name in ("text 0.0.4", "OpenMetrics"):
+        found = re.search(
+            rf"/metrics \({re.escape(name)}\).*?p50 ([\d.]+) ms.*?master CPU ([\d.]+) ms", out
+        )
+        vals: dict[str, Value] = {"unicornish": float(found.group(1)) if found else "failed"}
+        vals.update(na)
+        row = Row("12 metrics", f"/metrics {name}, 256 workers p50", "ms", vals, compare=False)
+        row.target = "< 20 ms"
+        row.met = (vals["unicornish"] < 20) if found else None  # type: ignore[operator]
+        if found:
+            row.note = f"master CPU {found.group(2)} ms per scrape ({name})"
+        rows.append(row)
+    calls = re.search(r"master syscalls in ([\d.]+) s idle.*?: (\d+)", out)
+    vals = {"unicornish": int(calls.group(2)) if calls else "failed", **na}
+    row = Row("12 metrics", "idle master syscalls between scrapes", "", vals, compare=False)
+    row.target = "0"
+    row.met = (vals["unicornish"] == 0) if calls else None
+    rows.append(row)
+    ctx.raw["metrics"] = {"output": out}
+    return rows
+
+
+ALL.append(("metrics", s12_metrics))
