@@ -146,34 +146,43 @@ class Pool:
             self.reloading = False
             self.on_reload_done()
         next_at = plan.next_at
-        if plan.spawn and not self.spawn_missing_workers(plan.spawn):
-            next_at = now  # a slice was used up: go on after reading signals
+        if plan.spawn:
+            done, failed = self.spawn_missing_workers(plan.spawn)
+            if not done:
+                next_at = now  # a slice was used up: go on after reading signals
+            for nr in failed:  # a failed fork backs off: its retry is a deadline too
+                retry = self.backoff.not_before(nr)
+                next_at = retry if next_at is None else min(next_at, retry)
         if any(not w.stopping for w in self.table.booting.values()):
             next_at = min(next_at or math.inf, now + BOOT_CHECK)
         return next_at
 
-    def spawn_missing_workers(self, nrs: list[int]) -> bool:
-        """False when the time slice ran out before every slot was filled."""
+    def spawn_missing_workers(self, nrs: list[int]) -> tuple[bool, list[int]]:
+        """(False when the time slice ran out before every slot was tried, the
+        slots whose fork failed)."""
         self.log.info("spawning %d missing workers:", len(nrs))
         started = time.monotonic()
         release = self.release()
+        failed: list[int] = []
         for nr in nrs:
             if self.is_stopping():
-                return True
+                break
             if time.monotonic() - started > SPAWN_SLICE:
-                return False
-            self.spawn_worker(nr, release)
-        return True
+                return False, failed
+            if not self.spawn_worker(nr, release):
+                failed.append(nr)
+        return True, failed
 
-    def spawn_worker(self, nr: int, release: Release) -> None:
+    def spawn_worker(self, nr: int, release: Release) -> bool:
         proc = self.spares.assign(nr, release) if self.spares is not None else None
         if proc is None:
             limit = jittered_max_tasks(release.settings.max_tasks, self.rng)
             proc = self.spawner.spawn(nr, release, limit)
         if proc is None:
             self.backoff.record_exit(nr, time.monotonic(), None, 1, None)
-            return
+            return False
         self.table.add(proc)
+        return True
 
     def scale(self, wanted: int, why: str | None = None, times: int = 1, note: str = "") -> None:
         """Change the count; `why` (TTIN, WINCH, ...) is logged, a reload or the

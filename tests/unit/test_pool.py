@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 
 import pytest
 
@@ -172,3 +173,31 @@ def test_another_change_says_what_a_burst_did_first(scale_log):
         "WINCH: 0 workers wanted",
     ]
     assert log.tick(5.0) is None
+
+
+class OutOfProcesses:
+    """A spawner whose fork always fails (EAGAIN under a pids limit)."""
+
+    def spawn(self, nr, release, max_tasks, assign_fd=None, close_fd=None):
+        return None
+
+
+def test_a_failed_fork_is_retried_at_its_backoff_deadline():
+    """The pool must wake for the retry of a failed fork, not sleep until --poll:
+    with every other worker ready, nothing else would wake the master."""
+    from unicornish.config import Settings
+    from unicornish.pool import Pool
+    from unicornish.spawner import Release
+    from unicornish.workers import Stopper, WorkerTable
+
+    table = WorkerTable()
+    release = Release(Settings(), None, None, "app.py")
+    logger = logging.getLogger("test-pool")
+    pool = Pool(
+        table, OutOfProcesses(), Stopper(logger, [table]), logger, lambda: release, lambda: False, 2
+    )  # type: ignore[arg-type]
+    now = time.monotonic()  # the backoff stamps a failure with the clock
+    first = pool.tick(now)  # the first failure of a slot is retried at once
+    assert first is not None and first <= time.monotonic()
+    second = pool.tick(time.monotonic())  # then backed off: 0.1 s, with jitter
+    assert second is not None and time.monotonic() < second <= time.monotonic() + 0.2
