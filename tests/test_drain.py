@@ -27,6 +27,7 @@ import pytest
 from conftest import Run, loop_app, run_cli, wait_until
 from http_client import Hammer, copy_http_app, get, tcp_target
 from test_cgroups_live import MIB, Group, Groups, set_cpu_quota, set_memory_limit
+from test_metrics import free_port, http
 from test_systemd import NotifyListener
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="cgroups and pid namespaces need root")
@@ -101,7 +102,8 @@ class Container:
 
 
 def test_term_drains_every_request_then_exits_0_within_drain_plus_grace(groups, tmp_path):
-    box = Container(groups, tmp_path, "--drain", f"{DRAIN:g}")
+    port = free_port()  # the probes' endpoint, as contrib/kubernetes points them
+    box = Container(groups, tmp_path, "--drain", f"{DRAIN:g}", "--metrics", f"127.0.0.1:{port}")
     log = box.run.log()
     assert "running as pid 1" in log
     assert "stop: drain 2s, then graceful up to 3s (at most 5s in all)" in log
@@ -109,6 +111,8 @@ def test_term_drains_every_request_then_exits_0_within_drain_plus_grace(groups, 
     assert box.workers == min(2, len(os.sched_getaffinity(0))), log
     box.wait_ready()
     assert box.ready() == (0, "ready")
+    assert http(port, "/readyz") == (200, "ready\n")
+    assert http(port, "/healthz")[0] == 200
     box.run.wait_log(r"worker\[\d+\] ready", box.workers)
     target = tcp_target(box.run.log())
     assert get(target)["master_pid"] == 1
@@ -123,6 +127,9 @@ def test_term_drains_every_request_then_exits_0_within_drain_plus_grace(groups, 
         # (How soon is bounded by the CLI's own start-up, a second on a loaded host.)
         assert (code, said) == (1, "not ready: draining"), box.run.log()[-2000:]
         assert answered_at - term_at < DRAIN
+        # The readiness probe says so too, while the liveness probe stays green.
+        assert http(port, "/readyz") == (503, "not ready: draining\n")
+        assert http(port, "/healthz")[0] == 200
         # Still serving: Kubernetes takes a while to stop sending traffic here.
         wait_until(lambda: time.monotonic() >= term_at + DRAIN / 2, DRAIN, "half the drain")
         hammer.stop()
