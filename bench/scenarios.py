@@ -1191,13 +1191,6 @@ ALL: list[tuple[str, Callable[[Ctx], list[Row]]]] = [
 ]
 
 
-def _scale(ctx: Ctx) -> list[Row]:
-    from scale import s10_scale  # here: scale.py builds on this module
-
-    return s10_scale(ctx)
-
-
-ALL.append(("scale-n", _scale))
 
 
 # -- 12. metrics endpoint ---------------------------------------------------------------------
@@ -1242,4 +1235,3 @@ def s12_metrics(ctx: Ctx) -> list[Row]:
     return rows
 
 
-ALL.append(("metrics", s12_metrics))
