@@ -44,7 +44,7 @@ from typing import Any, Protocol
 
 from unicornish.errors import StartupError
 from unicornish.eventloop import EventLoop
-from unicornish.procstats import process_stats
+from unicornish.procstats import StatsReader
 from unicornish.protocol import (
     MAX_LINE,
     RequestError,
@@ -159,12 +159,16 @@ def bind(path: str) -> socket.socket:
 # -- status -------------------------------------------------------------------
 
 
-def collect_status(master: dict[str, Any], procs: Iterable[WorkerProc]) -> dict[str, Any]:
+def collect_status(
+    master: dict[str, Any], procs: Iterable[WorkerProc], stats: StatsReader
+) -> dict[str, Any]:
     """The JSON of `status`: the master's own figures, then one entry per worker."""
     now = time.monotonic()
-    wall = time.time()
+    ordered = sorted(procs, key=lambda w: (w.nr, w.spawned_at))
+    wall = time.time()  # cpu percent: the process's lifetime, from its start time
+    figures = stats.read([w.pid for w in ordered], wall)
     workers = []
-    for w in sorted(procs, key=lambda w: (w.nr, w.spawned_at)):
+    for w in ordered:
         board = w.board
         beat = board.beat_time()
         entry: dict[str, Any] = {
@@ -177,7 +181,7 @@ def collect_status(master: dict[str, Any], procs: Iterable[WorkerProc]) -> dict[
             if beat and int(board.state[0]) == BUSY
             else None,
         }
-        entry.update(process_stats(w.pid, wall))
+        entry.update(figures[w.pid])
         workers.append(entry)
     return {"master": master, "workers": workers}
 

@@ -34,6 +34,7 @@ from unicornish.eventloop import ErrorLog, EventLoop
 from unicornish.metrics import MasterCollector, Metrics, Tallies
 from unicornish.pool import Pool
 from unicornish.privileges import Identity, chown_for_workers
+from unicornish.procstats import StatsReader
 from unicornish.protocol import (
     EXIT_BOOT_FAILED,
     HANDLED_SIGNALS,
@@ -95,6 +96,7 @@ class Master:
         # summed over workers and kept across their deaths, and deaths by cause.
         self.app_metrics = AppMetrics(lambda: [w.arena for w in table if w.arena is not None])
         self.deaths = Deaths()  # reads the cgroup's OOM-kill count now, at start
+        self.stats = StatsReader()  # per-worker figures for `status`
         self.build_workers(settings, app, identity, cli_values)
         self.build_operations(settings, ready_fd, control_sock)
         self.build_metrics(metrics_sock)
@@ -566,7 +568,7 @@ class Master:
         reason = self.not_ready_reason()
         summary["ready"] = reason is None
         summary["not_ready"] = reason
-        return collect_status(summary, self.table)
+        return collect_status(summary, self.table, self.stats)
 
     def finish(self) -> int:
         if self.control is not None:
