@@ -269,26 +269,11 @@ def bind(spec: str) -> socket.socket:
     else:
         # One attempt: a busy port is a mistake to report, not a race to wait out.
         try:
-            infos = socket.getaddrinfo(
-                address.host,
-                address.port,
-                address.family,
-                socket.SOCK_STREAM,
-                0,
-                socket.AI_PASSIVE,
-            )
+            family, sockaddr = sockets_module.resolve(address)
+            sock = sockets_module.listen_tcp(family, sockaddr, BACKLOG)
         except socket.gaierror as exc:
             raise StartupError(f"--metrics {spec}: {exc.strerror}") from None
-        family, _type, _proto, _name, sockaddr = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(sockaddr)
-            sock.listen(BACKLOG)
         except OSError as exc:
-            sock.close()
             if exc.errno == errno.EADDRINUSE:
                 raise StartupError(f"--metrics {spec}: address already in use") from None
             raise StartupError(f"--metrics {spec}: {exc.strerror or exc}") from None

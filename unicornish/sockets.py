@@ -118,15 +118,32 @@ def _clear_stale_unix(path: str) -> None:
     raise StartupError(f"cannot listen on unix:{path}: another process is listening there")
 
 
-def _resolve(address: Address) -> tuple[int, tuple[str, int] | tuple[str, int, int, int]]:
-    try:
-        infos = socket.getaddrinfo(
-            address.host, address.port, address.family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
-        )
-    except socket.gaierror as exc:
-        raise StartupError(f"cannot listen on {address}: {exc.strerror}") from None
+def resolve(address: Address) -> tuple[int, tuple[str, int] | tuple[str, int, int, int]]:
+    """The family and socket address to bind a TCP address to; raises socket.gaierror."""
+    infos = socket.getaddrinfo(
+        address.host, address.port, address.family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+    )
     family, _type, _proto, _name, sockaddr = infos[0]
     return family, sockaddr  # type: ignore[return-value]
+
+
+def listen_tcp(
+    family: int,
+    sockaddr: tuple[str, int] | tuple[str, int, int, int],
+    backlog: int = BACKLOG,
+) -> socket.socket:
+    """One attempt to bind and listen (IPv6 v6-only); raises OSError, leaving no socket open."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def bind(address: Address) -> socket.socket:
@@ -148,18 +165,14 @@ def bind(address: Address) -> socket.socket:
             sock.close()
             raise StartupError(f"cannot listen on {address}: {exc.strerror or exc}") from None
         return sock
-    family, sockaddr = _resolve(address)
+    try:
+        family, sockaddr = resolve(address)
+    except socket.gaierror as exc:
+        raise StartupError(f"cannot listen on {address}: {exc.strerror}") from None
     for attempt in range(BIND_RETRIES):
-        sock = socket.socket(family, socket.SOCK_STREAM)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(sockaddr)
-            sock.listen(BACKLOG)
-            return sock
+            return listen_tcp(family, sockaddr)
         except OSError as exc:
-            sock.close()
             if exc.errno == errno.EADDRINUSE and attempt + 1 < BIND_RETRIES:
                 log.get_logger().warning(
                     "cannot listen on %s: %s; retrying in %gs",
