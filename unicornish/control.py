@@ -30,7 +30,6 @@ stop = QUIT/TERM, upgrade = USR2); `metrics` replies with the text that
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -52,6 +51,7 @@ from unicornish.protocol import (
     parse_request,
 )
 from unicornish.scoreboard import BUSY
+from unicornish.sockets import accept_some
 from unicornish.workers import WorkerProc
 
 # A client that sends nothing (or reads nothing) for this long is dropped.
@@ -273,21 +273,12 @@ class ControlServer:
         return min(deadlines) if deadlines else None
 
     def _on_accept(self) -> None:
-        for _ in range(ACCEPTS_PER_WAKE):
-            try:
-                conn, _addr = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self.log.error(
-                        "control: cannot accept: %s; not listening for %gs",
-                        exc.strerror,
-                        ACCEPT_PAUSE,
-                    )
-                    self._pause()
-                return
-            self._admit(conn)
+        starved = accept_some(self.sock, self._admit, ACCEPTS_PER_WAKE)
+        if starved is not None:
+            self.log.error(
+                "control: cannot accept: %s; not listening for %gs", starved.strerror, ACCEPT_PAUSE
+            )
+            self._pause()
 
     def _pause(self) -> None:
         self.loop.remove(self.sock)

@@ -356,24 +356,16 @@ class MetricsServer:
         return min(deadlines) if deadlines else None
 
     def _on_accept(self) -> None:
-        for _ in range(ACCEPTS_PER_WAKE):
-            if not self.accepting:  # full, since the last accept
-                return
-            try:
-                conn, _addr = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self.log.error(
-                        "metrics: cannot accept: %s; not listening for %gs",
-                        exc.strerror,
-                        ACCEPT_PAUSE,
-                    )
-                    self._accept_off()
-                    self.paused_until = time.monotonic() + ACCEPT_PAUSE
-                return
-            self._admit(conn)
+        # Not past the limit: a connection once full waits in the kernel's backlog.
+        starved = sockets_module.accept_some(
+            self.sock, self._admit, ACCEPTS_PER_WAKE, lambda: self.accepting
+        )
+        if starved is not None:
+            self.log.error(
+                "metrics: cannot accept: %s; not listening for %gs", starved.strerror, ACCEPT_PAUSE
+            )
+            self._accept_off()
+            self.paused_until = time.monotonic() + ACCEPT_PAUSE
 
     def _admit(self, conn: socket.socket) -> None:
         conn.setblocking(False)

@@ -7,6 +7,7 @@ import os
 import socket
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from unicornish import log
@@ -201,3 +202,29 @@ def close_all(sockets: list[socket.socket], unlink_unix: bool = False) -> None:
                 os.unlink(path)
             except OSError:
                 pass
+
+
+# accept() failing for these is the machine's lack of fds or memory: stop
+# listening a while, or the still-readable socket would wake the loop at once.
+OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+def accept_some(
+    sock: socket.socket,
+    admit: Callable[[socket.socket], None],
+    limit: int,
+    more: Callable[[], bool] = lambda: True,
+) -> OSError | None:
+    """Accept up to `limit` connections of a non-blocking listener (while `more()`),
+    handing each to `admit`; the error when accept() ran out of resources."""
+    for _ in range(limit):
+        if not more():
+            return None
+        try:
+            conn, _addr = sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as exc:
+            return exc if exc.errno in OUT_OF_RESOURCES else None
+        admit(conn)
+    return None
