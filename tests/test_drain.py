@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +26,7 @@ from conftest import Run, loop_app, run_cli, wait_until
 from http_client import Hammer, copy_http_app, get, tcp_target
 from test_cgroups_live import MIB, Group, Groups, set_cpu_quota, set_memory_limit
 from test_metrics import free_port, http
+from test_pid1 import _unshare
 from test_systemd import NotifyListener
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="cgroups and pid namespaces need root")
@@ -41,15 +40,7 @@ WORKER_MEMORY = "200"  # floor(512 / 200) = 2: memory and CPUs agree on 2 worker
 
 
 def unshare() -> list[str]:
-    path = shutil.which("unshare")
-    if path is None:
-        pytest.skip("needs unshare(1)")
-    probe = subprocess.run(
-        [path, "--pid", "--fork", "--mount-proc", "true"], capture_output=True, text=True
-    )
-    if probe.returncode != 0:
-        pytest.skip(f"the kernel refuses a pid namespace here: {probe.stderr.strip()}")
-    return [path, "--pid", "--fork", "--mount-proc"]
+    return [_unshare(), "--pid", "--fork", "--mount-proc"]
 
 
 @pytest.fixture
