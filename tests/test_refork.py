@@ -393,7 +393,7 @@ def test_a_mold_killed_during_the_rollout_and_after_it(start, app_file, tmp_path
     mold = mold_pid(run)
     os.kill(mold, signal.SIGKILL)
     run.wait_log(rf"mold pid={mold} died; new workers fork from the master")
-    run.wait_log(rf"refork done: 3 workers the first forked from mold pid={mold}, the rest from")
+    run.wait_log(rf"refork done: 3 workers \(\d forked from mold pid={mold} before it was given up")
     workers = run.wait_workers(3)
     assert "mold" not in children(run.pid).values()
     # Later respawns fork from the master.
@@ -513,3 +513,54 @@ def test_counters_never_go_down_across_promotions_and_retired_molds(start, app_f
     assert tasks == sorted(tasks), seen
     # Every task was counted once, by the app and by the master alike.
     assert abs(jobs[-1] - tasks[-1]) <= 4, seen[-1]
+
+
+def test_a_worker_killed_in_its_last_task_after_the_promotion_signal(start, app_file, tmp_path):
+    flag = tmp_path / "long-task"
+    app = refork_app(
+        app_file,
+        task_body=(
+            f"time.sleep(30) if worker.tasks == 10 and os.path.exists({str(flag)!r}) else None"
+        ),
+    )
+    flag.write_text("")
+    run = start("--app", str(app), "--workers", "2", "--refork-after", "10")
+    run.wait_log("becoming the mold")
+    promoted = promoted_pid(run)
+    flag.unlink()
+    os.kill(promoted, signal.SIGKILL)
+    run.wait_log(rf"refork failed: mold pid={promoted} exited before it was ready")
+    assert f"after_mold {promoted}" not in run.stdout()
+    run.wait_workers(2)
+
+
+KILL_AT_FORK = """
+import os, time, psutil
+
+def before_fork(worker):
+    # In the master: once the flag is there, the mold dies right before a request.
+    if not os.path.exists({flag!r}):
+        return
+    os.unlink({flag!r})
+    for child in psutil.Process().children():
+        if child.name() == "mold":
+            child.kill()
+            deadline = time.monotonic() + 5
+            while child.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+                time.sleep(0.01)
+"""
+
+
+def test_a_mold_killed_when_it_is_asked_to_fork(start, app_file, tmp_path):
+    flag = tmp_path / "kill-mold"
+    config = tmp_path / "conf.py"
+    config.write_text(KILL_AT_FORK.format(flag=str(flag)))
+    app = refork_app(app_file, after_fork="time.sleep(0.5) if MOLDED else None")
+    run = start("--app", str(app), "--workers", "3", "--refork-after", "10", "-c", str(config))
+    run.wait_log(r"spawned pid=\d+ \(from mold")
+    mold = mold_pid(run)
+    flag.write_text("")
+    run.wait_log(rf"mold pid={mold} cannot fork worker\[\d\]: .*; forking from the master")
+    run.wait_log(rf"reaped pid={mold} mold status=killed by SIGKILL")
+    run.wait_log(rf"refork done: 3 workers \(1 forked from mold pid={mold} before it was given up")
+    run.wait_workers(3)

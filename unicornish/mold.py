@@ -80,6 +80,7 @@ class MoldLink:
         self.pid = pid
         self.sock = sock
         self.usable = True  # False once it failed, died or was retired
+        self.forks = 0  # workers it forked for the master
         sock.setblocking(True)
         sock.settimeout(FORK_WAIT)
 
@@ -100,6 +101,7 @@ class MoldLink:
         (pid,) = REPLY.unpack(data)
         if pid <= 0:
             raise MoldError(f"fork failed: {os.strerror(-pid) if pid else 'no pid'}")
+        self.forks += 1
         return pid
 
     def close(self) -> None:

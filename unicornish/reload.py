@@ -244,11 +244,14 @@ class Reloader:
         self.pool.batch = None
         mold = self.current.mold
         if rolling is not None and rolling.kind == "refork" and mold is not None:
+            wanted = self.pool.wanted
             if mold.usable:
                 how = f"forked from mold pid={mold.pid}"
             else:
-                how = f"the first forked from mold pid={mold.pid}, the rest from the master"
-            self.log.info("refork done: %d workers %s", self.pool.wanted, how)
+                molded = min(wanted, mold.forks)
+                how = f"({molded} forked from mold pid={mold.pid} before it was given up, "
+                how += f"{wanted - molded} from the master)"
+            self.log.info("refork done: %d workers %s", wanted, how)
             self.on_settled("refork", "done", self.current)
             return
         if gc.get_freeze_count():
