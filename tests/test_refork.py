@@ -564,3 +564,23 @@ def test_a_mold_killed_when_it_is_asked_to_fork(start, app_file, tmp_path):
     run.wait_log(rf"reaped pid={mold} mold status=killed by SIGKILL")
     run.wait_log(rf"refork done: 3 workers \(1 forked from mold pid={mold} before it was given up")
     run.wait_workers(3)
+
+
+def test_max_memory_recycles_a_mold_born_worker(start, app_file, tmp_path):
+    flag = tmp_path / "grow"
+    app = refork_app(
+        app_file,
+        task_body=(
+            f"if MOLDED and os.path.exists({str(flag)!r}): "
+            f'os.unlink({str(flag)!r}); CACHE.append(b"x" * (80 << 20))'
+        ),
+    )
+    run = start("--app", str(app), "--workers", "2", "--refork-after", "10", "--max-memory", "60")
+    run.wait_log("refork done: 2 workers forked from mold")
+    flag.write_text("")
+    log = run.wait_log(r"pid=\d+ uses [\d.]+ MiB USS, over --max-memory 60 MiB", timeout=15)
+    grown = int(re.search(r"pid=(\d+) uses [\d.]+ MiB USS", log).group(1))
+    assert grown in forked_by_mold(run)
+    run.wait_log(rf"reaped pid={grown} worker\[\d\]")
+    wait_until(lambda: len(forked_by_mold(run)) >= 3, 10, "its replacement from the mold")
+    run.wait_workers(2)
