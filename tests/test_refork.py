@@ -584,3 +584,30 @@ def test_max_memory_recycles_a_mold_born_worker(start, app_file, tmp_path):
     run.wait_log(rf"reaped pid={grown} worker\[\d\]")
     wait_until(lambda: len(forked_by_mold(run)) >= 3, 10, "its replacement from the mold")
     run.wait_workers(2)
+
+
+def test_reforking_with_user_keeps_every_process_the_users(start):
+    from other_user import open_dir, temp_user
+
+    with temp_user() as user, open_dir() as shared:
+        app = shared / "app.py"
+        app.write_text(
+            APP.format(task=0.005, after_mold="pass", after_fork="pass", task_body="pass")
+        )
+        log_path = shared / "unicornish.log"
+        run = start(
+            "--app", str(app), "--workers", "2", "--user", user.name, "--refork-after", "10",
+            "--log-file", str(log_path), log_file=False,
+        )  # fmt: skip
+        run.log_path = log_path
+        run.wait_log("refork done: 2 workers forked from mold")
+        mold = mold_pid(run)
+        workers = run.wait_workers(2)
+        assert set(workers.values()) <= forked_by_mold(run)
+        for pid in [mold, *workers.values()]:
+            assert tuple(psutil.Process(pid).uids()) == (user.uid,) * 3
+        # The master's death still ends them: the death signal outlived the uid change.
+        pids = [mold, *workers.values()]
+        run.seen.update(pids)
+        os.kill(run.pid, signal.SIGKILL)
+        wait_until(lambda: not [p for p in pids if _running(p)], 15, "all gone")
