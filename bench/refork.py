@@ -4,7 +4,10 @@
 (apps/lazy.py: `heap`, ~64 MiB of objects; `stdlib`, 144 modules imported;
 `none`, the empty baseline), under unicornish without reforking, unicornish
 with `--refork-after 100`, and gunicorn with `preload_app` (all preloaded).
-Each worker runs BENCH_LAZY_TASKS (200) tasks back to back, then idles.
+Each worker runs BENCH_LAZY_TASKS (200) tasks back to back, then idles. A warm
+task reads 8 records or module attributes; the refork and gunicorn runs are
+repeated with warm tasks that read nothing, since every read changes reference
+counts and so un-shares the pages it touches.
 
 Memory, once every worker of the last generation has run its 200 tasks: PSS
 and USS from /proc/PID/smaps_rollup of the master, the 8 workers and the mold.
@@ -23,6 +26,7 @@ import os
 import signal
 import statistics
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from harness import BenchError, Msg, children_of, summary
@@ -33,11 +37,34 @@ SCENARIO = "13 refork"
 WORKERS = 8
 TASKS = 200  # per worker: the 64 (heap) or 36 (stdlib) building tasks, then warm ones
 REFORK_AFTER = 100  # past the build: the mold holds the whole state
-APPS = ("heap", "stdlib", "none")
+READS = 8  # lookups per warm task (lazy_heap.py, lazy_stdlib.py)
 NO_REFORK = "no reforking"
 REFORK = f"--refork-after {REFORK_AFTER}"
 GUNICORN = "gunicorn --preload"
-VARIANTS = (NO_REFORK, REFORK, GUNICORN)
+# The same two, but the warm tasks read nothing: what sharing alone gives, before
+# CPython's reference counting un-shares the pages that the reads touch.
+REFORK_R0 = f"{REFORK}, no reads"
+GUNICORN_R0 = f"{GUNICORN}, no reads"
+
+
+@dataclass(frozen=True)
+class Variant:
+    peer: str
+    refork: bool
+    reads: int
+    apps: tuple[str, ...] = ("heap", "stdlib", "none")
+    kills: bool = True  # time respawns in this variant
+
+
+VARIANTS = {
+    NO_REFORK: Variant("unicornish", False, READS),
+    REFORK: Variant("unicornish", True, READS),
+    GUNICORN: Variant("gunicorn", False, READS),
+    # `none` reads nothing anyway: these two use the baselines above.
+    REFORK_R0: Variant("unicornish", True, 0, ("heap", "stdlib"), kills=False),
+    GUNICORN_R0: Variant("gunicorn", False, 0, ("heap", "stdlib"), kills=False),
+}
+BASELINE = {REFORK_R0: REFORK, GUNICORN_R0: GUNICORN}
 
 
 class Unsupported(BenchError):
@@ -161,22 +188,21 @@ def _respawns(ctx: Ctx, m: Master, workers: list[int], kills: int) -> dict[str, 
     }
 
 
-def refork_once(ctx: Ctx, variant: str, app: str, kills: int) -> dict[str, Any]:
+def refork_once(ctx: Ctx, v: Variant, app: str, kills: int) -> dict[str, Any]:
     L = ctx.launcher
-    peer = "gunicorn" if variant == GUNICORN else "unicornish"
-    args = ["--refork-after", str(REFORK_AFTER)] if variant == REFORK else []
-    env = {"BENCH_LAZY": app, "BENCH_LAZY_TASKS": str(TASKS)}
-    m = L.start(peer, WORKERS, app="lazy", preload=True, extra_env=env, extra_args=args)
+    args = ["--refork-after", str(REFORK_AFTER)] if v.refork else []
+    env = {"BENCH_LAZY": app, "BENCH_LAZY_TASKS": str(TASKS), "BENCH_LAZY_READS": str(v.reads)}
+    m = L.start(v.peer, WORKERS, app="lazy", preload=True, extra_env=env, extra_args=args)
     try:
         t0 = time.monotonic()
         enough = lambda: len(_by_kind(m.msgs(), "done")) >= WORKERS  # noqa: E731
         _wait(ctx, m, f"{WORKERS} workers done", enough, 120)
         res: dict[str, Any] = {}
-        if variant == REFORK:
+        if v.refork:
             _wait(ctx, m, "'refork done:' in the log", lambda: "refork done:" in _log_text(m), 120)
             res["refork_done_s"] = time.monotonic() - t0
         workers, mold = _wait(ctx, m, "the last generation done", lambda: _settled(m), 120)
-        if variant == REFORK and mold is None:
+        if v.refork and mold is None:
             raise BenchError("refork done, but no child titled 'mold'")
         time.sleep(0.5)  # the announcements come right before the last task returns
         res.update(_memory(m, workers, mold))
@@ -192,7 +218,7 @@ def refork_once(ctx: Ctx, variant: str, app: str, kills: int) -> dict[str, Any]:
         L.stop(m)
 
 
-def _share(res: dict[str, Any], base: dict[str, Any]) -> Value:
+def _share(res: dict[str, Any] | str | None, base: dict[str, Any] | str | None) -> Value:
     """Extra PSS per worker over the `none` app, as a % of the state's size."""
     if not isinstance(res, dict) or not isinstance(base, dict) or not res.get("state_bytes"):
         return res if isinstance(res, str) else base if isinstance(base, str) else "error"
@@ -201,11 +227,10 @@ def _share(res: dict[str, Any], base: dict[str, Any]) -> Value:
 
 def s13_refork(ctx: Ctx) -> list[Row]:
     kills = 2 if ctx.quick else 5
-    raw: dict[str, dict[str, Any]] = {v: {} for v in VARIANTS}
-    for variant in VARIANTS:
-        peer = "gunicorn" if variant == GUNICORN else "unicornish"
-        for app in APPS:
-            if ctx.missing(peer):
+    raw: dict[str, dict[str, Any]] = {name: {} for name in VARIANTS}
+    for variant, v in VARIANTS.items():
+        for app in v.apps:
+            if ctx.missing(v.peer):
                 raw[variant][app] = "not installed"
                 continue
             if isinstance(raw[variant].get("heap"), str) and "refork-after" in raw[variant]["heap"]:
@@ -213,7 +238,7 @@ def s13_refork(ctx: Ctx) -> list[Row]:
                 continue
             ctx.log(f"13 refork {variant} [{app}]: {WORKERS} workers x {TASKS} tasks")
             try:
-                raw[variant][app] = refork_once(ctx, variant, app, kills)
+                raw[variant][app] = refork_once(ctx, v, app, kills if v.kills else 0)
             except Unsupported as exc:
                 raw[variant][app] = f"n/a: {exc}"
                 ctx.log(f"  {exc}")
@@ -233,12 +258,21 @@ def _rows(ctx: Ctx, raw: dict[str, dict[str, Any]], kills: int) -> list[Row]:
         if not isinstance(r, dict):
             return r or "error"
         v = r.get(key)
-        return v * scale if _num(v) else "error: none"
+        return v * scale if isinstance(v, (int, float)) else "error: none"
+
+    def share(variant: str, app: str) -> Value:
+        return _share(raw[variant].get(app), raw[BASELINE.get(variant, variant)].get("none"))
 
     def row(metric: str, unit: str, mine: Value, theirs: Value, **kw: Any) -> Row:
         vals: dict[str, Value] = {"unicornish": mine, "gunicorn": theirs}
         _fill_missing(ctx, vals, na)
         return Row(SCENARIO, metric, unit, vals, **kw)
+
+    def respawn(variant: str, app: str) -> Value:
+        r = raw[variant].get(app)
+        if isinstance(r, dict) and "respawn" in r:
+            return summary(r["respawn"]["to_full_speed_s"])["p50"] * 1000
+        return r if isinstance(r, str) else "error"
 
     rows: list[Row] = []
     for app in ("heap", "stdlib"):
@@ -251,45 +285,44 @@ def _rows(ctx: Ctx, raw: dict[str, dict[str, Any]], kills: int) -> list[Row]:
                 compare=False,
             )
         )
-        for variant in (NO_REFORK, REFORK):
-            g = GUNICORN
+        pairs = ((NO_REFORK, GUNICORN), (REFORK, GUNICORN), (REFORK_R0, GUNICORN_R0))
+        for variant, theirs in pairs:
             rows.append(
                 row(
                     f"{app}: PSS per worker (8), {variant}",
                     "MiB",
                     val(variant, app, "worker_pss_mean", mib),
-                    val(g, app, "worker_pss_mean", mib),
+                    val(theirs, app, "worker_pss_mean", mib),
                 )
             )
-            rows.append(
-                row(
-                    f"{app}: total PSS, {variant}",
-                    "MiB",
-                    val(variant, app, "total_pss", mib),
-                    val(g, app, "total_pss", mib),
+            if variant != REFORK_R0:
+                rows.append(
+                    row(
+                        f"{app}: total PSS, {variant}",
+                        "MiB",
+                        val(variant, app, "total_pss", mib),
+                        val(theirs, app, "total_pss", mib),
+                    )
                 )
-            )
-            share = row(
+            r = row(
                 f"{app}: extra PSS per worker, % of the state, {variant}",
                 "%",
-                _share(raw[variant].get(app), raw[variant].get("none")),
-                _share(raw[g].get(app), raw[g].get("none")),
+                share(variant, app),
+                share(theirs, app),
             )
             if variant == REFORK:
-                share.target = "< 15%"
-                v = share.values["unicornish"]
-                share.met = (v < 15.0) if _num(v) else None  # type: ignore[operator]
-            rows.append(share)
+                r.target = "< 15%"
+                v = r.values["unicornish"]
+                r.met = (v < 15.0) if _num(v) else None  # type: ignore[operator]
+            rows.append(r)
         for variant in (NO_REFORK, REFORK):
-            lat: dict[str, Value] = {}
-            for name, v in (("unicornish", variant), ("gunicorn", GUNICORN)):
-                r = raw[v].get(app)
-                if isinstance(r, dict) and "respawn" in r:
-                    lat[name] = summary(r["respawn"]["to_full_speed_s"])["p50"] * 1000
-                else:
-                    lat[name] = r if isinstance(r, str) else "error"
             rows.append(
-                row(f"{app}: respawn to first full-speed task, {variant}", "ms", *lat.values())
+                row(
+                    f"{app}: respawn to first full-speed task, {variant}",
+                    "ms",
+                    respawn(variant, app),
+                    respawn(GUNICORN, app),
+                )
             )
     for variant in (NO_REFORK, REFORK):
         rows.append(
@@ -302,10 +335,11 @@ def _rows(ctx: Ctx, raw: dict[str, dict[str, Any]], kills: int) -> list[Row]:
             )
         )
     rows[0].note = (
-        f"8 workers x {TASKS} tasks each, all preloaded; gunicorn: preload_app, the same tasks as"
-        f" WSGI requests; total PSS = master + 8 workers (+ the mold with {REFORK}); % of the"
-        f" state = (PSS per worker - with the empty app) / the state's USS in one worker;"
-        f" respawn: p50 of {kills} SIGKILLs, to the end of the replacement's first task with"
-        " its state complete"
+        f"8 workers x {TASKS} tasks each, all preloaded; gunicorn: preload_app, the same tasks"
+        f" as WSGI requests; a warm task reads {READS} records (heap) or module attributes"
+        f" (stdlib), '{REFORK_R0}': none; total PSS = master + 8 workers (+ the mold with"
+        f" {REFORK}); % of the state = (PSS per worker - with the empty app) / the state's USS"
+        f" in one worker; respawn: p50 of {kills} SIGKILLs, to the end of the replacement's"
+        " first task with its state complete"
     )
     return rows
