@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             + "\n\n"
         )
         f.write(markdown_table(rows) + "\n")
-    why = None
+    why = "scenario 1 not run"  # no respawn data: say so instead of naming an old plot
     if "respawn" in ctx.raw:
         why = plot_respawn(
             os.path.join(args.out, "respawn.png"),
