@@ -45,6 +45,10 @@ GUNICORN = "gunicorn --preload"
 # CPython's reference counting un-shares the pages that the reads touch.
 REFORK_R0 = f"{REFORK}, no reads"
 GUNICORN_R0 = f"{GUNICORN}, no reads"
+# And with 10x the tasks: the reads keep un-sharing pages, so the cost of a
+# mold-born worker grows with the tasks it has run since it was forked.
+LONG_TASKS = 2000
+REFORK_LONG = f"{REFORK}, {LONG_TASKS} tasks"
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class Variant:
     reads: int
     apps: tuple[str, ...] = ("heap", "stdlib", "none")
     kills: bool = True  # time respawns in this variant
+    tasks: int = TASKS  # per worker
 
 
 VARIANTS = {
@@ -63,8 +68,9 @@ VARIANTS = {
     # `none` reads nothing anyway: these two use the baselines above.
     REFORK_R0: Variant("unicornish", True, 0, ("heap", "stdlib"), kills=False),
     GUNICORN_R0: Variant("gunicorn", False, 0, ("heap", "stdlib"), kills=False),
+    REFORK_LONG: Variant("unicornish", True, READS, ("heap", "stdlib"), False, LONG_TASKS),
 }
-BASELINE = {REFORK_R0: REFORK, GUNICORN_R0: GUNICORN}
+BASELINE = {REFORK_R0: REFORK, GUNICORN_R0: GUNICORN, REFORK_LONG: REFORK}
 
 
 class Unsupported(BenchError):
@@ -129,7 +135,7 @@ def _wait(ctx: Ctx, m: Master, what: str, pred: Any, timeout: float) -> Any:
 
 
 def _settled(m: Master) -> tuple[list[int], int | None] | None:
-    """The generation once it is WORKERS workers that have all run their TASKS tasks."""
+    """The generation once it is WORKERS workers that have all run their tasks."""
     workers, mold = _generation(m)
     done = _by_kind(m.msgs(), "done")
     if len(workers) == WORKERS and all(p in done for p in workers):
@@ -191,7 +197,7 @@ def _respawns(ctx: Ctx, m: Master, workers: list[int], kills: int) -> dict[str, 
 def refork_once(ctx: Ctx, v: Variant, app: str, kills: int) -> dict[str, Any]:
     L = ctx.launcher
     args = ["--refork-after", str(REFORK_AFTER)] if v.refork else []
-    env = {"BENCH_LAZY": app, "BENCH_LAZY_TASKS": str(TASKS), "BENCH_LAZY_READS": str(v.reads)}
+    env = {"BENCH_LAZY": app, "BENCH_LAZY_TASKS": str(v.tasks), "BENCH_LAZY_READS": str(v.reads)}
     m = L.start(v.peer, WORKERS, app="lazy", preload=True, extra_env=env, extra_args=args)
     try:
         t0 = time.monotonic()
@@ -236,7 +242,7 @@ def s13_refork(ctx: Ctx) -> list[Row]:
             if isinstance(raw[variant].get("heap"), str) and "refork-after" in raw[variant]["heap"]:
                 raw[variant][app] = raw[variant]["heap"]  # no --refork-after: do not retry
                 continue
-            ctx.log(f"13 refork {variant} [{app}]: {WORKERS} workers x {TASKS} tasks")
+            ctx.log(f"13 refork {variant} [{app}]: {WORKERS} workers x {v.tasks} tasks")
             try:
                 raw[variant][app] = refork_once(ctx, v, app, kills if v.kills else 0)
             except Unsupported as exc:
@@ -253,14 +259,20 @@ def _rows(ctx: Ctx, raw: dict[str, dict[str, Any]], kills: int) -> list[Row]:
     mib = 1.0 / (1 << 20)
     na = {"unicorn": "no lazy Ruby app"}
 
-    def val(variant: str, app: str, key: str, scale: float = 1.0) -> Value:
+    not_run = "n/a: not run (own copy)"
+
+    def val(variant: str | None, app: str, key: str, scale: float = 1.0) -> Value:
+        if variant is None:
+            return not_run
         r = raw[variant].get(app)
         if not isinstance(r, dict):
             return r or "error"
         v = r.get(key)
         return v * scale if isinstance(v, (int, float)) else "error: none"
 
-    def share(variant: str, app: str) -> Value:
+    def share(variant: str | None, app: str) -> Value:
+        if variant is None:
+            return not_run
         return _share(raw[variant].get(app), raw[BASELINE.get(variant, variant)].get("none"))
 
     def row(metric: str, unit: str, mine: Value, theirs: Value, **kw: Any) -> Row:
@@ -285,7 +297,12 @@ def _rows(ctx: Ctx, raw: dict[str, dict[str, Any]], kills: int) -> list[Row]:
                 compare=False,
             )
         )
-        pairs = ((NO_REFORK, GUNICORN), (REFORK, GUNICORN), (REFORK_R0, GUNICORN_R0))
+        pairs = (
+            (NO_REFORK, GUNICORN),
+            (REFORK, GUNICORN),
+            (REFORK_R0, GUNICORN_R0),
+            (REFORK_LONG, None),  # gunicorn: each worker has its own copy whatever it reads
+        )
         for variant, theirs in pairs:
             rows.append(
                 row(
@@ -295,7 +312,7 @@ def _rows(ctx: Ctx, raw: dict[str, dict[str, Any]], kills: int) -> list[Row]:
                     val(theirs, app, "worker_pss_mean", mib),
                 )
             )
-            if variant != REFORK_R0:
+            if variant in (NO_REFORK, REFORK):
                 rows.append(
                     row(
                         f"{app}: total PSS, {variant}",
@@ -337,7 +354,9 @@ def _rows(ctx: Ctx, raw: dict[str, dict[str, Any]], kills: int) -> list[Row]:
     rows[0].note = (
         f"8 workers x {TASKS} tasks each, all preloaded; gunicorn: preload_app, the same tasks"
         f" as WSGI requests; a warm task reads {READS} records (heap) or module attributes"
-        f" (stdlib), '{REFORK_R0}': none; total PSS = master + 8 workers (+ the mold with"
+        f" (stdlib), '{REFORK_R0}': none; '{REFORK_LONG}': {LONG_TASKS} tasks per worker,"
+        " gunicorn not run (its workers share none of the state whatever they read);"
+        " total PSS = master + 8 workers (+ the mold with"
         f" {REFORK}); % of the state = (PSS per worker - with the empty app) / the state's USS"
         f" in one worker; respawn: p50 of {kills} SIGKILLs, to the end of the replacement's"
         " first task with its state complete"
