@@ -7,9 +7,10 @@ with `--refork-after 100`, and gunicorn with `preload_app` (all preloaded).
 Each worker runs BENCH_LAZY_TASKS (200) tasks back to back, then idles. A warm
 task reads 8 records or module attributes; the refork and gunicorn runs are
 repeated with warm tasks that read nothing, since every read changes reference
-counts and so un-shares the pages it touches.
+counts and so un-shares the pages it touches, and reforking once more with
+2000 tasks per worker, since that un-sharing goes on with every task.
 
-Memory, once every worker of the last generation has run its 200 tasks: PSS
+Memory, once every worker of the last generation has run its tasks: PSS
 and USS from /proc/PID/smaps_rollup of the master, the 8 workers and the mold.
 "Extra PSS per worker, % of the state" is (PSS per worker with the app - PSS
 per worker of the same server with `none`) / the state's size in one process
