@@ -76,7 +76,7 @@ def test_reference_defaults_match_the_code() -> None:
     for option in OPTIONS:
         value = getattr(settings, option.name)
         shown = defaults[option.short or option.flag_name]
-        if value is None or value is False:
+        if value is None or value is False or value == ():
             assert shown in ("off", "none", "stderr") or shown.startswith("required"), option.name
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             assert float(shown) == value, option.name

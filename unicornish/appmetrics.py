@@ -96,8 +96,10 @@ class Arena:
         "decls",
     )
 
-    def __init__(self) -> None:
-        self._map = mmap.mmap(-1, ARENA_SIZE, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+    def __init__(self, fd: int = -1) -> None:
+        # fd: a memfd of ARENA_SIZE bytes, for a worker forked by a mold.
+        flags = mmap.MAP_SHARED if fd >= 0 else mmap.MAP_SHARED | mmap.MAP_ANONYMOUS
+        self._map = mmap.mmap(fd, ARENA_SIZE, flags=flags)
         view = memoryview(self._map)
         self.magic = view[0:8].cast("I")  # magic, layout
         self.generation = view[8:16].cast("Q")

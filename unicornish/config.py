@@ -185,6 +185,32 @@ def optional_count(value: Any) -> int | None:
     return count(value) or None
 
 
+def task_counts(value: Any) -> tuple[int, ...]:
+    """--refork-after N[,N2,...]: task counts > 0, a comma-separated string or a
+    list (config file); 0, "" or None: off."""
+    if value is None or value is False:
+        return ()
+    if isinstance(value, (list, tuple)):
+        items = list(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        items = [value]
+    else:
+        items = [part for part in str(value).split(",")]
+    what = "task counts > 0, separated by commas (e.g. 50,500)"
+    numbers = []
+    for item in items:
+        try:
+            number = count(item)
+        except ValueError:
+            raise ValueError(f"must be {what}, got {value!r}") from None
+        numbers.append(number)
+    if numbers == [0]:
+        return ()
+    if not numbers or 0 in numbers:
+        raise ValueError(f"must be {what}, got {value!r}")
+    return tuple(numbers)
+
+
 def optional_mebibytes(value: Any) -> float | None:
     if value is None or value is False:
         return None
@@ -320,6 +346,13 @@ OPTIONS: tuple[Option, ...] = (
         "N",
     ),
     Option(
+        "refork_after",
+        task_counts,
+        "when a worker has done N tasks it becomes the mold that new workers fork from "
+        "(warm, sharing its memory); N2 for the next generation, and so on (default off)",
+        "N[,N2,...]",
+    ),
+    Option(
         "max_memory",
         optional_mebibytes,
         "recycle a worker gracefully whose USS exceeds this many MiB (default off)",
@@ -387,6 +420,7 @@ class Settings:
     metrics: str | None = None
     max_tasks: int | None = None
     max_memory: float | None = None
+    refork_after: tuple[int, ...] = ()
     user: str | None = None
     subreaper: bool = False
     term: str = "quick"

@@ -21,6 +21,7 @@ ctl` takes, for `socat`/`nc -U` users:
     {"command": "stop", "quick": true}         stop --quick
     {"command": "upgrade"}                     upgrade
     {"command": "metrics"}                     metrics
+    {"command": "refork"}                      refork
 
 Replies: {"ok": true, ...} or {"ok": false, "error": "..."}. Commands run
 the same code as the signals (scale = TTIN/TTOU, reload = HUP, reopen = USR1,
@@ -93,6 +94,8 @@ class Commands(Protocol):
     def upgrade(self, why: str) -> tuple[int | None, str | None]: ...
 
     def metrics_text(self) -> str: ...
+
+    def refork(self) -> str | None: ...
 
 
 # -- creating the socket ------------------------------------------------------
@@ -481,6 +484,9 @@ class ControlServer:
             if pid is None:
                 return error(refusal or "upgrade failed; see the master's log")
             return {"ok": True, "new_master_pid": pid}
+        if command == "refork":
+            failure = m.refork()
+            return error(failure) if failure else {"ok": True}
         return error(f"unknown command {command!r}")
 
     # -- USR2 and exit -----------------------------------------------------------------

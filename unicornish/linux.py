@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 
 import psutil
 
@@ -32,6 +33,18 @@ def set_parent_death_signal(signum: int) -> bool:
 
 def set_child_subreaper() -> bool:
     return _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def shared_memory(name: str, size: int) -> int:
+    """A memfd of `size` zero bytes: shared pages that can be handed to a process
+    the master does not fork itself, over a unix socket."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, size)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 def process_is_gone(pid: int, create_time: float) -> bool:

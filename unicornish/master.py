@@ -20,7 +20,7 @@ from typing import Any
 
 import psutil
 
-from unicornish import __version__, linux, log, pid1, pidfile, proctitle
+from unicornish import __version__, linux, log, mold, pid1, pidfile, proctitle
 from unicornish import app as app_module
 from unicornish import listeners as listeners_module
 from unicornish.app import App
@@ -44,6 +44,7 @@ from unicornish.protocol import (
 from unicornish.readiness import Readiness, not_ready_reason
 from unicornish.recycle import GiveUp, MemoryLimit
 from unicornish.reexec import Upgrade
+from unicornish.refork import Reforker
 from unicornish.reload import Reloader, apply_settings, become_subreaper, write_pid_file
 from unicornish.shutdown import Shutdown
 from unicornish.spares import Spares
@@ -89,12 +90,17 @@ class Master:
             self.notifier,
             self.stopper,
             table,
-            lambda now, quick, wait: self.spares.stop_all(now, quick, wait),
+            self.stop_others,
             lambda: self.settings,
         )
         # Metrics for the master's endpoint (collect() objects): the apps' own,
         # summed over workers and kept across their deaths, and deaths by cause.
-        self.app_metrics = AppMetrics(lambda: [w.arena for w in table if w.arena is not None])
+        # Spares are left out (they have not served); a mold counts what it did as a worker.
+        self.app_metrics = AppMetrics(
+            lambda: [
+                w.arena for t in (table, self.reforker.molds) for w in t if w.arena is not None
+            ]
+        )
         self.deaths = Deaths()  # reads the cgroup's OOM-kill count now, at start
         self.stats = StatsReader()  # per-worker figures for `status`
         self.build_workers(settings, app, identity, cli_values)
@@ -115,7 +121,8 @@ class Master:
         loop.add_reader(report_r, lambda: self.pool.read_reports(report_r))
         loop.close_in_child(lambda: os.close(report_r))
         create_time = psutil.Process(self.pid).create_time()
-        spawner = Spawner(loop, self.log, self.pid, create_time, self.listeners, report_w)
+        address = mold.new_address(self.pid)
+        spawner = Spawner(loop, self.log, self.pid, create_time, self.listeners, report_w, address)
         self.pool = Pool(
             table, spawner, self.stopper, self.log, self.current, self.is_stopping, settings.workers
         )
@@ -152,6 +159,21 @@ class Master:
         )
         self.stopper.tables.append(self.spares.procs)
         loop.close_in_child(self.spares.close_in_child)
+        self.reforker = Reforker(
+            loop,
+            self.log,
+            table,
+            self.stopper,
+            address,
+            self.current,
+            lambda: self.reloader.rolling is not None or self.stopping is not None,
+            self.reloader.refork,
+        )
+        self.stopper.tables.append(self.reforker.molds)
+        self.pool.on_warm = self.reforker.warm
+        spawner.mold_failed = self.reforker.mold_failed
+        self.reloader.on_settled = self.reforker.settled
+        self.reloader.on_reload = self.reforker.reset
 
     def build_operations(
         self, settings: Settings, ready_fd: int | None, control_sock: socket.socket | None
@@ -172,7 +194,7 @@ class Master:
             self.notifier,
             self.log,
             lambda: self.pool.wanted,
-            lambda: self.reloader.rolling is not None or self.stopping is not None,
+            lambda: self.reloader.reloading() or self.stopping is not None,
             self.upgrade_.announce_ready,
             ready_fd,
         )
@@ -197,6 +219,7 @@ class Master:
             self.listeners,
             tallies,
             __version__,
+            self.reforker.molds,
         )
         self.metrics = Metrics([master, self.app_metrics, self.deaths], tallies)
         if sock is None:
@@ -245,6 +268,7 @@ class Master:
             ("readiness", self.readiness.tick),
             ("watchdog", Watchdog(self.notifier, self.is_stopping).tick),
             ("scale log", self.pool.scale_log.tick),
+            ("refork", self.reforker.tick),
         ]
         if self.control is not None:
             duties.append(("control", self.control.tick))
@@ -286,7 +310,7 @@ class Master:
         while True:
             self.guarded("signals", self.process_signals)
             self.guarded("reaping", self.reap_all_workers)
-            if self.is_stopping() and not len(self.table) and not len(self.spares.procs):
+            if self.is_stopping() and not any(len(t) for t in self.stopper.tables):
                 break
             now = time.monotonic()
             wake = now + self.settings.poll
@@ -431,6 +455,7 @@ class Master:
         for w in self.table:
             self.stopper.signal(w, signal.SIGUSR1)
         self.spares.reopen_logs()
+        self.reforker.reopen_logs()
         return error
 
     def upgrade(self, why: str) -> tuple[int | None, str | None]:
@@ -444,6 +469,17 @@ class Master:
             except BaseException:  # noqa: BLE001 - not even sys.exit() in the hook kills the master
                 self.log.exception("before_exec failed")
 
+    def stop_others(self, now: float, quick: bool, wait: float) -> None:
+        """What a stop does besides the workers: spares and molds."""
+        self.spares.stop_all(now, quick, wait)
+        self.reforker.stop_all(now, quick, wait)
+
+    def refork(self) -> str | None:
+        """`ctl refork`: promote a worker to mold now; why not, if it cannot."""
+        if self.stopping:
+            return "master is stopping"
+        return self.reforker.by_hand()
+
     def stop(self, quick: bool, why: str, exit_code: int | None = None) -> None:
         """INT, TERM, QUIT, `ctl stop`, --give-up-after (see shutdown.py)."""
         self.shutdown.stop(quick, why, exit_code)
@@ -453,7 +489,7 @@ class Master:
         `status` ("ready", "not_ready"), `status --ready` and readiness probes."""
         return not_ready_reason(
             self.stopping,
-            self.reloader.rolling is not None,
+            self.reloader.reloading(),
             self.readiness.booted,
             self.pool.wanted,
             self.readiness.ready_slots(),
@@ -490,6 +526,11 @@ class Master:
             text, code, signum = describe_status(status)
             w = self.table.pop(pid)
             if w is None:
+                promoted = self.reforker.reaped(pid, text)
+                if promoted is not None:
+                    self.metrics.tallies.worker_reaped(promoted.nr, promoted.board.task_count())
+                    self.retire_pages(promoted)
+                    continue
                 spare = self.spares.procs.get(pid)
                 # Every SIGKILL is checked, so an OOM kill explains one death only.
                 if self.deaths.out_of_memory(signum, spare is not None and spare.killed):
@@ -525,12 +566,8 @@ class Master:
         if was_ready and w.ready_at is None:
             w.ready_at = now
         tasks = w.board.task_count()
-        w.board.close()
         self.metrics.tallies.worker_reaped(w.nr, tasks)
-        if w.arena is not None:
-            # Its counters and histograms live on in the totals; the arena goes.
-            self.app_metrics.retire(w.arena)
-            w.arena = None
+        self.retire_pages(w)
         self.give_up.on_reaped(w, now)
         if code == 0 and w.max_tasks and tasks >= w.max_tasks and not w.stopping:
             self.log.info("%s pid=%d recycled after %d tasks (--max-tasks)", w.label, w.pid, tasks)
@@ -546,6 +583,13 @@ class Master:
             self.reloader.abort(w, code, self.table)
             return
         self.pool.record_exit(w, code, signum, now, tasks)
+
+    def retire_pages(self, w: WorkerProc) -> None:
+        w.board.close()
+        if w.arena is not None:
+            # Its counters and histograms live on in the totals; the arena goes.
+            self.app_metrics.retire(w.arena)
+            w.arena = None
 
     def metrics_text(self) -> str:
         """`ctl metrics`: the text /metrics serves."""
@@ -568,7 +612,7 @@ class Master:
         reason = self.not_ready_reason()
         summary["ready"] = reason is None
         summary["not_ready"] = reason
-        return collect_status(summary, self.table, self.stats)
+        return collect_status(summary, [*self.table, *self.reforker.molds], self.stats)
 
     def finish(self) -> int:
         if self.control is not None:

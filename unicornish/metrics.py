@@ -234,8 +234,11 @@ class MasterCollector:
         listeners: list[socket.socket],
         tallies: Tallies,
         version: str,
+        molds: WorkerTable | None = None,
     ) -> None:
         self.table = table
+        # A mold's tasks stay in its slot's count until it is reaped, as a worker's do.
+        self.molds = molds if molds is not None else WorkerTable()
         self.wanted = wanted
         self.spares = spares
         self.held_back = held_back
@@ -283,7 +286,7 @@ class MasterCollector:
             "Tasks completed in a worker slot, by all its workers so far",
             labels=["nr"],
         )
-        for nr, total in sorted(self.tallies.tasks_by_slot(self.table).items()):
+        for nr, total in sorted(self.tallies.tasks_by_slot([*self.table, *self.molds]).items()):
             tasks.add_metric([str(nr)], total)
         yield tasks
         for what, results, help_text in (

@@ -83,6 +83,7 @@ commands:
   stop [--quick]  graceful stop (as QUIT), or a quick stop (as INT)
   upgrade         re-exec a new master (as USR2)
   metrics         print the master's Prometheus metrics (the text of /metrics)
+  refork          make the busiest ready worker the mold new workers fork from
 
 options:
   --control PATH  the master's control socket (default: ${CONTROL_ENV})
@@ -489,7 +490,7 @@ def parse_ctl(args: list[str]) -> tuple[str, dict[str, Any]]:
         if rest not in ([], ["--quick"]):
             raise UsageError(f"ctl stop takes only --quick, got {' '.join(rest)!r}")
         payload["quick"] = bool(rest)
-    elif command in ("status", "ttin", "ttou", "reload", "reopen", "upgrade", "metrics"):
+    elif command in ("status", "ttin", "ttou", "reload", "reopen", "upgrade", "metrics", "refork"):
         if rest:
             raise UsageError(f"ctl {command} takes no argument, got {' '.join(rest)!r}")
     else:

@@ -21,7 +21,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from unicornish.backoff import CrashBackoff
-from unicornish.protocol import EXIT_BOOT_FAILED, EXIT_UNASKED, REPORT_READY, decode_reports
+from unicornish.protocol import (
+    EXIT_BOOT_FAILED,
+    EXIT_UNASKED,
+    REPORT_READY,
+    REPORT_WARM,
+    decode_reports,
+)
 from unicornish.spawner import Release, Spawner
 from unicornish.workers import Slots, Stopper, WorkerProc, WorkerTable
 
@@ -48,6 +54,7 @@ def plan_slots(
     reloading: bool,
     not_before: Callable[[int], float],
     now: float,
+    batch: int | None = None,
 ) -> SlotPlan:
     """`current`: live workers of the current generation by slot; `old`: of older ones.
 
@@ -76,7 +83,7 @@ def plan_slots(
         return plan  # the common case: every slot filled
     # Replacing a running old worker waits for the new one to be ready, a few
     # at a time: a broken reload must never cost more than that.
-    batch = max(1, math.ceil(wanted / 4))
+    batch = batch or max(1, math.ceil(wanted / 4))
     replacing = 0
     if old_slots:
         replacing = sum(1 for w in current.values() if w.ready_at is None and w.nr in old_slots)
@@ -127,7 +134,11 @@ class Pool:
         self.spares: SpareSource | None = None
         self.scale_log = ScaleLog(log)
         self.reloading = False
+        # Old workers replaced at a time (None: a quarter of the count, as for HUP).
+        self.batch: int | None = None
         self.on_reload_done: Callable[[], None] = lambda: None
+        # A worker said it is warm (--refork-after).
+        self.on_warm: Callable[[WorkerProc], None] = lambda w: None
 
     # -- the duty ---------------------------------------------------------------
 
@@ -139,7 +150,9 @@ class Pool:
         generation = self.release().generation
         current = self.table.slots(generation)
         old = self.table.live_not_of(generation)
-        plan = plan_slots(self.wanted, current, old, self.reloading, self.backoff.not_before, now)
+        plan = plan_slots(
+            self.wanted, current, old, self.reloading, self.backoff.not_before, now, self.batch
+        )
         for w in plan.stop:
             self.stopper.stop(w, signal.SIGQUIT, now, self.release().settings.graceful_timeout)
         if plan.reload_done:
@@ -213,8 +226,12 @@ class Pool:
             data = b""
         for pid, event in decode_reports(data):
             w = self.table.get(pid)
-            if w is not None and event == REPORT_READY and w.ready_at is None:
+            if w is None:
+                continue
+            if event == REPORT_READY and w.ready_at is None:
                 self.table.mark_ready(w, now)
+            elif event == REPORT_WARM:
+                self.on_warm(w)
         self.notice_ready(now)
 
     def notice_ready(self, now: float) -> None:

@@ -26,3 +26,7 @@ def set_worker_title(nr: int, app_name: str) -> None:
 def set_spare_title(app_name: str) -> None:
     # Not `worker[...]`: a spare is no worker until the master gives it a slot.
     _set(f"unicornish spare {app_name}", "spare")
+
+
+def set_mold_title(app_name: str) -> None:
+    _set(f"unicornish mold {app_name}", "mold")

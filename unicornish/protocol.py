@@ -22,6 +22,9 @@ EXIT_TASK_FAILED = 1
 EXIT_BOOT_FAILED = 3
 # How an unasked-for exit 0 counts for the crash-loop backoff (any non-zero code).
 EXIT_UNASKED = 255
+# What Worker.run returns when the worker was promoted to mold: never an exit
+# code, the process goes on serving forks (mold.py).
+BECAME_MOLD = -1
 
 # Sent by the master before a timeout SIGKILL: faulthandler dumps the stack.
 TRACEBACK_SIGNAL = signal.SIGUSR2
@@ -40,7 +43,11 @@ HANDLED_SIGNALS: tuple[signal.Signals, ...] = (
     signal.SIGCONT,
 )
 
-HOOK_NAMES = ("before_fork", "after_fork", "worker_exit", "before_exec")
+HOOK_NAMES = ("before_fork", "after_fork", "worker_exit", "before_exec", "after_mold")
+
+# The master asks a worker to become the mold (--refork-after, `ctl refork`).
+# Ignored by default, so a process that has no handler for it yet is not hurt.
+PROMOTE_SIGNAL = signal.SIGURG
 
 # The most workers one master keeps. Each costs a process and a shared page;
 # far beyond this the pid and memory limits of one host are reached first, and
@@ -56,6 +63,8 @@ METRICS_FD_ENV = "UNICORNISH_METRICS_FD"
 _REPORT = struct.Struct("=ii")
 REPORT_SIZE = _REPORT.size
 REPORT_READY = 1
+# A worker completed the task count of --refork-after: it may become the mold.
+REPORT_WARM = 2
 
 # What the master writes to a spare's pipe: the slot number it takes.
 _SLOT = struct.Struct("=i")
@@ -104,8 +113,21 @@ def describe_status(status: int) -> tuple[str, int | None, int | None]:
 # A request line longer than this is refused and the connection closed.
 MAX_LINE = 64 * 1024
 
-COMMANDS = ("status", "scale", "ttin", "ttou", "reload", "reopen", "stop", "upgrade", "metrics")
-COMMANDS_HELP = "status, scale N, ttin, ttou, reload, reopen, stop [--quick], upgrade, metrics"
+COMMANDS = (
+    "status",
+    "scale",
+    "ttin",
+    "ttou",
+    "reload",
+    "reopen",
+    "stop",
+    "upgrade",
+    "metrics",
+    "refork",
+)
+COMMANDS_HELP = (
+    "status, scale N, ttin, ttou, reload, reopen, stop [--quick], upgrade, metrics, refork"
+)
 
 
 class RequestError(Exception):

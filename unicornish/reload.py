@@ -25,6 +25,7 @@ from unicornish.app import AppError, load_app
 from unicornish.autoscale import count_after_reload
 from unicornish.config import Settings, build_settings
 from unicornish.errors import StartupError
+from unicornish.mold import MoldLink
 from unicornish.pool import Pool
 from unicornish.spawner import Release
 from unicornish.systemd import Notifier, monotonic_usec
@@ -40,6 +41,7 @@ class RollingReload:
     rollback: Release  # the last release proven to work
     rollback_wanted: int
     wanted: int  # the count this reload set; a TTIN/TTOU since then is kept on abort
+    kind: str = "reload"  # or "refork": the same release, forked from a mold
 
 
 def build_release(cli_values: dict[str, Any], generation: int) -> tuple[Release, list[str]]:
@@ -157,7 +159,15 @@ class Reloader:
         self.pending = False
         # Told "done" or "failed" as each reload ends (the metrics count them).
         self.on_result: Callable[[str], None] = lambda result: None
+        # Told (kind, result, the release now current) as a reload or refork ends.
+        self.on_settled: Callable[[str, str, Release], None] = lambda kind, result, release: None
+        # Told when a HUP (or `ctl reload`) brings a new release from the app file.
+        self.on_reload: Callable[[], None] = lambda: None
         pool.on_reload_done = self.commit
+
+    def reloading(self) -> bool:
+        """A HUP's release is rolling out (a refork is not: the app is the same)."""
+        return self.rolling is not None and self.rolling.kind == "reload"
 
     def hup(self) -> None:
         if time.monotonic() - self.last_at < RELOAD_COALESCE:
@@ -192,6 +202,7 @@ class Reloader:
             return str(exc)
         for warning in warnings:
             self.log.warning("%s", warning)
+        self.on_reload()
         # A HUP during a reload still goes back to the last *proven* release.
         rolling = self.rolling
         rollback = rolling.rollback if rolling else self.current
@@ -201,7 +212,27 @@ class Reloader:
         self.switch_to(release)
         self.pool.scale(wanted)
         self.pool.reloading = True
+        self.pool.batch = None
         return None
+
+    def refork(self, mold: MoldLink) -> bool:
+        """A generation forked from `mold`, replacing the workers one at a time;
+        False when a reload or refork is under way or the master is stopping."""
+        if self.rolling is not None or self.is_stopping():
+            return False
+        current = self.current
+        self.rolling = RollingReload(current, self.pool.wanted, self.pool.wanted, kind="refork")
+        self.switch_to(
+            replace(
+                current,
+                generation=current.generation + 1,
+                mold=mold,
+                refork_index=current.refork_index + 1,
+            )
+        )
+        self.pool.reloading = True
+        self.pool.batch = 1  # one at a time: each new worker forks from the mold
+        return True
 
     def switch_to(self, release: Release) -> None:
         old, self.current = self.current, release
@@ -209,25 +240,44 @@ class Reloader:
 
     def commit(self) -> None:
         """Every slot runs the new release."""
-        self.rolling = None
+        rolling, self.rolling = self.rolling, None
+        self.pool.batch = None
+        mold = self.current.mold
+        if rolling is not None and rolling.kind == "refork" and mold is not None:
+            if mold.usable:
+                how = f"forked from mold pid={mold.pid}"
+            else:
+                how = f"the first forked from mold pid={mold.pid}, the rest from the master"
+            self.log.info("refork done: %d workers %s", self.pool.wanted, how)
+            self.on_settled("refork", "done", self.current)
+            return
         if gc.get_freeze_count():
             # The old preloaded app sits in the frozen generation, out of the
             # collector's reach; thaw so it can be freed. The next fork freezes again.
             gc.unfreeze()
         self.log.info("reload done: %d workers run the new app", self.pool.wanted)
         self.on_result("done")
+        self.on_settled("reload", "done", self.current)
 
     def abort(self, failed: WorkerProc, code: int | None, table: WorkerTable) -> None:
         """A new worker died before it was ready: back to the last proven release."""
         rolling = self.rolling
         if rolling is None:
             return
-        self.log.error(
-            "reload failed: new %s exited before it was ready (status %s); "
-            "old workers and settings kept",
-            failed.label,
-            code,
-        )
+        if rolling.kind == "refork":
+            self.log.error(
+                "refork failed: new %s exited before it was ready (status %s); "
+                "workers fork from the previous template",
+                failed.label,
+                code,
+            )
+        else:
+            self.log.error(
+                "reload failed: new %s exited before it was ready (status %s); "
+                "old workers and settings kept",
+                failed.label,
+                code,
+            )
         now = time.monotonic()
         # A generation of its own for what we go back to: spares of the failed
         # release are retired, and every worker still running counts as current.
@@ -243,5 +293,10 @@ class Reloader:
             self.pool.scale(rolling.rollback_wanted)
         self.rolling = None
         self.pool.reloading = False
+        self.pool.batch = None
+        if rolling.kind == "refork":
+            self.on_settled("refork", "failed", self.current)
+            return
         self.notifier.send("READY=1")
         self.on_result("failed")
+        self.on_settled("reload", "failed", self.current)

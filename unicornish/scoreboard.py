@@ -18,16 +18,20 @@ import mmap
 BOOTING = 0
 IDLE = 1
 BUSY = 2
-STATE_NAMES = {BOOTING: "booting", IDLE: "idle", BUSY: "busy"}
+MOLD = 3  # promoted: takes no tasks, new workers fork from it (--refork-after)
+STATE_NAMES = {BOOTING: "booting", IDLE: "idle", BUSY: "busy", MOLD: "mold"}
 
-_SIZE = 64
+SIZE = 64
 
 
 class Scoreboard:
     __slots__ = ("_map", "beat", "tasks", "state")
 
-    def __init__(self) -> None:
-        self._map = mmap.mmap(-1, _SIZE, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+    def __init__(self, fd: int = -1) -> None:
+        # fd: a memfd of SIZE bytes, for a worker the master does not fork itself
+        # (a mold's child gets the page through a unix socket, not through fork).
+        flags = mmap.MAP_SHARED if fd >= 0 else mmap.MAP_SHARED | mmap.MAP_ANONYMOUS
+        self._map = mmap.mmap(fd, SIZE, flags=flags)
         view = memoryview(self._map)
         # One-element typed views: `board.beat[0] = t` is a single store.
         self.beat = view[0:8].cast("d")

@@ -21,8 +21,11 @@ from unicornish import appmetrics, linux, log, privileges
 from unicornish.app import App, CompiledApp, refresh_compiled
 from unicornish.config import Settings
 from unicornish.eventloop import EventLoop
+from unicornish.mold import MoldError, MoldLink
+from unicornish.mold import run as run_worker
 from unicornish.privileges import Identity
 from unicornish.protocol import EXIT_BOOT_FAILED, HANDLED_SIGNALS
+from unicornish.scoreboard import SIZE as BOARD_SIZE
 from unicornish.scoreboard import Scoreboard
 from unicornish.worker import Worker
 from unicornish.workers import WorkerProc
@@ -38,6 +41,16 @@ class Release:
     # Without --preload: the app file compiled in the master, inherited by each
     # new worker through the fork instead of compiled again in every child.
     compiled: CompiledApp | None = None
+    # Set when this generation's workers fork from a mold (--refork-after);
+    # which of the --refork-after counts they use (past the list: none).
+    mold: MoldLink | None = None
+    refork_index: int = 0
+
+    @property
+    def refork_at(self) -> int:
+        """After this many tasks a worker of this release says it is warm (0: never)."""
+        steps = self.settings.refork_after
+        return steps[self.refork_index] if self.refork_index < len(steps) else 0
 
     def fresh_compiled(self) -> CompiledApp | None:
         """The compiled app for the next fork: compiled anew if the file changed
@@ -67,6 +80,7 @@ class Spawner:
         master_create_time: float,
         listeners: list[socket.socket],
         report_fd: int,
+        mold_address: str,
     ) -> None:
         self.loop = loop
         self.log = log
@@ -74,6 +88,9 @@ class Spawner:
         self.master_create_time = master_create_time
         self.listeners = listeners
         self.report_fd = report_fd
+        self.mold_address = mold_address
+        # Told when a mold could not fork: it is given up (and stopped).
+        self.mold_failed: Callable[[MoldLink], None] = lambda link: None
 
     def spawn(
         self,
@@ -90,6 +107,10 @@ class Spawner:
         kind = "worker" if nr >= 0 else "spare"
         fields = {"nr": nr} if nr >= 0 else {}
         self.log.info("%s spawning..", label, extra=log.event(f"{kind}_spawning", **fields))
+        if release.mold is not None and release.mold.usable:
+            from_mold = self.spawn_from_mold(release.mold, nr, label, release, max_tasks, assign_fd)
+            if from_mold is not None:
+                return from_mold
         record = self.new_record(nr, label, release, max_tasks)
         if record is None:
             return None
@@ -138,19 +159,76 @@ class Spawner:
         )
         return record
 
+    def spawn_from_mold(
+        self,
+        mold: MoldLink,
+        nr: int,
+        label: str,
+        release: Release,
+        max_tasks: int | None,
+        assign_fd: int | None,
+    ) -> WorkerProc | None:
+        """A worker forked by the mold; None when it could not (logged): the
+        caller forks from the master instead."""
+        fds: list[int] = []
+        try:
+            fds.append(linux.shared_memory("unicornish-board", BOARD_SIZE))
+            fds.append(linux.shared_memory("unicornish-arena", appmetrics.ARENA_SIZE))
+            record = self.new_record(nr, label, release, max_tasks, fds)
+            if record is None:
+                return None
+            assert record.arena is not None
+            self.before_fork(record, release)
+            extra = [assign_fd] if assign_fd is not None else []
+            try:
+                pid = mold.fork(nr, max_tasks, release.refork_at, fds + extra)
+            except MoldError as exc:
+                record.board.close()
+                record.arena.close()
+                self.log.error(
+                    "mold pid=%d cannot fork %s: %s; forking from the master", mold.pid, label, exc
+                )
+                self.mold_failed(mold)
+                return None
+        except OSError as exc:
+            self.log.error("%s cannot spawn from the mold: %s", label, exc.strerror or exc)
+            return None
+        finally:
+            for fd in fds:
+                os.close(fd)
+        record.board.keep_from_children()
+        record.arena.keep_from_children()
+        record.pid = pid
+        fields = {"nr": nr} if nr >= 0 else {}
+        kind = "worker" if nr >= 0 else "spare"
+        self.log.info(
+            "%s spawned pid=%d (from mold pid=%d)",
+            label,
+            pid,
+            mold.pid,
+            extra=log.event(f"{kind}_spawned", pid=pid, **fields),
+        )
+        return record
+
     def new_record(
-        self, nr: int, label: str, release: Release, max_tasks: int | None
+        self,
+        nr: int,
+        label: str,
+        release: Release,
+        max_tasks: int | None,
+        fds: tuple[int, int] | list[int] = (-1, -1),
     ) -> WorkerProc | None:
         """The master's record of the child to fork, with its shared pages (its
-        scoreboard and its metrics arena); None when memory ran out (logged)."""
+        scoreboard and its metrics arena, on `fds` when given: memfds for a mold
+        to pass on); None when memory ran out (logged)."""
         try:
-            board = Scoreboard()
+            board = Scoreboard(fds[0])
         except (OSError, MemoryError) as exc:  # out of memory or address space
             why = getattr(exc, "strerror", None) or type(exc).__name__
             self.log.error("%s cannot spawn: scoreboard: %s; retrying", label, why)
             return None
         try:
-            arena = appmetrics.Arena()
+            arena = appmetrics.Arena(fds[1])
         except (OSError, MemoryError) as exc:
             board.close()
             why = getattr(exc, "strerror", None) or type(exc).__name__
@@ -177,6 +255,7 @@ class Spawner:
             record.board,
             release.app_name,
             record.max_tasks,
+            release.refork_at,
         )
         for hook in release.hooks("before_fork"):
             try:
@@ -225,8 +304,16 @@ class Spawner:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             worker.pid = os.getpid()
             settings = release.settings
-            code = worker.run(
-                release.app, settings.app or "", settings.hooks, self.report_fd, assign_fd, compiled
+            code = run_worker(
+                worker,
+                release.app,
+                settings.app or "",
+                settings.hooks,
+                self.report_fd,
+                assign_fd,
+                compiled,
+                settings.log_file,
+                self.mold_address,
             )
         except BaseException:  # noqa: BLE001 - the child must never return into the master's loop
             try:

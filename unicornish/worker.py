@@ -22,15 +22,18 @@ from typing import Any
 from unicornish import appmetrics, linux, log, proctitle
 from unicornish.app import App, AppError, CompiledApp, load_app
 from unicornish.protocol import (
+    BECAME_MOLD,
     EXIT_BOOT_FAILED,
     EXIT_OK,
     EXIT_TASK_FAILED,
+    PROMOTE_SIGNAL,
     REPORT_READY,
+    REPORT_WARM,
     TRACEBACK_SIGNAL,
     decode_slot,
     encode_report,
 )
-from unicornish.scoreboard import BUSY, IDLE, Scoreboard
+from unicornish.scoreboard import BUSY, IDLE, MOLD, Scoreboard
 
 # How often an idle worker in accept() re-checks its master by itself, in case
 # an app replaced our QUIT handler (the parent-death signal then goes unseen).
@@ -52,6 +55,7 @@ class Worker:
         scoreboard: Scoreboard,
         app_name: str,
         max_tasks: int | None = None,
+        refork_at: int = 0,
     ) -> None:
         self.nr = nr
         self.pid = os.getpid()
@@ -60,12 +64,17 @@ class Worker:
         self.log: logging.Logger = log.get_logger(f"worker{nr}")
         self.app: App | None = None
         self.max_tasks = max_tasks
+        # After this many tasks the master hears that we are warm (--refork-after).
+        self.refork_at = refork_at
         # The app's metrics: updated in shared memory, summed by the master.
         self.metrics: appmetrics.Registry = appmetrics.REGISTRY
         self._master_create_time = master_create_time
         self._board = scoreboard
         self._app_name = app_name
         self._stopping = False
+        self._quit = False  # QUIT (or the master's death), as opposed to a promotion
+        self._promote = False
+        self._report_fd = -1
         self._master_gone = False
         self._wake_r = -1
         self._wake_w = -1
@@ -209,6 +218,14 @@ class Worker:
         # QUIT is also our parent-death signal: tell the two apart by parent.
         if os.getppid() != self.master_pid:
             self._master_gone = True
+        self._quit = True
+        self._stopping = True
+        self._wake()
+
+    def _on_promote(self, signum: int, frame: object) -> None:
+        # Ends the current wait (accept, worker.alive) like QUIT; what follows
+        # the loop is becoming the mold instead of exiting.
+        self._promote = True
         self._stopping = True
         self._wake()
 
@@ -233,6 +250,7 @@ class Worker:
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
         signal.signal(signal.SIGUSR1, self._on_usr1)
+        signal.signal(PROMOTE_SIGNAL, self._on_promote)
         # Ignored, as Python has it: a write to a closed pipe or socket (the log's
         # reader gone, a client that hung up) is an EPIPE error, never a death.
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
@@ -244,6 +262,7 @@ class Worker:
     def _check_master(self) -> None:
         if os.getppid() != self.master_pid and self._master_is_gone():
             self._master_gone = True
+            self._quit = True
             self._stopping = True
 
     def _master_is_gone(self) -> bool:
@@ -291,6 +310,7 @@ class Worker:
         if self.master_pid != os.getppid():
             # The master died between fork and here; the death signal was set too late.
             self._master_gone = True
+            self._quit = True
             self._stopping = True
         if app is None:
             try:
@@ -317,15 +337,71 @@ class Worker:
         self.log.info(
             "worker[%d] ready", self.nr, extra=log.event("worker_ready", pid=self.pid, nr=self.nr)
         )
-        try:
-            os.write(report_fd, encode_report(self.pid, REPORT_READY))
-        except OSError:
-            pass
+        self._report_fd = report_fd
+        self._report(REPORT_READY)
         code = self._loop(app.worker_start)
         self._board.beat[0] = 0.0  # the last task is over: worker_exit is not timed
+        if code == EXIT_OK and self._promote and not self._quit:
+            return BECAME_MOLD
         if code == EXIT_OK:
             self._exit_cleanly(_hooks(config_hooks, app.hooks, "worker_exit"))
         return code
+
+    def _report(self, event: int) -> None:
+        try:
+            os.write(self._report_fd, encode_report(self.pid, event))
+        except OSError:
+            pass
+
+    # -- for the mold (mold.py) ----------------------------------------------
+
+    @property
+    def app_name(self) -> str:
+        return self._app_name
+
+    @property
+    def wake_fd(self) -> int:
+        return self._wake_r
+
+    @property
+    def quitting(self) -> bool:
+        """QUIT came, or the master is gone: a mold stops too."""
+        return self._quit or self._master_gone
+
+    def drain_wake(self) -> None:
+        self._drain_wake()
+
+    def check_master(self) -> None:
+        self._check_master()
+
+    def become_mold(self) -> None:
+        self._board.state[0] = MOLD
+        self._board.beat[0] = 0.0
+        self._stopping = False
+
+    def sibling(self, nr: int, board: Scoreboard, max_tasks: int | None, refork_at: int) -> Worker:
+        """The worker object of a process this mold forks for slot `nr`."""
+        return Worker(
+            nr,
+            self.master_pid,
+            self._master_create_time,
+            self.sockets,
+            board,
+            self._app_name,
+            max_tasks,
+            refork_at,
+        )
+
+    def forget(self) -> None:
+        """In a process forked from this one (a mold's child): let go of our
+        wake-up pipe and poller, which belong to the mold."""
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if self._poller is not None:
+            self._poller.close()
 
     def _exit_cleanly(self, hooks: list[Callable[..., Any]]) -> None:
         if self._master_gone:
@@ -349,6 +425,8 @@ class Worker:
         master_pid = self.master_pid
         limit = self.max_tasks or 0
         done = int(tasks[0])
+        # One comparison per task covers both marks: the nearer one comes first.
+        mark = _next_mark(done, limit, self.refork_at)
         board.state[0] = BUSY
         try:
             while not self._stopping:
@@ -358,9 +436,15 @@ class Worker:
                 tasks[0] = done
                 if getppid() != master_pid:
                     self._check_master()
-                if done == limit:
-                    self.log.info("worker[%d] reached --max-tasks after %d tasks", self.nr, done)
-                    break
+                if done == mark:
+                    if done == self.refork_at:
+                        self._report(REPORT_WARM)
+                    if done == limit:
+                        self.log.info(
+                            "worker[%d] reached --max-tasks after %d tasks", self.nr, done
+                        )
+                        break
+                    mark = _next_mark(done, limit, self.refork_at)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
             self.log.info("worker[%d] worker_start called exit(%s)", self.nr, exc.code)
@@ -369,6 +453,12 @@ class Worker:
             self.log.exception("worker[%d] worker_start raised; exiting", self.nr)
             return EXIT_TASK_FAILED
         return EXIT_OK
+
+
+def _next_mark(done: int, *marks: int) -> int:
+    """The nearest task count above `done` among the marks (0: none)."""
+    ahead = [m for m in marks if m > done]
+    return min(ahead) if ahead else 0
 
 
 def _hooks(

@@ -37,9 +37,12 @@ class WorkerProc:
     from_spare: bool = False  # took its slot as a booted spare
     assign_fd: int | None = None  # a spare's end of the pipe its slot comes through
     arena: Arena | None = None  # its app metrics (shared memory); None once reaped
+    role: str = "worker"  # "mold" once promoted (--refork-after)
 
     @property
     def label(self) -> str:
+        if self.role == "mold":
+            return "mold"
         return f"worker[{self.nr}]" if self.nr >= 0 else "spare"
 
     @property

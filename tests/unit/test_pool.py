@@ -201,3 +201,13 @@ def test_a_failed_fork_is_retried_at_its_backoff_deadline():
     assert first is not None and first <= time.monotonic()
     second = pool.tick(time.monotonic())  # then backed off: 0.1 s, with jitter
     assert second is not None and time.monotonic() < second <= time.monotonic() + 0.2
+
+
+def test_a_refork_replaces_one_worker_at_a_time():
+    old = [proc(nr, generation=0) for nr in range(8)]
+    first = plan_slots(8, slots([]), old, True, never, NOW, batch=1)
+    assert first.spawn == [0]
+    booting = plan_slots(8, slots([proc(0, ready=False)]), old, True, never, NOW, batch=1)
+    assert booting.spawn == []
+    ready = plan_slots(8, slots([proc(0)]), old, True, never, NOW, batch=1)
+    assert ready.spawn == [1] and ready.stop == [old[0]]

@@ -29,6 +29,7 @@ def test_the_commands():
         "stop",
         "upgrade",
         "metrics",
+        "refork",
     )
 
 
@@ -86,7 +87,7 @@ def test_unknown_commands_list_the_known_ones():
     message = refused("restart")
     assert message == (
         "unknown command 'restart'; commands: status, scale N, ttin, ttou, reload, reopen,"
-        " stop [--quick], upgrade, metrics"
+        " stop [--quick], upgrade, metrics, refork"
     )
     assert refused('{"command": "restart"}') == message
     assert refused("STATUS").startswith("unknown command 'STATUS'")
