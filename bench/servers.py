@@ -156,7 +156,9 @@ class Launcher:
         control: bool = False,
     ) -> Master:
         """app: 'idle' (waits on a listener), 'heap' (~100 MB preloaded), 'loop' (empty task),
-        'burst' (one job per connection, of the length the client asks for; unicornish only).
+        'burst' (one job per connection, of the length the client asks for; unicornish only),
+        'lazy' (state built over the first tasks, BENCH_LAZY in extra_env; gunicorn: the
+        same tasks as requests, from gunicorn_app.py).
         workers: a count, or for unicornish anything --workers takes ("2:8")."""
         self._n += 1
         tmp = tempfile.mkdtemp(prefix=f"{peer}-{self._n}-", dir=self.workdir)
@@ -179,6 +181,7 @@ class Launcher:
                 "heap": "uni_heap.py",
                 "loop": "uni_loop.py",
                 "burst": "uni_burst.py",
+                "lazy": "uni_lazy.py",
             }[app]
             assert cmd
             cmd = cmd + ["--app", os.path.join(APPS, appfile), "--workers", str(workers)]

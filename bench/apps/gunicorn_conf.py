@@ -19,10 +19,24 @@ errorlog = "-"
 loglevel = "info"
 
 
+def _lazy_requests(worker):
+    """The refork scenario: the worker's first BENCH_LAZY_TASKS requests, run here
+    through the loaded WSGI app, so that every worker gets exactly as many as a
+    unicornish worker runs tasks (requests over the socket would go to whichever
+    worker the kernel wakes)."""
+    import lazy
+
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.input": None}
+    while lazy.active():
+        worker.wsgi(environ, lambda status, headers, exc_info=None: None)
+
+
 def post_worker_init(worker):
     from benchready import announce
 
-    if os.environ.get("BENCH_HEAP") == "1":
+    if os.environ.get("BENCH_LAZY"):
+        _lazy_requests(worker)  # lazy.py announces for itself
+    elif os.environ.get("BENCH_HEAP") == "1":
         import heap
 
         gc.collect()
