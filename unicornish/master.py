@@ -525,8 +525,9 @@ class Master:
         if was_ready and w.ready_at is None:
             w.ready_at = now
         tasks = w.board.task_count()
+        durations = w.board.task_durations()
         w.board.close()
-        self.metrics.tallies.worker_reaped(w.nr, tasks)
+        self.metrics.tallies.worker_reaped(w.nr, tasks, durations)
         if w.arena is not None:
             # Its counters and histograms live on in the totals; the arena goes.
             self.app_metrics.retire(w.arena)
