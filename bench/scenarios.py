@@ -1191,8 +1191,6 @@ ALL: list[tuple[str, Callable[[Ctx], list[Row]]]] = [
 ]
 
 
-
-
 # -- 12. metrics endpoint ---------------------------------------------------------------------
 
 
@@ -1233,5 +1231,3 @@ def s12_metrics(ctx: Ctx) -> list[Row]:
     rows.append(row)
     ctx.raw["metrics"] = {"output": out}
     return rows
-
-

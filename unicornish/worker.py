@@ -390,8 +390,10 @@ class Worker:
                 else:
                     counts[bucket_of(bounds, took)] += 1.0
                 busy_for += took
-                duration_sum[0] = busy_for
                 if now >= check_parent_at:
+                    # The sum is stored at most once per millisecond too, not per task:
+                    # a SIGKILL may lose the last millisecond of it, never a count.
+                    duration_sum[0] = busy_for
                     check_parent_at = now + _PARENT_CHECK_SECONDS
                     if getppid() != master_pid:
                         self._check_master()
@@ -405,6 +407,8 @@ class Worker:
         except BaseException:  # noqa: BLE001 - any escape ends this worker; the master replaces it
             self.log.exception("worker[%d] worker_start raised; exiting", self.nr)
             return EXIT_TASK_FAILED
+        finally:
+            duration_sum[0] = busy_for
         return EXIT_OK
 
 
