@@ -45,6 +45,7 @@ from unicornish.readiness import Readiness, not_ready_reason
 from unicornish.recycle import GiveUp, MemoryLimit
 from unicornish.reexec import Upgrade
 from unicornish.reload import Reloader, apply_settings, become_subreaper, write_pid_file
+from unicornish.scoreboard import Scoreboard
 from unicornish.shutdown import Shutdown
 from unicornish.spares import Spares
 from unicornish.spawner import Release, Spawner
@@ -187,6 +188,8 @@ class Master:
         HTTP endpoint (prometheus_client is imported only then, or on the first
         `ctl metrics`)."""
         tallies = Tallies()
+        # Workers forked from now on record task durations only if they can be read.
+        Scoreboard.record_durations = sock is not None or self.control is not None
         self.reloader.on_result = lambda result: tallies.count("reloads", result)
         self.upgrade_.on_result = lambda result: tallies.count("upgrades", result)
         master = MasterCollector(

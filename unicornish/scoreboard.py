@@ -16,6 +16,7 @@ Layout (native order, 8-byte aligned):
 from __future__ import annotations
 
 import mmap
+from typing import ClassVar
 
 from unicornish.protocol import TASK_DURATION_BUCKETS
 
@@ -32,6 +33,11 @@ _SIZE = _DURATIONS_AT + DURATION_SLOTS * 8
 
 class Scoreboard:
     __slots__ = ("_map", "beat", "tasks", "state", "durations", "duration_sum")
+
+    # Whether workers record task durations. Off until the master says something
+    # can read them (--metrics or --control): then each fork inherits it on. The
+    # recording is a fifth of an empty task's cost, not worth paying for nobody.
+    record_durations: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._map = mmap.mmap(-1, _SIZE, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)

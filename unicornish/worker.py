@@ -372,6 +372,7 @@ class Worker:
         limit = self.max_tasks or 0
         done = int(tasks[0])
         busy_for = float(duration_sum[0])
+        record = board.record_durations
         board.state[0] = BUSY
         now = clock()
         check_parent_at = now + _PARENT_CHECK_SECONDS
@@ -383,13 +384,14 @@ class Worker:
                 tasks[0] = done
                 # One clock read per task: a task's end is the next one's start.
                 now = clock()
-                took = now - started[0]
-                # Tiny tasks, where this loop's own cost shows most, skip the search.
-                if took <= smallest:
-                    counts[0] += 1.0
-                else:
-                    counts[bucket_of(bounds, took)] += 1.0
-                busy_for += took
+                if record:
+                    took = now - started[0]
+                    # Tiny tasks, where this loop's own cost shows most, skip the search.
+                    if took <= smallest:
+                        counts[0] += 1.0
+                    else:
+                        counts[bucket_of(bounds, took)] += 1.0
+                    busy_for += took
                 if now >= check_parent_at:
                     # The sum is stored at most once per millisecond too, not per task:
                     # a SIGKILL may lose the last millisecond of it, never a count.

@@ -163,7 +163,9 @@ def test_task_durations_never_go_down_when_a_worker_is_reaped():
 # -- the worker's side: what its loop records ---------------------------------------------
 
 
-def test_the_task_loop_records_each_task_and_leaves_idle_waits_out():
+def test_the_task_loop_records_each_task_and_leaves_idle_waits_out(
+    monkeypatch: pytest.MonkeyPatch,
+):
     import os
     import time
 
@@ -171,6 +173,8 @@ def test_the_task_loop_records_each_task_and_leaves_idle_waits_out():
     from unicornish.scoreboard import Scoreboard
     from unicornish.worker import Worker
 
+    # As a master with --metrics or --control sets it before forking.
+    monkeypatch.setattr(Scoreboard, "record_durations", True)
     board = Scoreboard()
     worker = Worker(0, os.getppid(), 0.0, [], board, "app")
     calls = [0]
@@ -193,5 +197,29 @@ def test_the_task_loop_records_each_task_and_leaves_idle_waits_out():
         slow_from = TASK_DURATION_BUCKETS.index(0.05) + 1  # the (0.05, 0.1] bucket on
         assert sum(counts[slow_from:]) == 1  # the task that worked 60 ms, not the idle one
         assert 0.06 <= total < 0.06 + 0.05
+    finally:
+        board.close()
+
+
+def test_without_a_reader_the_task_loop_records_no_durations():
+    import os
+
+    from unicornish.scoreboard import Scoreboard
+    from unicornish.worker import Worker
+
+    assert Scoreboard.record_durations is False  # until a master with a reader says so
+    board = Scoreboard()
+    worker = Worker(0, os.getppid(), 0.0, [], board, "app")
+    calls = [0]
+
+    def task(w: Worker) -> None:
+        calls[0] += 1
+        if calls[0] == 3:
+            w._stopping = True
+
+    try:
+        assert worker._loop(task) == 0
+        assert board.task_count() == 3
+        assert board.task_durations() == [0.0] * len(board.task_durations())
     finally:
         board.close()
