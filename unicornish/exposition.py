@@ -63,8 +63,16 @@ def label_text(names: tuple[str, ...], values: tuple[str, ...]) -> str:
 def number(value: float) -> str:
     """A sample value as Go (and so prometheus_client) writes a float64: Python's
     repr, but with an exponent from 1e6 on, where Python waits until 1e16."""
-    if value.__class__ is int and -1000000 < value < 1000000:
-        return f"{value}.0"  # most samples: counts, bytes of a small worker
+    if value.__class__ is int:
+        # Most samples: counts, and bytes of memory (1e6 and up). Below 2**53 a
+        # float holds every integer, so its shortest digits are the integer's.
+        if -1000000 < value < 1000000:
+            return f"{value}.0"
+        if 0 < value < 9007199254740992:
+            text = str(value)
+            digits = text.rstrip("0")
+            mantissa = digits[0] + "." + digits[1:] if len(digits) > 1 else digits
+            return f"{mantissa}e+{len(text) - 1:02d}"
     value = float(value)
     if math.isinf(value):
         return "+Inf" if value > 0 else "-Inf"
