@@ -568,10 +568,14 @@ def _rates(ctx: Ctx, box: Any, windows: int, window: float) -> list[float]:
 
 
 COUNTER_LABEL = "one app counter inc per task"
-LOOP_VARIANTS: tuple[tuple[str, int | None, dict[str, str]], ...] = (
-    ("no --timeout", None, {}),
-    ("--timeout 30", 30, {}),
-    (COUNTER_LABEL, None, {"BENCH_LOOP_COUNTER": "1"}),
+# With --control the metrics can be read, so workers also record each task's
+# duration (unicornish_task_duration_seconds): what that costs an empty task.
+DURATIONS_LABEL = "one app counter inc per task, --control (task durations recorded)"
+LOOP_VARIANTS: tuple[tuple[str, int | None, dict[str, str], bool], ...] = (
+    ("no --timeout", None, {}, False),
+    ("--timeout 30", 30, {}, False),
+    (COUNTER_LABEL, None, {"BENCH_LOOP_COUNTER": "1"}, False),
+    (DURATIONS_LABEL, None, {"BENCH_LOOP_COUNTER": "1"}, True),
 )
 
 
@@ -584,12 +588,19 @@ def s6_worker_loop(ctx: Ctx) -> list[Row]:
     env = {"BENCH_LOOP_WINDOW": str(window)}
     res: dict[str, Value] = {}
     raw: dict[str, Any] = {}
-    for label, timeout, extra in LOOP_VARIANTS:
+    for label, timeout, extra, control in LOOP_VARIANTS:
         if ctx.missing("unicornish"):
             res[label] = "not installed"
             continue
         ctx.log(f"6 worker loop unicornish {label}: {windows} x {window:g} s of empty tasks")
-        m = L.start("unicornish", 1, app="loop", timeout=timeout, extra_env={**env, **extra})
+        m = L.start(
+            "unicornish",
+            1,
+            app="loop",
+            timeout=timeout,
+            extra_env={**env, **extra},
+            control=control,
+        )
         try:
             rates = _rates(ctx, m.inbox, windows, window)
             res[label] = summary(rates)["p50"]
@@ -624,7 +635,7 @@ def s6_worker_loop(ctx: Ctx) -> list[Row]:
     ctx.raw["worker_loop"] = {"window_s": window, "tasks_per_s": raw}
     rows = []
     na = "no task loop"
-    for label, _timeout, _extra in LOOP_VARIANTS:
+    for label, _timeout, _extra, _control in LOOP_VARIANTS:
         vals: dict[str, Value] = {"unicornish": res[label], "bare loop": bare}
         _fill_missing(ctx, vals, {"gunicorn": na, "unicorn": na})
         row = Row("6 worker loop", f"{label}: tasks/s", "/s", vals, better="higher")

@@ -35,14 +35,11 @@ def _master():
     raise RuntimeError("no Master up the stack")
 
 def before_fork(worker):
-    from prometheus_client import CollectorRegistry, generate_latest
-    registry = CollectorRegistry()
-    for collector in _master().metrics.collectors:
-        registry.register(collector)
+    text = _master().metrics.text()
     _scrapes[0] += 1
     path = os.path.join(os.path.dirname(__file__), f"scrape-{_scrapes[0]}.txt")
     with open(path + ".tmp", "w") as handle:
-        handle.write(generate_latest(registry).decode())
+        handle.write(text)
     os.rename(path + ".tmp", path)
 """
 

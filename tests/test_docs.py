@@ -129,3 +129,23 @@ def test_make_run_transcript_has_the_masters_lines_in_order() -> None:
     for nr in (0, 1):
         ready = lines.index(f"worker[{nr}] ready")
         assert ready > found[expected.index("worker[1] spawned pid=")]
+
+
+def test_every_master_metric_is_in_the_metrics_table() -> None:
+    pytest.importorskip("prometheus_client")
+    from unicornish.deaths import Deaths
+    from unicornish.metrics import MasterCollector, Metrics, Tallies
+    from unicornish.workers import WorkerTable
+
+    tallies = Tallies()
+    no = lambda *args: 0  # noqa: E731
+    collector = MasterCollector(WorkerTable(), no, no, no, [], tallies, "x")
+    text = Metrics([collector, Deaths()], tallies).text()
+    served = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    rows = table_rows(section(README.read_text(), "## Metrics"), "| metric | type |")
+    documented = {re.sub(r"\{.*", "", row[0].strip("`")): row[1] for row in rows}
+    assert served and served <= set(documented), sorted(served - set(documented))
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            assert documented[name] == kind, name  # the text format: an info is a gauge

@@ -210,6 +210,87 @@ def test_openmetrics_when_asked_for(start, app_file):
     assert b"unicornish_workers_running 2.0" in body
 
 
+# -- the task duration histogram ------------------------------------------------------------
+
+# Every 5th task takes 20 ms, the others 1 ms. Worker 0 parks in the middle of a
+# task while the file `park` exists (and says so with `parked-PID`): a SIGKILL
+# then lands at a known point, between two tasks' bookkeeping, never inside it.
+DURATIONS_APP = """
+import os, time
+from unicornish import appmetrics
+
+JOBS = appmetrics.counter("jobs", "Tasks the app finished")
+SLOW = appmetrics.counter("slow_jobs", "Tasks of 20 ms")
+HERE = os.path.dirname(os.path.abspath(__file__))
+n = [0]
+
+def worker_start(worker):
+    park = os.path.join(HERE, "park")
+    if worker.nr == 0 and os.path.exists(park):
+        open(os.path.join(HERE, f"parked-{os.getpid()}"), "w").close()
+        while os.path.exists(park):
+            time.sleep(0.01)
+    n[0] += 1
+    if n[0] % 5 == 0:
+        time.sleep(0.02)
+        SLOW.inc()
+    else:
+        time.sleep(0.001)
+    JOBS.inc()
+"""
+
+
+def samples(text: str) -> dict[str, float]:
+    """Every sample of a scrape, as {'name{labels}': value}."""
+    found = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            found[key] = float(value)
+    return found
+
+
+def test_task_durations_count_every_task_across_a_sigkill(start, app_file, tmp_path: Path):
+    control = str(tmp_path / "ctl.sock")
+    run, port = ready_metrics(start, app_file, "--control", control, app=DURATIONS_APP)
+
+    def scrape() -> dict[str, float]:
+        status, text = http(port, "/metrics")
+        assert status == 200
+        return samples(text)
+
+    count = "unicornish_task_duration_seconds_count"
+    wait_until(lambda: scrape()[count] >= 20, 10, "20 tasks done")
+    park = tmp_path / "park"
+    park.touch()
+    parked = wait_until(lambda: list(tmp_path.glob("parked-*")), 10, "worker 0 parked")
+    victim = int(parked[0].name.split("-")[1])  # type: ignore[index]
+    before = scrape()
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: gone(victim), 10, "the parked worker gone")
+    park.unlink()
+    run.wait_log(f"reaped pid={victim} ")
+    run.wait_ready(2)
+    wait_until(lambda: scrape()[count] >= before[count] + 20, 10, "20 more tasks")
+    # Stop every worker (each finishes its task): the figures stop moving, and
+    # every task is in the reaped totals.
+    assert run_cli("ctl", "--control", control, "scale", "0").returncode == 0
+    wait_until(lambda: not run.workers(), 10, "every worker gone")
+    wait_until(lambda: scrape()["unicornish_workers_running"] == 0, 10, "0 running")
+    after = scrape()
+    tasks = sum(v for k, v in after.items() if k.startswith("unicornish_worker_tasks_completed"))
+    assert after[count] == tasks == after["jobs_total"]
+    assert after[count] > before[count] >= 20
+    buckets = [v for k, v in after.items() if k.startswith(count.replace("_count", "_bucket{"))]
+    assert buckets == sorted(buckets)  # cumulative
+    assert buckets[-1] == after[count]  # le="+Inf"
+    over_10ms = after[count] - after['unicornish_task_duration_seconds_bucket{le="0.01"}']
+    assert over_10ms >= after["slow_jobs_total"] > 0
+    # 20 ms per slow task at least, 1 ms per other one: the sum is in seconds.
+    least = 0.02 * after["slow_jobs_total"] + 0.001 * (after[count] - after["slow_jobs_total"])
+    assert least <= after["unicornish_task_duration_seconds_sum"] < least + after[count]
+
+
 def test_reloads_are_counted(start, app_file):
     run, port = ready_metrics(start, app_file)
     run.signal(signal.SIGHUP)

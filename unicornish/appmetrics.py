@@ -295,14 +295,40 @@ class HistogramSeries(_Series):
         return counts, float(self._values[self._i + n])
 
 
+class _NeedsLabels:
+    """The value slots of a metric with labels, as its own update methods see them:
+    any use raises. So an unlabelled metric's `inc()` is one store, with no test
+    for labels on the way (an app may call it a million times a second)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __getitem__(self, index: int) -> float:
+        raise MetricsError(f"metric {self.name} has labels: use .labels(...) first")
+
+    def __setitem__(self, index: int, value: float) -> None:
+        self.__getitem__(index)
+
+
 class Metric:
     """A declared metric. Without labels it is its own only series (`inc`, `set`,
     `observe`...); with labels, `labels(...)` gives the series to update."""
+
+    # Slots, and the only series' view and index copied here: the update methods
+    # below store into `_values` directly instead of going through the series.
+    __slots__ = ("decl", "_series", "_only", "_values", "_i")
 
     def __init__(self, decl: Decl, series: dict[tuple[str, ...], _Series]) -> None:
         self.decl = decl
         self._series = series
         self._only = series.get(()) if not decl.labelnames else None
+        self._values: memoryview[float] | _NeedsLabels = _NeedsLabels(decl.name)
+        self._i = 0
+        if self._only is not None:
+            self._values = self._only._values
+            self._i = self._only._i
 
     @property
     def name(self) -> str:
@@ -343,28 +369,37 @@ class Metric:
 
 
 class Counter(Metric):
+    __slots__ = ()
+
     def inc(self, amount: float = 1.0) -> None:
-        self._single().inc(amount)
+        if amount < 0:
+            self._single()  # a metric with labels says so first
+            raise MetricsError("a counter only goes up: inc() needs an amount >= 0")
+        self._values[self._i] += amount
 
     def get(self) -> float:
         return float(self._single().get())
 
 
 class Gauge(Metric):
+    __slots__ = ()
+
     def inc(self, amount: float = 1.0) -> None:
-        self._single().inc(amount)
+        self._values[self._i] += amount
 
     def dec(self, amount: float = 1.0) -> None:
-        self._single().dec(amount)
+        self._values[self._i] -= amount
 
     def set(self, value: float) -> None:
-        self._single().set(value)
+        self._values[self._i] = value
 
     def get(self) -> float:
         return float(self._single().get())
 
 
 class Histogram(Metric):
+    __slots__ = ()
+
     def observe(self, value: float) -> None:
         self._single().observe(value)
 
@@ -550,6 +585,9 @@ class Registry:
             arena.values[: self._slots] = self._local[: self._slots]
         for one in self._all_series:
             one._values = arena.values
+        for metric in self._metrics.values():
+            if metric._only is not None:
+                metric._values = arena.values
         self._arena = arena
         if self._local is not None:
             self._local.release()

@@ -46,6 +46,7 @@ from unicornish.recycle import GiveUp, MemoryLimit
 from unicornish.reexec import Upgrade
 from unicornish.refork import Reforker
 from unicornish.reload import Reloader, apply_settings, become_subreaper, write_pid_file
+from unicornish.scoreboard import Scoreboard
 from unicornish.shutdown import Shutdown
 from unicornish.spares import Spares
 from unicornish.spawner import Release, Spawner
@@ -209,6 +210,8 @@ class Master:
         HTTP endpoint (prometheus_client is imported only then, or on the first
         `ctl metrics`)."""
         tallies = Tallies()
+        # Workers forked from now on record task durations only if they can be read.
+        Scoreboard.record_durations = sock is not None or self.control is not None
         self.reloader.on_result = lambda result: tallies.count("reloads", result)
         self.upgrade_.on_result = lambda result: tallies.count("upgrades", result)
         master = MasterCollector(
@@ -528,7 +531,10 @@ class Master:
             if w is None:
                 promoted = self.reforker.reaped(pid, text)
                 if promoted is not None:
-                    self.metrics.tallies.worker_reaped(promoted.nr, promoted.board.task_count())
+                    board = promoted.board
+                    self.metrics.tallies.worker_reaped(
+                        promoted.nr, board.task_count(), board.task_durations()
+                    )
                     self.retire_pages(promoted)
                     continue
                 spare = self.spares.procs.get(pid)
@@ -566,7 +572,8 @@ class Master:
         if was_ready and w.ready_at is None:
             w.ready_at = now
         tasks = w.board.task_count()
-        self.metrics.tallies.worker_reaped(w.nr, tasks)
+        durations = w.board.task_durations()
+        self.metrics.tallies.worker_reaped(w.nr, tasks, durations)
         self.retire_pages(w)
         self.give_up.on_reaped(w, now)
         if code == 0 and w.max_tasks and tasks >= w.max_tasks and not w.stopping:

@@ -5,7 +5,11 @@ prometheus_client's custom-collector protocol: any object with
 `collect() -> Iterable[Metric]`. `Exposition` renders every registered
 collector from a private CollectorRegistry (never the global one, never its
 HTTP server or threads), in the Prometheus text format 0.0.4, or OpenMetrics
-1.0 when the scraper's Accept header asks for it.
+1.0 when the scraper's Accept header asks for it. The master's own families
+(`MasterCollector`, with a few samples per worker) are written by
+unicornish.exposition instead, ahead of the others: prometheus_client's
+writers cost the master too much per scrape with hundreds of workers (see
+that module).
 
 prometheus_client is an optional extra (`pip install 'unicornish[metrics]'`)
 and costs the master ~70 ms and ~6 MiB RSS to import: this module imports it
@@ -25,13 +29,15 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import psutil
 
 from unicornish import sockets as sockets_module
 from unicornish.errors import StartupError
-from unicornish.scoreboard import BOOTING, BUSY, IDLE
+from unicornish.exposition import COUNTER, EOF, GAUGE, HISTOGRAM, INFO, Family, label_text, write
+from unicornish.protocol import TASK_DURATION_BUCKETS
+from unicornish.scoreboard import BOOTING, BUSY, DURATION_SLOTS, IDLE
 from unicornish.workers import WorkerProc, WorkerTable
 
 if TYPE_CHECKING:
@@ -49,6 +55,12 @@ class Collector(Protocol):
     def collect(self) -> Iterable[Metric]: ...
 
 
+class OwnCollector(Protocol):
+    """A collector of the master's own, written by unicornish.exposition."""
+
+    def own_families(self) -> Iterable[Family]: ...
+
+
 def load_client() -> None:
     """Import prometheus_client now (at start, before the master is ready):
     raises StartupError, with how to install it, when it is missing."""
@@ -63,30 +75,40 @@ def load_client() -> None:
 
 
 class Exposition:
-    """A private registry of collectors and its rendering."""
+    """The master's own collectors, written here, then a private registry of
+    prometheus_client collectors, and their rendering."""
 
-    def __init__(self, collectors: Iterable[Collector] = ()) -> None:
+    def __init__(self, collectors: Iterable[Collector | OwnCollector] = ()) -> None:
         load_client()
         from prometheus_client.registry import CollectorRegistry
 
+        self.own: list[OwnCollector] = []
         # auto_describe=False: registering calls nothing of the collector, and two
         # collectors may share no name check at start (each owns its prefix).
         self.registry = CollectorRegistry(auto_describe=False)
         for collector in collectors:
             self.register(collector)
 
-    def register(self, collector: Collector) -> None:
-        self.registry.register(collector)
+    def register(self, collector: Collector | OwnCollector) -> None:
+        if hasattr(collector, "own_families"):
+            self.own.append(cast("OwnCollector", collector))
+        else:
+            self.registry.register(collector)
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
         """(body, content type) for a scraper that sent this Accept header."""
-        if OPENMETRICS in accept:
-            from prometheus_client.openmetrics import exposition as openmetrics
+        openmetrics = OPENMETRICS in accept
+        own = write((f for c in self.own for f in c.own_families()), openmetrics).encode()
+        if openmetrics:
+            from prometheus_client.openmetrics import exposition as om
 
-            return openmetrics.generate_latest(self.registry), openmetrics.CONTENT_TYPE_LATEST
+            rest = om.generate_latest(self.registry)
+            if not rest.endswith(EOF.encode()):  # a later prometheus_client, other rules
+                rest += EOF.encode()
+            return own + rest, om.CONTENT_TYPE_LATEST
         from prometheus_client import exposition
 
-        return exposition.generate_latest(self.registry), TEXT_0_0_4
+        return own + exposition.generate_latest(self.registry), TEXT_0_0_4
 
 
 # -- what the master counts as it goes --------------------------------------------------
@@ -99,10 +121,14 @@ class Tallies:
     def __init__(self) -> None:
         self.reaped_tasks: dict[int, int] = {}  # nr -> tasks of its reaped workers
         self.events: dict[tuple[str, str], int] = {}  # (what, result) -> count
+        # The reaped workers' task duration buckets and sum (Scoreboard.task_durations).
+        self.reaped_durations = [0.0] * DURATION_SLOTS
 
-    def worker_reaped(self, nr: int, tasks: int) -> None:
+    def worker_reaped(self, nr: int, tasks: int, durations: Iterable[float] = ()) -> None:
         if nr >= 0:  # not a spare
             self.reaped_tasks[nr] = self.reaped_tasks.get(nr, 0) + tasks
+            for k, value in enumerate(durations):
+                self.reaped_durations[k] += value
 
     def count(self, what: str, result: str) -> None:
         self.events[(what, result)] = self.events.get((what, result), 0) + 1
@@ -114,6 +140,12 @@ class Tallies:
             if w.nr >= 0:
                 totals[w.nr] = totals.get(w.nr, 0) + w.board.task_count()
         return totals
+
+    def task_durations(self, procs: Iterable[WorkerProc]) -> list[float]:
+        """The reaped workers' buckets and sum plus the live ones' (stopping included)."""
+        rows = [w.board.task_durations() for w in procs if w.nr >= 0]
+        rows.append(self.reaped_durations)
+        return [sum(column) for column in zip(*rows, strict=True)]
 
 
 # -- the kernel's accept queue of a TCP listener ------------------------------------------
@@ -222,8 +254,14 @@ class MemoryReader:
         }
 
 
+_NR = ("nr",)
+_LISTENER = ("listener",)
+_RESULT = ("result",)
+
+
 class MasterCollector:
-    """unicornish_* figures of the master, its workers and its listeners."""
+    """unicornish_* figures of the master, its workers and its listeners, as
+    unicornish.exposition families (written without prometheus_client)."""
 
     def __init__(
         self,
@@ -248,20 +286,14 @@ class MasterCollector:
         self.start_time = time.time()
         self.memory = MemoryReader()
 
-    def collect(self) -> Iterator[Metric]:
-        from prometheus_client.metrics_core import (
-            CounterMetricFamily,
-            GaugeMetricFamily,
-            InfoMetricFamily,
-        )
-
-        info = InfoMetricFamily("unicornish_build", "unicornish's version")
-        info.add_metric([], {"version": self.version})
+    def own_families(self) -> Iterator[Family]:
+        info = Family("unicornish_build", INFO, "unicornish's version")
+        info.add(1, ("version",), (self.version,))
         yield info
-        yield GaugeMetricFamily(
+        yield _one(
             "unicornish_master_start_time_seconds",
             "When the master started, in seconds since the epoch",
-            value=self.start_time,
+            self.start_time,
         )
         live = self.table.live()
         states = [int(w.board.state[0]) for w in live]
@@ -272,84 +304,92 @@ class MasterCollector:
             ("idle", "Running workers between tasks (waiting in accept())", states.count(IDLE)),
             ("booting", "Running workers before their first task", states.count(BOOTING)),
         ):
-            yield GaugeMetricFamily(f"unicornish_workers_{name}", help_text, value=value)
-        yield GaugeMetricFamily(
-            "unicornish_spares", "Booted standby processes (--spares)", value=self.spares()
-        )
-        yield GaugeMetricFamily(
+            yield _one(f"unicornish_workers_{name}", help_text, value)
+        yield _one("unicornish_spares", "Booted standby processes (--spares)", self.spares())
+        yield _one(
             "unicornish_crash_backoff_slots",
             "Worker slots held back by the crash-loop backoff right now",
-            value=self.held_back(time.monotonic()),
+            self.held_back(time.monotonic()),
         )
-        tasks = CounterMetricFamily(
+        tasks = Family(
             "unicornish_worker_tasks_completed",
+            COUNTER,
             "Tasks completed in a worker slot, by all its workers so far",
-            labels=["nr"],
         )
+        name = tasks.sample_name()
         for nr, total in sorted(self.tallies.tasks_by_slot([*self.table, *self.molds]).items()):
-            tasks.add_metric([str(nr)], total)
+            tasks.add_line(name, label_text(_NR, (str(nr),)), total)
         yield tasks
+        durations = Family(
+            "unicornish_task_duration_seconds",
+            HISTOGRAM,
+            "Time each task took (worker_start calls; waits in accept() and idle() left out)",
+        )
+        figures = self.tallies.task_durations([*self.table, *self.molds])
+        durations.add_histogram(TASK_DURATION_BUCKETS, figures[:-1], figures[-1])
+        yield durations
         for what, results, help_text in (
             ("reloads", RELOAD_RESULTS, "Reloads (HUP, ctl reload) by result"),
             ("upgrades", UPGRADE_RESULTS, "Re-execs of a new master (USR2, ctl upgrade) by result"),
         ):
-            counter = CounterMetricFamily(f"unicornish_{what}", help_text, labels=["result"])
+            counter = Family(f"unicornish_{what}", COUNTER, help_text)
             for result in results:
-                counter.add_metric([result], self.tallies.events.get((what, result), 0))
+                counter.add(self.tallies.events.get((what, result), 0), _RESULT, (result,))
             yield counter
         yield from self.memory_metrics(live)
         yield from self.listener_metrics()
 
-    def memory_metrics(self, live: list[WorkerProc]) -> Iterator[Metric]:
-        from prometheus_client.metrics_core import GaugeMetricFamily
-
+    def memory_metrics(self, live: list[WorkerProc]) -> Iterator[Family]:
         # One series per slot: during a reload an old and a new worker share an nr,
         # and the newest is the one that stays.
         newest: dict[int, WorkerProc] = {}
         for w in live:
             if w.nr >= 0 and (w.nr not in newest or w.spawned_at > newest[w.nr].spawned_at):
                 newest[w.nr] = w
-        families = {
-            kind: GaugeMetricFamily(
-                f"unicornish_worker_memory_{kind}_bytes", help_text, labels=["nr"]
-            )
+        families = [
+            Family(f"unicornish_worker_memory_{kind}_bytes", GAUGE, help_text)
             for kind, help_text in (
                 ("rss", "Resident memory of the worker in the slot (shared pages included)"),
                 ("uss", "Memory only the worker in the slot uses (freed when it exits)"),
                 ("pss", "Resident memory with shared pages divided among their sharers"),
             )
-        }
+        ]
         figures = self.memory.read([w.pid for w in newest.values()])
         for nr in sorted(newest):
             found = figures.get(newest[nr].pid)
             if found is None:
                 continue
-            for kind, value in zip(("rss", "uss", "pss"), found, strict=True):
+            labels = label_text(_NR, (str(nr),))
+            for family, value in zip(families, found, strict=True):
                 if value is not None:
-                    families[kind].add_metric([str(nr)], value)
-        yield from families.values()
+                    family.add_line(family.name, labels, value)
+        yield from families
 
-    def listener_metrics(self) -> Iterator[Metric]:
-        from prometheus_client.metrics_core import GaugeMetricFamily
-
-        queue = GaugeMetricFamily(
+    def listener_metrics(self) -> Iterator[Family]:
+        queue = Family(
             "unicornish_listener_accept_queue",
+            GAUGE,
             "Connections the kernel holds for a TCP listener, not yet accepted by a worker",
-            labels=["listener"],
         )
-        limit = GaugeMetricFamily(
+        limit = Family(
             "unicornish_listener_accept_queue_limit",
+            GAUGE,
             "The most connections the kernel queues for a TCP listener (its backlog)",
-            labels=["listener"],
         )
         for sock in self.listeners:
             found = accept_queue(sock)
             if found is not None:
-                name = listener_name(sock)
-                queue.add_metric([name], found[0])
-                limit.add_metric([name], found[1])
+                name = (listener_name(sock),)
+                queue.add(found[0], _LISTENER, name)
+                limit.add(found[1], _LISTENER, name)
         yield queue
         yield limit
+
+
+def _one(name: str, help_text: str, value: float) -> Family:
+    family = Family(name, GAUGE, help_text)
+    family.add(value)
+    return family
 
 
 class Metrics:
@@ -358,7 +398,7 @@ class Metrics:
 
     def __init__(
         self,
-        collectors: list[Collector],
+        collectors: list[Collector | OwnCollector],
         tallies: Tallies,
         server: Any = None,
     ) -> None:
@@ -367,7 +407,7 @@ class Metrics:
         self.server = server  # metrics_http.MetricsServer, or None without --metrics
         self.exposition: Exposition | None = None
 
-    def add_collector(self, collector: Collector) -> None:
+    def add_collector(self, collector: Collector | OwnCollector) -> None:
         """Another source of metrics (anything with collect() -> Iterable[Metric])."""
         self.collectors.append(collector)
         if self.exposition is not None:

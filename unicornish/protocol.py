@@ -26,6 +26,35 @@ EXIT_UNASKED = 255
 # code, the process goes on serving forks (mold.py).
 BECAME_MOLD = -1
 
+# The task duration histogram's bucket bounds (seconds, `le`, inclusive; +Inf
+# implied), fixed: a worker records into its scoreboard page, the master sums.
+# 1-2.5-5 steps from 5 us (an empty task takes ~1 us) to a minute, so a 10 us
+# task and a 5 s one each land in a bucket of their own size.
+TASK_DURATION_BUCKETS: tuple[float, ...] = (
+    0.000005,
+    0.00001,
+    0.000025,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+
 # Sent by the master before a timeout SIGKILL: faulthandler dumps the stack.
 TRACEBACK_SIGNAL = signal.SIGUSR2
 

@@ -9,11 +9,16 @@ Layout (native order, 8-byte aligned):
                  the last notify()); 0.0 while the worker is not in a task
     8  uint64   tasks completed
     16 uint8    state: booting, idle, busy
+    64 float64  task durations: one count per TASK_DURATION_BUCKETS bucket
+                 (not cumulative), +Inf last, then the sum of the durations
 """
 
 from __future__ import annotations
 
 import mmap
+from typing import ClassVar
+
+from unicornish.protocol import TASK_DURATION_BUCKETS
 
 BOOTING = 0
 IDLE = 1
@@ -21,11 +26,19 @@ BUSY = 2
 MOLD = 3  # promoted: takes no tasks, new workers fork from it (--refork-after)
 STATE_NAMES = {BOOTING: "booting", IDLE: "idle", BUSY: "busy", MOLD: "mold"}
 
-SIZE = 64
+_DURATIONS_AT = 64
+# Bucket counts, +Inf, the sum.
+DURATION_SLOTS = len(TASK_DURATION_BUCKETS) + 2
+SIZE = _DURATIONS_AT + DURATION_SLOTS * 8
 
 
 class Scoreboard:
-    __slots__ = ("_map", "beat", "tasks", "state")
+    __slots__ = ("_map", "beat", "tasks", "state", "durations", "duration_sum")
+
+    # Whether workers record task durations. Off until the master says something
+    # can read them (--metrics or --control): then each fork inherits it on. The
+    # recording is a fifth of an empty task's cost, not worth paying for nobody.
+    record_durations: ClassVar[bool] = False
 
     def __init__(self, fd: int = -1) -> None:
         # fd: a memfd of SIZE bytes, for a worker the master does not fork itself
@@ -37,12 +50,21 @@ class Scoreboard:
         self.beat = view[0:8].cast("d")
         self.tasks = view[8:16].cast("Q")
         self.state = view[16:17].cast("B")
+        # Floats, not integers: `counts[k] += 1.0` is the cheapest update a
+        # memoryview has, and a float64 counts exactly up to 2**53.
+        end = _DURATIONS_AT + DURATION_SLOTS * 8
+        self.durations = view[_DURATIONS_AT : end - 8].cast("d")
+        self.duration_sum = view[end - 8 : end].cast("d")
 
     def beat_time(self) -> float:
         return float(self.beat[0])
 
     def task_count(self) -> int:
         return int(self.tasks[0])
+
+    def task_durations(self) -> list[float]:
+        """The bucket counts (+Inf last, not cumulative), then the sum."""
+        return [*self.durations.tolist(), float(self.duration_sum[0])]
 
     def state_name(self) -> str:
         return STATE_NAMES.get(int(self.state[0]), "unknown")
@@ -57,6 +79,6 @@ class Scoreboard:
             pass  # not Linux: the child keeps a mapping it never uses
 
     def close(self) -> None:
-        for view in (self.beat, self.tasks, self.state):
+        for view in (self.beat, self.tasks, self.state, self.durations, self.duration_sum):
             view.release()
         self._map.close()

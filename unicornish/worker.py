@@ -6,6 +6,7 @@ the master's code: the caller turns its result into os._exit().
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import faulthandler
@@ -29,6 +30,7 @@ from unicornish.protocol import (
     PROMOTE_SIGNAL,
     REPORT_READY,
     REPORT_WARM,
+    TASK_DURATION_BUCKETS,
     TRACEBACK_SIGNAL,
     decode_slot,
     encode_report,
@@ -41,6 +43,11 @@ _ACCEPT_CHECK_SECONDS = 1.0
 # accept() failing for lack of fds or memory: wait this long before trying again.
 _ACCEPT_PAUSE_SECONDS = 0.1
 _NO_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+# How often the task loop compares os.getppid() with its master: a system call
+# costs as much as the rest of an empty task, so once per millisecond, not per
+# task (the parent-death signal is the first line; this is for apps that
+# replaced our QUIT handler).
+_PARENT_CHECK_SECONDS = 0.001
 
 
 class Worker:
@@ -80,6 +87,10 @@ class Worker:
         self._wake_w = -1
         self._poller: select.epoll | None = None
         self._accept_failing = False
+        # When the current task started, moved on by its waits in accept() and
+        # idle(): the task duration histogram counts work, not waiting. A list
+        # because the loop reads it per task (cheaper than an attribute).
+        self._task_start: list[float] = [0.0]
 
     # -- the app's API -------------------------------------------------------
 
@@ -111,11 +122,13 @@ class Worker:
         board = self._board
         board.state[0] = IDLE
         board.beat[0] = 0.0
+        waiting_since = time.monotonic()
         try:
             yield
         finally:
             board.state[0] = BUSY
-            board.beat[0] = time.monotonic()
+            board.beat[0] = now = time.monotonic()
+            self._task_start[0] += now - waiting_since
 
     def accept(self, timeout: float | None = None) -> tuple[socket.socket, Any] | None:
         """Wait for a connection on any listener; None on stop, master death or timeout.
@@ -129,7 +142,8 @@ class Worker:
         board.state[0] = IDLE
         board.beat[0] = 0.0
         poller = self._ensure_poller()
-        deadline = None if timeout is None else time.monotonic() + timeout
+        waiting_since = time.monotonic()
+        deadline = None if timeout is None else waiting_since + timeout
         by_fd = {sock.fileno(): sock for sock in self.sockets}
         while not self._stopping:
             wait = _ACCEPT_CHECK_SECONDS
@@ -163,12 +177,14 @@ class Worker:
                     raise
                 self._accept_failing = False
                 board.state[0] = BUSY
-                board.beat[0] = time.monotonic()
+                board.beat[0] = now = time.monotonic()
+                self._task_start[0] += now - waiting_since
                 return conn, addr
             if not self._stopping:
                 self._check_master()
         board.state[0] = BUSY
-        board.beat[0] = time.monotonic()
+        board.beat[0] = now = time.monotonic()
+        self._task_start[0] += now - waiting_since
         return None
 
     def _accept_paused(self, exc: OSError) -> None:
@@ -416,10 +432,16 @@ class Worker:
         )
 
     def _loop(self, worker_start: Callable[[Any], Any]) -> int:
-        # Locals, not attributes: this loop runs hundreds of thousands of times a second.
+        # Locals, not attributes: this loop runs a million times a second.
         board = self._board
         beat = board.beat
         tasks = board.tasks
+        counts = board.durations
+        duration_sum = board.duration_sum
+        bounds = TASK_DURATION_BUCKETS
+        smallest = bounds[0]
+        bucket_of = bisect.bisect_left  # `le` is inclusive
+        started = self._task_start
         clock = time.monotonic
         getppid = os.getppid
         master_pid = self.master_pid
@@ -427,15 +449,34 @@ class Worker:
         done = int(tasks[0])
         # One comparison per task covers both marks: the nearer one comes first.
         mark = _next_mark(done, limit, self.refork_at)
+        busy_for = float(duration_sum[0])
+        record = board.record_durations
         board.state[0] = BUSY
+        now = clock()
+        check_parent_at = now + _PARENT_CHECK_SECONDS
         try:
             while not self._stopping:
-                beat[0] = clock()
+                beat[0] = started[0] = now
                 worker_start(self)
                 done += 1
                 tasks[0] = done
-                if getppid() != master_pid:
-                    self._check_master()
+                # One clock read per task: a task's end is the next one's start.
+                now = clock()
+                if record:
+                    took = now - started[0]
+                    # Tiny tasks, where this loop's own cost shows most, skip the search.
+                    if took <= smallest:
+                        counts[0] += 1.0
+                    else:
+                        counts[bucket_of(bounds, took)] += 1.0
+                    busy_for += took
+                if now >= check_parent_at:
+                    # The sum is stored at most once per millisecond too, not per task:
+                    # a SIGKILL may lose the last millisecond of it, never a count.
+                    duration_sum[0] = busy_for
+                    check_parent_at = now + _PARENT_CHECK_SECONDS
+                    if getppid() != master_pid:
+                        self._check_master()
                 if done == mark:
                     if done == self.refork_at:
                         self._report(REPORT_WARM)
@@ -452,6 +493,8 @@ class Worker:
         except BaseException:  # noqa: BLE001 - any escape ends this worker; the master replaces it
             self.log.exception("worker[%d] worker_start raised; exiting", self.nr)
             return EXIT_TASK_FAILED
+        finally:
+            duration_sum[0] = busy_for
         return EXIT_OK
 
 

@@ -1,0 +1,225 @@
+"""The master's own exposition writer: escaping, the two formats' naming rules,
+histograms, values as Go writes them; checked against prometheus_client's own
+parsers and, where installed, promtool."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from unicornish.exposition import (
+    COUNTER,
+    EOF,
+    GAUGE,
+    HISTOGRAM,
+    INFO,
+    Family,
+    escape_help,
+    escape_label_value,
+    number,
+    write,
+)
+from unicornish.metrics import Tallies
+
+NASTY = 'a\\b"c\nd'  # a backslash, a quote, a newline
+
+
+def families() -> list[Family]:
+    info = Family("demo_build", INFO, "The version")
+    info.add(1, ("version",), ("1.2.3",))
+    gauge = Family("demo_things", GAUGE, 'Help with a \\ backslash,\na newline and "quotes"')
+    gauge.add(3, ("where",), (NASTY,))
+    gauge.add(1777664, ("where",), ("plain",))
+    counter = Family("demo_jobs", COUNTER, "Jobs done")
+    counter.add(5, ("kind",), ("a",))
+    counter.add(0, ("kind",), ("b",))
+    histogram = Family("demo_seconds", HISTOGRAM, "Task time")
+    histogram.add_histogram((0.001, 1.0), [2.0, 3.0, 1.0], 7.25)
+    return [info, gauge, counter, histogram]
+
+
+def test_label_values_escape_backslash_quote_and_newline():
+    assert escape_label_value(NASTY) == 'a\\\\b\\"c\\nd'
+    assert escape_label_value("plain") == "plain"
+
+
+def test_help_escapes_quotes_in_openmetrics_only():
+    assert escape_help('x\\y\n"z"', openmetrics=False) == 'x\\\\y\\n"z"'
+    assert escape_help('x\\y\n"z"', openmetrics=True) == 'x\\\\y\\n\\"z\\"'
+
+
+@pytest.mark.parametrize(
+    "value, text",
+    [
+        (0, "0.0"),
+        (2, "2.0"),
+        (0.5, "0.5"),
+        (5e-06, "5e-06"),
+        (999999, "999999.0"),
+        (1000000, "1e+06"),
+        (1777664, "1.777664e+06"),
+        (1.7961808375350053e09, "1.7961808375350053e+09"),
+        (12345678901.5, "1.23456789015e+10"),
+        (-2500000.0, "-2.5e+06"),
+        (float("inf"), "+Inf"),
+        (float("-inf"), "-Inf"),
+        (float("nan"), "NaN"),
+    ],
+)
+def test_values_are_written_as_go_writes_a_float(value: float, text: str):
+    assert number(value) == text
+
+
+def test_the_text_format_names_counters_and_infos_as_prometheus_client_does():
+    text = write(families(), openmetrics=False)
+    assert "# TYPE demo_jobs_total counter\n" in text
+    assert 'demo_jobs_total{kind="a"} 5.0\n' in text
+    assert "# TYPE demo_build_info gauge\n" in text
+    assert 'demo_build_info{version="1.2.3"} 1.0\n' in text
+    assert 'demo_things{where="a\\\\b\\"c\\nd"} 3.0\n' in text
+    assert 'demo_things{where="plain"} 1.777664e+06\n' in text
+    assert "_created" not in text
+    assert EOF not in text
+
+
+def test_openmetrics_names_families_without_suffixes():
+    text = write(families(), openmetrics=True)
+    assert "# TYPE demo_jobs counter\n" in text
+    assert "# TYPE demo_build info\n" in text
+    assert '# HELP demo_things Help with a \\\\ backslash,\\na newline and \\"quotes\\"\n' in text
+
+
+def test_a_histogram_is_cumulative_and_ends_with_inf_count_and_sum():
+    text = write(families()[3:], openmetrics=False)
+    lines = [line for line in text.splitlines() if not line.startswith("#")]
+    assert lines == [
+        'demo_seconds_bucket{le="0.001"} 2.0',
+        'demo_seconds_bucket{le="1.0"} 5.0',
+        'demo_seconds_bucket{le="+Inf"} 6.0',
+        "demo_seconds_count 6.0",
+        "demo_seconds_sum 7.25",
+    ]
+
+
+def test_prometheus_clients_parsers_read_back_both_formats():
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
+    from prometheus_client.parser import text_string_to_metric_families as text_parse
+
+    for parse, openmetrics in ((text_parse, False), (om_parse, True)):
+        body = write(families(), openmetrics) + (EOF if openmetrics else "")
+        parsed = {f.name: f for f in parse(body)}
+        things = {s.labels["where"]: s.value for s in parsed["demo_things"].samples}
+        assert things == {NASTY: 3.0, "plain": 1777664.0}
+        jobs = parsed["demo_jobs"]
+        assert jobs.type == "counter"
+        assert {s.labels["kind"]: s.value for s in jobs.samples} == {"a": 5.0, "b": 0.0}
+        assert parsed["demo_seconds"].type == "histogram"
+    assert om_parse(write(families(), True) + EOF)  # the parser insists on # EOF
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+def test_promtool_accepts_the_text_format():
+    checked = subprocess.run(
+        ["promtool", "check", "metrics"],
+        input=write(families(), openmetrics=False),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+# -- the histogram's totals in the master -------------------------------------------------
+
+
+class _Board:
+    def __init__(self, durations: list[float]) -> None:
+        self.durations = durations
+
+    def task_durations(self) -> list[float]:
+        return self.durations
+
+
+class _Proc:
+    def __init__(self, nr: int, durations: list[float]) -> None:
+        self.nr = nr
+        self.board = _Board(durations)
+
+
+def test_task_durations_never_go_down_when_a_worker_is_reaped():
+    tallies = Tallies()
+    width = len(tallies.reaped_durations)
+    one = [1.0] + [0.0] * (width - 2) + [0.5]  # one fast task, 0.5 s in all
+    assert tallies.task_durations([_Proc(0, one), _Proc(-1, one)]) == one  # type: ignore[list-item]
+    tallies.worker_reaped(0, 1, one)
+    both = tallies.task_durations([_Proc(0, one)])  # type: ignore[list-item]
+    assert both[0] == 2.0 and both[-1] == 1.0
+    tallies.worker_reaped(-1, 0, one)  # a spare ran no task: nothing is added
+    assert tallies.task_durations([]) == one
+
+
+# -- the worker's side: what its loop records ---------------------------------------------
+
+
+def test_the_task_loop_records_each_task_and_leaves_idle_waits_out(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    import os
+    import time
+
+    from unicornish.protocol import TASK_DURATION_BUCKETS
+    from unicornish.scoreboard import Scoreboard
+    from unicornish.worker import Worker
+
+    # As a master with --metrics or --control sets it before forking.
+    monkeypatch.setattr(Scoreboard, "record_durations", True)
+    board = Scoreboard()
+    worker = Worker(0, os.getppid(), 0.0, [], board, "app")
+    calls = [0]
+
+    def task(w: Worker) -> None:
+        calls[0] += 1
+        if calls[0] == 1:
+            with w.idle():
+                time.sleep(0.06)  # waiting for work: not part of the task
+        elif calls[0] == 2:
+            time.sleep(0.06)  # the work itself
+        else:
+            w._stopping = True
+
+    try:
+        assert worker._loop(task) == 0
+        figures = board.task_durations()
+        counts, total = figures[:-1], figures[-1]
+        assert sum(counts) == board.task_count() == 3
+        slow_from = TASK_DURATION_BUCKETS.index(0.05) + 1  # the (0.05, 0.1] bucket on
+        assert sum(counts[slow_from:]) == 1  # the task that worked 60 ms, not the idle one
+        assert 0.06 <= total < 0.06 + 0.05
+    finally:
+        board.close()
+
+
+def test_without_a_reader_the_task_loop_records_no_durations():
+    import os
+
+    from unicornish.scoreboard import Scoreboard
+    from unicornish.worker import Worker
+
+    assert Scoreboard.record_durations is False  # until a master with a reader says so
+    board = Scoreboard()
+    worker = Worker(0, os.getppid(), 0.0, [], board, "app")
+    calls = [0]
+
+    def task(w: Worker) -> None:
+        calls[0] += 1
+        if calls[0] == 3:
+            w._stopping = True
+
+    try:
+        assert worker._loop(task) == 0
+        assert board.task_count() == 3
+        assert board.task_durations() == [0.0] * len(board.task_durations())
+    finally:
+        board.close()
