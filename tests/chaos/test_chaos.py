@@ -206,7 +206,9 @@ class Chaos:
 
 def settle(run: Any, configured: int, timeout: float = 25.0) -> int:
     """Wait until the master has exactly the workers it last said it wants,
-    three looks in a row; return that count."""
+    for 1.2 s of looks in a row; return that count. Longer than the 1 s for
+    which a HUP right after a reload is held back: the last HUP of the chaos
+    may reload (and set the count back) up to a second after it was sent."""
 
     def converged() -> bool:
         wanted = wanted_from_log(run.log(), configured)
@@ -217,7 +219,7 @@ def settle(run: Any, configured: int, timeout: float = 25.0) -> int:
     def stable() -> bool:
         nonlocal streak
         streak = streak + 1 if converged() else 0
-        return streak >= 3
+        return streak >= 12
 
     wait_for(stable, timeout, f"the worker count to settle; log tail:\n{run.log()[-2000:]}", 0.1)
     return wanted_from_log(run.log(), configured)
