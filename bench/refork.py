@@ -50,6 +50,10 @@ GUNICORN_R0 = f"{GUNICORN}, no reads"
 # mold-born worker grows with the tasks it has run since it was forked.
 LONG_TASKS = 2000
 REFORK_LONG = f"{REFORK}, {LONG_TASKS} tasks"
+# A second promotion on the way: the next generation forks from a mold that has
+# run 1000 tasks, and shares again what the first generation's reads copied.
+REFORK_TWICE_AFTER = f"{REFORK_AFTER},1000"
+REFORK_TWICE = f"--refork-after {REFORK_TWICE_AFTER}, {LONG_TASKS} tasks"
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,7 @@ class Variant:
     apps: tuple[str, ...] = ("heap", "stdlib", "none")
     kills: bool = True  # time respawns in this variant
     tasks: int = TASKS  # per worker
+    refork_after: str = str(REFORK_AFTER)
 
 
 VARIANTS = {
@@ -70,8 +75,11 @@ VARIANTS = {
     REFORK_R0: Variant("unicornish", True, 0, ("heap", "stdlib"), kills=False),
     GUNICORN_R0: Variant("gunicorn", False, 0, ("heap", "stdlib"), kills=False),
     REFORK_LONG: Variant("unicornish", True, READS, ("heap", "stdlib"), False, LONG_TASKS),
+    REFORK_TWICE: Variant(
+        "unicornish", True, READS, ("heap",), False, LONG_TASKS, REFORK_TWICE_AFTER
+    ),
 }
-BASELINE = {REFORK_R0: REFORK, GUNICORN_R0: GUNICORN, REFORK_LONG: REFORK}
+BASELINE = {REFORK_R0: REFORK, GUNICORN_R0: GUNICORN, REFORK_LONG: REFORK, REFORK_TWICE: REFORK}
 
 
 class Unsupported(BenchError):
@@ -197,7 +205,7 @@ def _respawns(ctx: Ctx, m: Master, workers: list[int], kills: int) -> dict[str, 
 
 def refork_once(ctx: Ctx, v: Variant, app: str, kills: int) -> dict[str, Any]:
     L = ctx.launcher
-    args = ["--refork-after", str(REFORK_AFTER)] if v.refork else []
+    args = ["--refork-after", v.refork_after] if v.refork else []
     env = {"BENCH_LAZY": app, "BENCH_LAZY_TASKS": str(v.tasks), "BENCH_LAZY_READS": str(v.reads)}
     m = L.start(v.peer, WORKERS, app="lazy", preload=True, extra_env=env, extra_args=args)
     try:
@@ -206,7 +214,14 @@ def refork_once(ctx: Ctx, v: Variant, app: str, kills: int) -> dict[str, Any]:
         _wait(ctx, m, f"{WORKERS} workers done", enough, 120)
         res: dict[str, Any] = {}
         if v.refork:
-            _wait(ctx, m, "'refork done:' in the log", lambda: "refork done:" in _log_text(m), 120)
+            reforks = v.refork_after.count(",") + 1
+            _wait(
+                ctx,
+                m,
+                f"{reforks} x 'refork done:' in the log",
+                lambda: _log_text(m).count("refork done:") >= reforks,
+                120,
+            )
             res["refork_done_s"] = time.monotonic() - t0
         workers, mold = _wait(ctx, m, "the last generation done", lambda: _settled(m), 120)
         if v.refork and mold is None:
@@ -303,8 +318,11 @@ def _rows(ctx: Ctx, raw: dict[str, dict[str, Any]], kills: int) -> list[Row]:
             (REFORK, GUNICORN),
             (REFORK_R0, GUNICORN_R0),
             (REFORK_LONG, None),  # gunicorn: each worker has its own copy whatever it reads
+            (REFORK_TWICE, None),
         )
         for variant, theirs in pairs:
+            if app not in VARIANTS[variant].apps:
+                continue
             rows.append(
                 row(
                     f"{app}: PSS per worker (8), {variant}",
