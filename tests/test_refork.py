@@ -424,8 +424,18 @@ def test_mold_born_workers_that_fail_to_boot_abandon_the_generation(start, app_f
     run.wait_log(r"refork failed: new worker\[\d\] exited before it was ready")
     mold = mold_pid(run)
     run.wait_log(rf"reaped pid={mold} mold status=exit 0")
-    workers = run.wait_workers(2)
-    assert not set(workers.values()) & forked_by_mold(run)
+    # Workers that get warm later are promoted in turn, and fail the same way:
+    # after three in a row, reforking is off until HUP.
+    run.wait_log("refork: 3 failed promotions in a row; off until HUP", timeout=20)
+    assert run.count(r"refork failed: new worker\[\d\] exited before it was ready") == 3
+    # The last failed generation's workers are gone (each mold-born one failed its
+    # boot, exit 3), and what serves came from the master.
+    wait_until(
+        lambda: not set(run.worker_pids().values()) & forked_by_mold(run),
+        10,
+        "no worker forked by a mold",
+    )
+    run.wait_workers(2)
     assert "refork done" not in run.log()
 
 
@@ -519,8 +529,13 @@ def test_a_worker_killed_in_its_last_task_after_the_promotion_signal(start, app_
     flag = tmp_path / "long-task"
     app = refork_app(
         app_file,
+        # The promoted worker (worker.alive turns False at the signal) stays in
+        # its task; the others go on after half a second.
         task_body=(
-            f"time.sleep(30) if worker.tasks == 10 and os.path.exists({str(flag)!r}) else None"
+            f"if worker.tasks == 10 and os.path.exists({str(flag)!r}):\n"
+            "        deadline = time.monotonic() + 0.5\n"
+            "        while worker.alive and time.monotonic() < deadline: time.sleep(0.005)\n"
+            "        if not worker.alive: time.sleep(30)"
         ),
     )
     flag.write_text("")
