@@ -28,7 +28,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from unicornish import appmetrics, linux, log, proctitle
 from unicornish.app import App, CompiledApp
@@ -265,53 +265,74 @@ class Mold:
         mask: set[int | signal.Signals],
     ) -> None:
         """In the mold's grandchild: wait to be the master's, then run as a worker."""
-        code = 1
+        run_in_child(
+            lambda: self.worker_life(nr, max_tasks, refork_at, fds, mask),
+            self.log,
+            lambda: f"worker[{nr}]",
+        )
+
+    def worker_life(
+        self,
+        nr: int,
+        max_tasks: int | None,
+        refork_at: int,
+        fds: list[int],
+        mask: set[int | signal.Signals],
+    ) -> int:
         mold = self.worker
         try:
-            try:
-                os.setpgid(0, 0)
-            except OSError:
-                pass
-            if self.sock is not None:
-                self.sock.close()
-            mold.forget()
-            if not wait_for_master(mold.master_pid):
-                mold.log.info("worker[%d] master pid=%d is gone", nr, mold.master_pid)
-                code = EXIT_OK
-                return
-            # Only now: set while the middle process lived, it would fire at its exit.
-            linux.set_parent_death_signal(signal.SIGQUIT)
-            if os.getppid() != mold.master_pid:
-                code = EXIT_OK
-                return
-            board = Scoreboard(fds[0])
-            arena = appmetrics.Arena(fds[1])
-            assign_fd = os.dup(fds[2]) if len(fds) > 2 else None
-            for fd in fds:
-                os.close(fd)
-            appmetrics.REGISTRY.bind(arena)
-            worker = mold.sibling(nr, board, max_tasks, refork_at)
-            worker.install_signals(self.log_file)
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            code = run(
-                worker,
-                self.app,
-                self.app_spec,
-                self.config_hooks,
-                self.report_fd,
-                assign_fd,
-                None,
-                self.log_file,
-                self.address,
-            )
-        except BaseException:  # noqa: BLE001 - the child must never return into the mold
-            try:
-                self.log.exception("worker[%d] failed", nr)
-            except BaseException:  # noqa: BLE001
-                pass
-        finally:
-            log.flush_stdio()
-            os._exit(code)
+            os.setpgid(0, 0)
+        except OSError:
+            pass
+        if self.sock is not None:
+            self.sock.close()
+        mold.forget()
+        if not wait_for_master(mold.master_pid):
+            mold.log.info("worker[%d] master pid=%d is gone", nr, mold.master_pid)
+            return EXIT_OK
+        # Only now: set while the middle process lived, it would fire at its exit.
+        linux.set_parent_death_signal(signal.SIGQUIT)
+        if os.getppid() != mold.master_pid:
+            return EXIT_OK
+        board = Scoreboard(fds[0])
+        arena = appmetrics.Arena(fds[1])
+        assign_fd = os.dup(fds[2]) if len(fds) > 2 else None
+        for fd in fds:
+            os.close(fd)
+        appmetrics.REGISTRY.bind(arena)
+        worker = mold.sibling(nr, board, max_tasks, refork_at)
+        worker.install_signals(self.log_file)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        return run(
+            worker,
+            self.app,
+            self.app_spec,
+            self.config_hooks,
+            self.report_fd,
+            assign_fd,
+            None,
+            self.log_file,
+            self.address,
+        )
+
+
+def run_in_child(
+    life: Callable[[], int], logger: logging.Logger, label: Callable[[], str]
+) -> NoReturn:
+    """In a forked child: run `life` and exit with its code. Whatever happens,
+    the child never returns into its parent's code (the master's loop, the
+    mold's), not even on an exception or sys.exit()."""
+    code = 1
+    try:
+        code = life()
+    except BaseException:  # noqa: BLE001 - logged, then the exit below
+        try:
+            logger.exception("%s failed", label())  # a spare's slot is known by then
+        except BaseException:  # noqa: BLE001
+            pass
+    finally:
+        log.flush_stdio()
+        os._exit(code)
 
 
 def wait_for_master(master_pid: int) -> bool:

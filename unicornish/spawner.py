@@ -21,7 +21,7 @@ from unicornish import appmetrics, linux, log, privileges
 from unicornish.app import App, CompiledApp, refresh_compiled
 from unicornish.config import Settings
 from unicornish.eventloop import EventLoop
-from unicornish.mold import MoldError, MoldLink
+from unicornish.mold import MoldError, MoldLink, run_in_child
 from unicornish.mold import run as run_worker
 from unicornish.privileges import Identity
 from unicornish.protocol import EXIT_BOOT_FAILED, HANDLED_SIGNALS
@@ -275,54 +275,57 @@ class Spawner:
         arena: appmetrics.Arena,
     ) -> None:
         """In the child: drop the master's machinery, run the worker, never return."""
-        code = 1
+        run_in_child(
+            lambda: self._worker_life(worker, release, compiled, mask, assign_fd, close_fd, arena),
+            self.log,
+            lambda: worker_label(worker.nr),
+        )
+
+    def _worker_life(
+        self,
+        worker: Worker,
+        release: Release,
+        compiled: CompiledApp | None,
+        mask: set[int | signal.Signals],
+        assign_fd: int | None,
+        close_fd: int | None,
+        arena: appmetrics.Arena,
+    ) -> int:
         try:
+            os.setpgid(0, 0)
+        except OSError:
+            pass
+        self.loop.forget_in_child()
+        # Before the app is loaded: its declarations go straight to our arena
+        # (those a --preload master made are replayed into it).
+        appmetrics.REGISTRY.bind(arena)
+        if close_fd is not None:
+            os.close(close_fd)
+        if release.identity is not None:
+            # Before the parent-death signal: changing uid/gid clears it.
             try:
-                os.setpgid(0, 0)
-            except OSError:
-                pass
-            self.loop.forget_in_child()
-            # Before the app is loaded: its declarations go straight to our arena
-            # (those a --preload master made are replayed into it).
-            appmetrics.REGISTRY.bind(arena)
-            if close_fd is not None:
-                os.close(close_fd)
-            if release.identity is not None:
-                # Before the parent-death signal: changing uid/gid clears it.
-                try:
-                    privileges.drop(release.identity)
-                except OSError as exc:
-                    self.log.error(
-                        "%s %s",
-                        worker_label(worker.nr),
-                        privileges.drop_error(release.identity, exc),
-                    )
-                    code = EXIT_BOOT_FAILED
-                    return
-            linux.set_parent_death_signal(signal.SIGQUIT)
-            worker.install_signals(release.settings.log_file)
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            worker.pid = os.getpid()
-            settings = release.settings
-            code = run_worker(
-                worker,
-                release.app,
-                settings.app or "",
-                settings.hooks,
-                self.report_fd,
-                assign_fd,
-                compiled,
-                settings.log_file,
-                self.mold_address,
-            )
-        except BaseException:  # noqa: BLE001 - the child must never return into the master's loop
-            try:
-                self.log.exception("%s failed", worker_label(worker.nr))
-            except BaseException:  # noqa: BLE001
-                pass
-        finally:
-            log.flush_stdio()
-            os._exit(code)
+                privileges.drop(release.identity)
+            except OSError as exc:
+                self.log.error(
+                    "%s %s", worker_label(worker.nr), privileges.drop_error(release.identity, exc)
+                )
+                return EXIT_BOOT_FAILED
+        linux.set_parent_death_signal(signal.SIGQUIT)
+        worker.install_signals(release.settings.log_file)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        worker.pid = os.getpid()
+        settings = release.settings
+        return run_worker(
+            worker,
+            release.app,
+            settings.app or "",
+            settings.hooks,
+            self.report_fd,
+            assign_fd,
+            compiled,
+            settings.log_file,
+            self.mold_address,
+        )
 
 
 def worker_label(nr: int) -> str:
