@@ -241,7 +241,11 @@ class Mold:
                 pid = os.fork()
                 if pid == 0:
                     os.close(write_fd)
-                    self.become_worker(nr, max_tasks, refork_at, fds, mask)
+                    run_in_child(  # never returns
+                        lambda: self.worker_life(nr, max_tasks, refork_at, fds, mask),
+                        self.log,
+                        lambda: f"worker[{nr}]",
+                    )
                 os.write(write_fd, REPLY.pack(pid))
             finally:
                 os._exit(0)
@@ -256,21 +260,6 @@ class Mold:
             return -11  # EAGAIN: the second fork failed
         return int(REPLY.unpack(data)[0])
 
-    def become_worker(
-        self,
-        nr: int,
-        max_tasks: int | None,
-        refork_at: int,
-        fds: list[int],
-        mask: set[int | signal.Signals],
-    ) -> None:
-        """In the mold's grandchild: wait to be the master's, then run as a worker."""
-        run_in_child(
-            lambda: self.worker_life(nr, max_tasks, refork_at, fds, mask),
-            self.log,
-            lambda: f"worker[{nr}]",
-        )
-
     def worker_life(
         self,
         nr: int,
@@ -279,6 +268,7 @@ class Mold:
         fds: list[int],
         mask: set[int | signal.Signals],
     ) -> int:
+        """In the mold's grandchild: wait to be the master's, then run as a worker."""
         mold = self.worker
         try:
             os.setpgid(0, 0)

@@ -140,7 +140,13 @@ class Spawner:
             self.log.error("%s fork failed: %s; retrying", record.label, exc.strerror or exc)
             return None
         if pid == 0:
-            self._become_worker(worker, release, compiled, mask, assign_fd, close_fd, arena)
+            run_in_child(  # never returns
+                lambda: self._worker_life(
+                    worker, release, compiled, mask, assign_fd, close_fd, arena
+                ),
+                self.log,
+                lambda: worker_label(worker.nr),
+            )
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         if release.app is None:
             gc.unfreeze()
@@ -264,23 +270,6 @@ class Spawner:
                 self.log.exception("%s before_fork failed", record.label)
         return worker
 
-    def _become_worker(
-        self,
-        worker: Worker,
-        release: Release,
-        compiled: CompiledApp | None,
-        mask: set[int | signal.Signals],
-        assign_fd: int | None,
-        close_fd: int | None,
-        arena: appmetrics.Arena,
-    ) -> None:
-        """In the child: drop the master's machinery, run the worker, never return."""
-        run_in_child(
-            lambda: self._worker_life(worker, release, compiled, mask, assign_fd, close_fd, arena),
-            self.log,
-            lambda: worker_label(worker.nr),
-        )
-
     def _worker_life(
         self,
         worker: Worker,
@@ -291,6 +280,7 @@ class Spawner:
         close_fd: int | None,
         arena: appmetrics.Arena,
     ) -> int:
+        """In the child: drop the master's machinery, run the worker; its exit code."""
         try:
             os.setpgid(0, 0)
         except OSError:
