@@ -45,7 +45,7 @@ from unicornish.readiness import Readiness, not_ready_reason
 from unicornish.recycle import GiveUp, MemoryLimit
 from unicornish.reexec import Upgrade
 from unicornish.refork import Reforker
-from unicornish.reload import Reloader, apply_settings, become_subreaper, write_pid_file
+from unicornish.reload import Reloader, apply_settings
 from unicornish.scoreboard import Scoreboard
 from unicornish.shutdown import Shutdown
 from unicornish.spares import Spares
@@ -369,11 +369,11 @@ class Master:
         if adaptive:
             self.log.info("%s", adaptive)
         if self.settings.subreaper:
-            become_subreaper(self.log)
+            pid1.become_subreaper(self.log)
         if self.pid == 1:
             self.log.info("running as pid 1: every orphan is reaped here; TERM stops everything")
         if self.settings.pid:
-            write_pid_file(self.settings.pid, self.log)
+            pidfile.write_logged(self.settings.pid, self.log)
 
     # -- signals -------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""As pid 1 (a container's init), whatever still runs at exit is ours to stop and reap."""
+"""Orphans: as pid 1 (a container's init), whatever still runs at exit is ours
+to stop and reap; as a child subreaper, orphaned descendants are reaped here."""
 
 from __future__ import annotations
 
@@ -9,8 +10,16 @@ import time
 
 import psutil
 
+from unicornish import linux
 from unicornish.eventloop import EventLoop
 from unicornish.protocol import describe_status
+
+
+def become_subreaper(logger: logging.Logger) -> None:
+    if linux.set_child_subreaper():
+        logger.info("child subreaper: orphaned descendants of workers are reaped here")
+    else:
+        logger.error("--subreaper: prctl(PR_SET_CHILD_SUBREAPER) failed")
 
 
 def reap_orphans(log: logging.Logger) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 
@@ -150,3 +151,11 @@ def remove_if_ours(path: str, pid: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def write_logged(path: str, logger: logging.Logger) -> None:
+    """The master's own pid, once running: a failure is logged, never fatal."""
+    try:
+        write(path, os.getpid())
+    except OSError as exc:
+        logger.error("cannot write pid file %s: %s", path, exc.strerror or exc)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from unicornish import app as app_module
-from unicornish import linux, log, pidfile, privileges
+from unicornish import log, pid1, pidfile, privileges
 from unicornish.app import AppError, load_app
 from unicornish.autoscale import count_after_reload
 from unicornish.config import Settings, build_settings
@@ -96,7 +96,7 @@ def apply_settings(old: Settings, new: Settings, logger: logging.Logger) -> None
         if old.pid:
             pidfile.remove_if_ours(old.pid, os.getpid())
         if new.pid:
-            write_pid_file(new.pid, logger)
+            pidfile.write_logged(new.pid, logger)
     if new.listen != old.listen:
         logger.warning("listen addresses changed: they take effect on USR2 (re-exec)")
     if new.control != old.control:
@@ -104,21 +104,7 @@ def apply_settings(old: Settings, new: Settings, logger: logging.Logger) -> None
     if new.metrics != old.metrics:
         logger.warning("metrics address changed: it takes effect on USR2 (re-exec)")
     if new.subreaper and not old.subreaper:
-        become_subreaper(logger)
-
-
-def write_pid_file(path: str, logger: logging.Logger) -> None:
-    try:
-        pidfile.write(path, os.getpid())
-    except OSError as exc:
-        logger.error("cannot write pid file %s: %s", path, exc.strerror or exc)
-
-
-def become_subreaper(logger: logging.Logger) -> None:
-    if linux.set_child_subreaper():
-        logger.info("child subreaper: orphaned descendants of workers are reaped here")
-    else:
-        logger.error("--subreaper: prctl(PR_SET_CHILD_SUBREAPER) failed")
+        pid1.become_subreaper(logger)
 
 
 # HUPs closer together than this make one reload (a storm forks a few generations).

@@ -36,13 +36,13 @@ from unicornish.protocol import (
     encode_report,
 )
 from unicornish.scoreboard import BUSY, IDLE, MOLD, Scoreboard
+from unicornish.sockets import OUT_OF_RESOURCES
 
 # How often an idle worker in accept() re-checks its master by itself, in case
 # an app replaced our QUIT handler (the parent-death signal then goes unseen).
 _ACCEPT_CHECK_SECONDS = 1.0
 # accept() failing for lack of fds or memory: wait this long before trying again.
 _ACCEPT_PAUSE_SECONDS = 0.1
-_NO_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 # How often the task loop compares os.getppid() with its master: a system call
 # costs as much as the rest of an empty task, so once per millisecond, not per
 # task (the parent-death signal is the first line; this is for apps that
@@ -167,7 +167,7 @@ class Worker:
                 except (BlockingIOError, InterruptedError):
                     continue  # another worker got it first
                 except OSError as exc:
-                    if exc.errno in _NO_RESOURCES:
+                    if exc.errno in OUT_OF_RESOURCES:
                         # The connection stays queued and the socket readable: polling
                         # again at once would spin. Wait (a stop request ends the wait).
                         self._accept_paused(exc)
