@@ -626,3 +626,33 @@ def test_reforking_with_user_keeps_every_process_the_users(start):
         run.seen.update(pids)
         os.kill(run.pid, signal.SIGKILL)
         wait_until(lambda: not [p for p in pids if _running(p)], 15, "all gone")
+
+
+def test_refork_after_from_the_config_file(start, app_file, tmp_path):
+    app = refork_app(app_file)
+    config = tmp_path / "conf.py"
+    config.write_text(f"app = {str(app)!r}\nworkers = 2\nrefork_after = [15, 30]\n")
+    run = start("-c", str(config))
+    run.wait_log("refork done: 2 workers", 2, timeout=20)
+    assert "(after 15 tasks)" in run.log() and "(after 30 tasks)" in run.log()
+
+
+def test_crash_backoff_and_ttou_with_mold_born_workers(start, app_file, tmp_path):
+    flag = tmp_path / "crash"
+    app = refork_app(
+        app_file,
+        task_body=f"if MOLDED and os.path.exists({str(flag)!r}): raise RuntimeError('boom')",
+    )
+    run = start("--app", str(app), "--workers", "3", "--refork-after", "10")
+    run.wait_log("refork done: 3 workers forked from mold")
+    # Mold-born workers that die right after they start are held back like any.
+    flag.write_text("")
+    run.wait_log(r"worker\[\d\] died soon after spawning \(\d+ times in a row\): crash loop", 1, 20)
+    flag.unlink()
+    workers = run.wait_workers(3, timeout=20)
+    assert set(workers.values()) <= forked_by_mold(run)
+    run.signal(signal.SIGTTOU)
+    run.wait_log("TTOU: 2 workers wanted")
+    workers = run.wait_workers(2)
+    assert set(workers.values()) <= forked_by_mold(run)
+    assert children(run.pid)[mold_pid(run)] == "mold"
