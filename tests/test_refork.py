@@ -535,7 +535,7 @@ def test_a_worker_killed_in_its_last_task_after_the_promotion_signal(start, app_
             f"if worker.tasks == 10 and os.path.exists({str(flag)!r}):\n"
             "        deadline = time.monotonic() + 0.5\n"
             "        while worker.alive and time.monotonic() < deadline: time.sleep(0.005)\n"
-            "        if not worker.alive: time.sleep(30)"
+            f"        if not worker.alive and os.path.exists({str(flag)!r}): time.sleep(30)"
         ),
     )
     flag.write_text("")
