@@ -527,22 +527,26 @@ def test_counters_never_go_down_across_promotions_and_retired_molds(start, app_f
 
 def test_a_worker_killed_in_its_last_task_after_the_promotion_signal(start, app_file, tmp_path):
     flag = tmp_path / "long-task"
+    taken = tmp_path / "long-task.taken"
     app = refork_app(
         app_file,
-        # The promoted worker (worker.alive turns False at the signal) stays in
-        # its task; the others go on after half a second.
+        # The promoted worker (worker.alive turns False at the signal) takes the
+        # flag (a rename: only one can) and stays in its task; the others go on after 2 s.
         task_body=(
             f"if worker.tasks == 10 and os.path.exists({str(flag)!r}):\n"
-            "        deadline = time.monotonic() + 0.5\n"
+            "        deadline = time.monotonic() + 2.0\n"
             "        while worker.alive and time.monotonic() < deadline: time.sleep(0.005)\n"
-            f"        if not worker.alive and os.path.exists({str(flag)!r}): time.sleep(30)"
+            "        if not worker.alive:\n"
+            "            try:\n"
+            f"                os.rename({str(flag)!r}, {str(taken)!r}); time.sleep(30)\n"
+            "            except FileNotFoundError: pass"
         ),
     )
     flag.write_text("")
     run = start("--app", str(app), "--workers", "2", "--refork-after", "10")
     run.wait_log("becoming the mold")
     promoted = promoted_pid(run)
-    flag.unlink()
+    wait_until(taken.exists, 10, "the promoted worker in its last task")
     os.kill(promoted, signal.SIGKILL)
     run.wait_log(rf"refork failed: mold pid={promoted} exited before it was ready")
     assert f"after_mold {promoted}" not in run.stdout()
