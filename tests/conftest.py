@@ -18,7 +18,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,38 @@ def alive(pid: int) -> bool:
     return not gone(pid)
 
 
+class Seen:
+    """Pids of processes a run started, each with its start time: pids are
+    reused (pid_max is 32768 here), and a cleanup must never kill another
+    test's process that got the number of one of ours."""
+
+    def __init__(self) -> None:
+        self.started: dict[int, float] = {}
+
+    def add(self, pid: int) -> None:
+        if pid not in self.started:
+            try:
+                self.started[pid] = psutil.Process(pid).create_time()
+            except psutil.Error:
+                pass  # already gone: nothing to clean up
+
+    def update(self, pids: Iterable[int]) -> None:
+        for pid in pids:
+            self.add(pid)
+
+    def __contains__(self, pid: object) -> bool:
+        return pid in self.started
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(self.started))
+
+    def still_ours(self, proc: psutil.Process) -> bool:
+        try:
+            return proc.create_time() == self.started.get(proc.pid)
+        except psutil.Error:
+            return False
+
+
 class Run:
     """One master started from bin/unicornish."""
 
@@ -114,7 +146,8 @@ class Run:
         )
         self.pid = self.proc.pid
         self.sid = self.pid
-        self.seen: set[int] = set()
+        self.seen = Seen()
+        self.seen.add(self.pid)  # the session leader: its start time tells our session apart
 
     # -- reading ---------------------------------------------------------------
 
@@ -195,6 +228,13 @@ class Run:
             raise AssertionError(f"master still running after {timeout}s:\n{tail}") from None
 
     def session_pids(self) -> list[int]:
+        # Once our master is reaped its number may go to another test's master,
+        # which leads a session of the same number: that one is not ours.
+        try:
+            if not self.seen.still_ours(psutil.Process(self.sid)):
+                return []
+        except psutil.NoSuchProcess:
+            pass  # the leader is gone; a session number is not reused while members live
         pids = []
         for proc in psutil.process_iter(["pid"]):
             try:
@@ -207,13 +247,14 @@ class Run:
     def cleanup(self) -> list[int]:
         """Kill everything this run started; return what was still alive."""
         leaked = []
-        for pid in set(self.session_pids()) | self.seen | {self.pid}:
+        session = set(self.session_pids())
+        for pid in session | set(self.seen):
             try:
                 proc = psutil.Process(pid)
                 if proc.status() == psutil.STATUS_ZOMBIE:
                     continue
-                if pid != self.pid and os.getsid(pid) != self.sid and pid not in self.seen:
-                    continue
+                if pid not in session and not self.seen.still_ours(proc):
+                    continue  # a reused number: another test's process
                 leaked.append(pid)
                 os.kill(pid, signal.SIGKILL)
             except (psutil.NoSuchProcess, ProcessLookupError, OSError):
