@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 from conftest import run_cli, wait_until
 
 APP = """
@@ -139,10 +140,14 @@ def test_a_warm_worker_becomes_the_mold_and_every_worker_forks_from_it(start, ap
     assert run.count("becoming the mold") == 1
 
 
-def test_each_generation_uses_the_next_count_and_reforking_ends_with_the_list(start, app_file):
+@pytest.mark.parametrize("extra", [[], ["--preload"], ["--workers", "2:3"]])
+def test_each_generation_uses_the_next_count_and_reforking_ends_with_the_list(
+    start, app_file, extra
+):
     app = refork_app(app_file)
-    run = start("--app", str(app), "--workers", "2", "--refork-after", "20,40")
-    run.wait_log("refork done: 2 workers", 2, timeout=20)
+    run = start("--app", str(app), "--workers", "2", "--refork-after", "20,40", *extra)
+    # With 2:3, the count grows to 3 as the workers are never idle.
+    run.wait_log(r"refork done: \d workers", 2, timeout=20)
     log = run.log()
     assert "(after 20 tasks)" in log and "(after 40 tasks)" in log
     first, second = mold_pid(run, 1), mold_pid(run, 2)
@@ -150,8 +155,13 @@ def test_each_generation_uses_the_next_count_and_reforking_ends_with_the_list(st
     run.wait_log(rf"reaped pid={first} mold status=exit 0")
     wait_molds(run, 1)
     assert children(run.pid)[second] == "mold"
-    workers = run.wait_workers(2)
-    assert set(workers.values()) <= forked_by_mold(run)
+    wait_until(
+        lambda: (
+            len(run.worker_pids()) >= 2 and set(run.worker_pids().values()) <= forked_by_mold(run)
+        ),
+        10,
+        "every worker forked by a mold",
+    )
 
 
 def test_off_by_default_and_ctl_refork_promotes_by_hand(start, app_file, tmp_path):
@@ -318,8 +328,9 @@ def run_with_mold(start, app_file, *extra: str):
     return run, [run.pid, *children(run.pid)]
 
 
-def test_graceful_stop_with_a_mold(start, app_file):
-    run, pids = run_with_mold(start, app_file)
+@pytest.mark.parametrize("extra", [[], ["--drain", "0.5"]], ids=["quit", "drain"])
+def test_graceful_stop_with_a_mold(start, app_file, extra):
+    run, pids = run_with_mold(start, app_file, *extra)
     run.signal(signal.SIGQUIT)
     assert run.wait_exit(15) == 0
     wait_until(lambda: not any(psutil.pid_exists(p) for p in pids), 10, "all gone")
