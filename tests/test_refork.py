@@ -399,7 +399,7 @@ def test_a_mold_that_hangs_is_killed_after_the_graceful_timeout(start, app_file)
 def test_a_mold_killed_during_the_rollout_and_after_it(start, app_file, tmp_path):
     # Mold-born workers take a while to be ready: the rollout is slow enough to
     # kill the mold in the middle of it.
-    app = refork_app(app_file, after_fork="time.sleep(0.4) if MOLDED else None")
+    app = refork_app(app_file, after_fork="time.sleep(1.0) if MOLDED else None")
     run = start("--app", str(app), "--workers", "3", "--refork-after", "10")
     run.wait_log(r"spawned pid=\d+ \(from mold")
     mold = mold_pid(run)
@@ -417,7 +417,7 @@ def test_a_mold_killed_during_the_rollout_and_after_it(start, app_file, tmp_path
 
 
 def test_a_mold_that_stops_answering_is_given_up(start, app_file):
-    app = refork_app(app_file, after_fork="time.sleep(0.3) if MOLDED else None")
+    app = refork_app(app_file, after_fork="time.sleep(1.0) if MOLDED else None")
     run = start("--app", str(app), "--workers", "3", "--refork-after", "10")
     run.wait_log(r"spawned pid=\d+ \(from mold")
     mold = mold_pid(run)
@@ -538,28 +538,29 @@ def test_counters_never_go_down_across_promotions_and_retired_molds(start, app_f
 
 
 def test_a_worker_killed_in_its_last_task_after_the_promotion_signal(start, app_file, tmp_path):
-    flag = tmp_path / "long-task"
-    taken = tmp_path / "long-task.taken"
+    flag, inside, taken = (tmp_path / name for name in ("hold", "inside", "taken"))
+    control = tmp_path / "ctl.sock"
+    # With the flag, a task says it has begun and waits for the promotion
+    # (worker.alive turns False), then stays in the task: the window between
+    # the signal and after_mold, made as long as the test needs.
     app = refork_app(
         app_file,
-        # The promoted worker (worker.alive turns False at the signal) takes the
-        # flag (a rename: only one can) and stays in its task. One worker: no
-        # other can see alive turn False (a QUIT) in that window.
         task_body=(
-            f"if worker.tasks == 10 and os.path.exists({str(flag)!r}):\n"
-            "        deadline = time.monotonic() + 2.0\n"
+            f"if os.path.exists({str(flag)!r}):\n"
+            f"        open({str(inside)!r}, 'w').close()\n"
+            "        deadline = time.monotonic() + 30\n"
             "        while worker.alive and time.monotonic() < deadline: time.sleep(0.005)\n"
-            "        if not worker.alive:\n"
-            "            try:\n"
-            f"                os.rename({str(flag)!r}, {str(taken)!r}); time.sleep(30)\n"
-            "            except FileNotFoundError: pass"
+            f"        os.rename({str(flag)!r}, {str(taken)!r}); time.sleep(30)"
         ),
     )
+    run = start("--app", str(app), "--workers", "1", "--control", str(control))
+    run.wait_ready(1)
     flag.write_text("")
-    run = start("--app", str(app), "--workers", "1", "--refork-after", "10")
-    run.wait_log("becoming the mold")
+    wait_until(inside.exists, 10, "the worker in a task")
+    code, reply = ctl(control, "refork")
+    assert code == 0, reply
     promoted = promoted_pid(run)
-    wait_until(taken.exists, 10, "the promoted worker in its last task")
+    wait_until(taken.exists, 10, "the promoted worker still in its last task")
     os.kill(promoted, signal.SIGKILL)
     run.wait_log(rf"refork failed: mold pid={promoted} exited before it was ready")
     assert f"after_mold {promoted}" not in run.stdout()
@@ -587,7 +588,7 @@ def test_a_mold_killed_when_it_is_asked_to_fork(start, app_file, tmp_path):
     flag = tmp_path / "kill-mold"
     config = tmp_path / "conf.py"
     config.write_text(KILL_AT_FORK.format(flag=str(flag)))
-    app = refork_app(app_file, after_fork="time.sleep(0.5) if MOLDED else None")
+    app = refork_app(app_file, after_fork="time.sleep(1.0) if MOLDED else None")
     run = start("--app", str(app), "--workers", "3", "--refork-after", "10", "-c", str(config))
     run.wait_log(r"spawned pid=\d+ \(from mold")
     mold = mold_pid(run)
