@@ -674,3 +674,22 @@ def test_crash_backoff_and_ttou_with_mold_born_workers(start, app_file, tmp_path
     workers = run.wait_workers(2)
     assert set(workers.values()) <= forked_by_mold(run)
     assert children(run.pid)[mold_pid(run)] == "mold"
+
+
+def test_a_sigurg_the_master_did_not_send_is_ignored(start, app_file, tmp_path):
+    # The kernel sends SIGURG for TCP urgent data to a socket the app gave an
+    # owner: a worker becomes the mold only when the master asked for it.
+    control = tmp_path / "ctl.sock"
+    app = refork_app(app_file)
+    run = start("--app", str(app), "--workers", "1", "--control", str(control))
+    pid = run.wait_ready(1)[0]
+    wait_until(control.exists, 10, "control socket")
+    os.kill(pid, signal.SIGURG)
+
+    def tasks() -> int:
+        return int(ctl(control, "status")[1]["workers"][0]["tasks"])
+
+    after = tasks()
+    wait_until(lambda: tasks() > after + 20, 10, "tasks going on after SIGURG")
+    assert run.worker_pids() == {0: pid}
+    assert "mold" not in run.log()

@@ -103,6 +103,7 @@ class Reforker:
         self.table.pop(w.pid)
         w.role = "mold"
         self.molds.add(w)
+        w.board.promote[0] = 1
         self.stopper.signal(w, PROMOTE_SIGNAL)
         self.promoting = w
         self.deadline = time.monotonic() + self.release().settings.graceful_timeout

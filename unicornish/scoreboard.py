@@ -2,13 +2,17 @@
 
 Each worker gets one anonymous shared page, mapped by the master before the
 fork. A beat is a plain store into it: no file on disk, no system call, so
-the worker loop can beat on every task. The master only reads.
+the worker loop can beat on every task. The master only reads, but for the
+one byte that says it asked the worker to become the mold.
 
 Layout (native order, 8-byte aligned):
     0  float64  beat: CLOCK_MONOTONIC at the start of the current task (or
                  the last notify()); 0.0 while the worker is not in a task
     8  uint64   tasks completed
-    16 uint8    state: booting, idle, busy
+    16 uint8    state: booting, idle, busy, mold
+    17 uint8    promotion asked: set by the master right before PROMOTE_SIGNAL
+                 (the kernel sends SIGURG too, for TCP urgent data to a socket
+                 the app gave an owner: without this byte it is ignored)
     64 float64  task durations: one count per TASK_DURATION_BUCKETS bucket
                  (not cumulative), +Inf last, then the sum of the durations
 """
@@ -33,7 +37,7 @@ SIZE = _DURATIONS_AT + DURATION_SLOTS * 8
 
 
 class Scoreboard:
-    __slots__ = ("_map", "beat", "tasks", "state", "durations", "duration_sum")
+    __slots__ = ("_map", "beat", "tasks", "state", "promote", "durations", "duration_sum")
 
     # Whether workers record task durations. Off until the master says something
     # can read them (--metrics or --control): then each fork inherits it on. The
@@ -50,6 +54,7 @@ class Scoreboard:
         self.beat = view[0:8].cast("d")
         self.tasks = view[8:16].cast("Q")
         self.state = view[16:17].cast("B")
+        self.promote = view[17:18].cast("B")
         # Floats, not integers: `counts[k] += 1.0` is the cheapest update a
         # memoryview has, and a float64 counts exactly up to 2**53.
         end = _DURATIONS_AT + DURATION_SLOTS * 8
@@ -79,6 +84,7 @@ class Scoreboard:
             pass  # not Linux: the child keeps a mapping it never uses
 
     def close(self) -> None:
-        for view in (self.beat, self.tasks, self.state, self.durations, self.duration_sum):
+        views = (self.beat, self.tasks, self.state, self.promote, self.durations, self.duration_sum)
+        for view in views:
             view.release()
         self._map.close()

@@ -240,7 +240,10 @@ class Worker:
 
     def _on_promote(self, signum: int, frame: object) -> None:
         # Ends the current wait (accept, worker.alive) like QUIT; what follows
-        # the loop is becoming the mold instead of exiting.
+        # the loop is becoming the mold instead of exiting. Only if the master
+        # asked: the kernel sends the same signal for TCP urgent data.
+        if not self._board.promote[0]:
+            return
         self._promote = True
         self._stopping = True
         self._wake()
