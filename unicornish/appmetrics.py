@@ -258,8 +258,13 @@ class CounterSeries(_Series):
         return float(self._values[self._i])
 
 
-class GaugeSeries(_Series):
+class _GaugeUpdates:
+    """A gauge's updates, for a series and for an unlabelled Gauge alike: each
+    one store into the slot `_values[_i]` (a Gauge with labels raises there)."""
+
     __slots__ = ()
+    _values: Any
+    _i: int
 
     def inc(self, amount: float = 1.0) -> None:
         self._values[self._i] += amount
@@ -269,6 +274,10 @@ class GaugeSeries(_Series):
 
     def set(self, value: float) -> None:
         self._values[self._i] = value
+
+
+class GaugeSeries(_Series, _GaugeUpdates):
+    __slots__ = ()
 
     def get(self) -> float:
         return float(self._values[self._i])
@@ -381,17 +390,8 @@ class Counter(Metric):
         return float(self._single().get())
 
 
-class Gauge(Metric):
+class Gauge(Metric, _GaugeUpdates):
     __slots__ = ()
-
-    def inc(self, amount: float = 1.0) -> None:
-        self._values[self._i] += amount
-
-    def dec(self, amount: float = 1.0) -> None:
-        self._values[self._i] -= amount
-
-    def set(self, value: float) -> None:
-        self._values[self._i] = value
 
     def get(self) -> float:
         return float(self._single().get())

@@ -150,20 +150,11 @@ class Spawner:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         if release.app is None:
             gc.unfreeze()
-        record.board.keep_from_children()
-        arena.keep_from_children()
         try:
             os.setpgid(pid, pid)  # also done by the child; whoever runs first wins the race
         except OSError:
             pass
-        record.pid = pid
-        self.log.info(
-            "%s spawned pid=%d",
-            record.label,
-            pid,
-            extra=log.event(f"{kind}_spawned", pid=pid, **fields),
-        )
-        return record
+        return self.spawned(record, pid)
 
     def spawn_from_mold(
         self,
@@ -202,16 +193,21 @@ class Spawner:
         finally:
             for fd in fds:
                 os.close(fd)
+        return self.spawned(record, pid, f" (from mold pid={mold.pid})")
+
+    def spawned(self, record: WorkerProc, pid: int, how: str = "") -> WorkerProc:
+        """The child runs: no later child maps its pages; say so."""
         record.board.keep_from_children()
-        record.arena.keep_from_children()
+        if record.arena is not None:
+            record.arena.keep_from_children()
         record.pid = pid
-        fields = {"nr": nr} if nr >= 0 else {}
-        kind = "worker" if nr >= 0 else "spare"
+        fields = {"nr": record.nr} if record.nr >= 0 else {}
+        kind = "worker" if record.nr >= 0 else "spare"
         self.log.info(
-            "%s spawned pid=%d (from mold pid=%d)",
-            label,
+            "%s spawned pid=%d%s",
+            record.label,
             pid,
-            mold.pid,
+            how,
             extra=log.event(f"{kind}_spawned", pid=pid, **fields),
         )
         return record
