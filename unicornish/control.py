@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from unicornish.errors import StartupError
-from unicornish.eventloop import EventLoop
+from unicornish.eventloop import Clients, EventLoop
 from unicornish.procstats import StatsReader
 from unicornish.protocol import (
     MAX_LINE,
@@ -241,7 +241,7 @@ class ControlServer:
         self.original_path = path
         self.log = log
         self.uid = os.geteuid()
-        self.clients: dict[int, Client] = {}
+        self.clients: Clients[Client] = Clients(loop)
         self.paused_until: float | None = None
         self.refused_logged_at = -1e9
         try:
@@ -258,7 +258,7 @@ class ControlServer:
 
     def tick(self, now: float) -> float | None:
         """Drop silent clients, listen again after a pause; the next such deadline."""
-        for client in list(self.clients.values()):
+        for client in self.clients:
             if now >= client.deadline:
                 self.log.info(
                     "control: dropped a client (pid=%d) silent for %gs", client.pid, CLIENT_TIMEOUT
@@ -270,7 +270,7 @@ class ControlServer:
                 self.loop.add_reader(self.sock, self._on_accept)
             except (KeyError, ValueError, OSError):
                 pass
-        deadlines = [c.deadline for c in self.clients.values()]
+        deadlines = [c.deadline for c in self.clients]
         if self.paused_until is not None:
             deadlines.append(self.paused_until)
         return min(deadlines) if deadlines else None
@@ -316,8 +316,7 @@ class ControlServer:
             _send_and_close(conn, error("too many control connections"))
             return
         client = Client(conn, pid, uid, time.monotonic() + CLIENT_TIMEOUT)
-        self.clients[conn.fileno()] = client
-        self.loop.add_reader(conn, self._callback(client))
+        self.clients.add(client, self._callback(client))
 
     def _callback(self, client: Client) -> Callable[[], None]:
         return lambda: self._on_event(client)
@@ -405,19 +404,11 @@ class ControlServer:
             events = selectors.EVENT_WRITE
         else:
             events = selectors.EVENT_READ
-        if events != client.events:
-            client.events = events
-            try:
-                self.loop.set_events(client.sock, events, self._callback(client))
-            except (KeyError, ValueError, OSError):
-                self._close(client)
+        if not self.clients.set_events(client, events, self._callback(client)):
+            self._close(client)
 
     def _close(self, client: Client) -> None:
-        fd = client.sock.fileno()
-        if fd >= 0:
-            self.clients.pop(fd, None)
-            self.loop.remove(client.sock)
-        client.sock.close()
+        self.clients.close(client)
 
     # -- commands ----------------------------------------------------------------------
 
@@ -530,7 +521,7 @@ class ControlServer:
 
     def close(self) -> None:
         """The master exits: flush what can be flushed, close, remove our socket file."""
-        for client in list(self.clients.values()):
+        for client in self.clients:
             if client.outbuf:
                 self._send(client)
             self._close(client)
@@ -544,7 +535,7 @@ class ControlServer:
 
     def close_in_child(self) -> None:
         """In a new worker: drop our copies of the fds, touching nothing else."""
-        for client in self.clients.values():
+        for client in self.clients:
             client.sock.close()
         self.sock.close()
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 from unicornish import sockets as sockets_module
 from unicornish.errors import StartupError, UsageError
-from unicornish.eventloop import ErrorLog, EventLoop
+from unicornish.eventloop import Clients, ErrorLog, EventLoop
 from unicornish.listeners import same_address
 from unicornish.protocol import METRICS_FD_ENV
 
@@ -317,7 +317,7 @@ class MetricsServer:
         self.log = log
         self.sock = sock
         self.endpoints = endpoints
-        self.clients: dict[int, Client] = {}
+        self.clients: Clients[Client] = Clients(loop)
         self.paused_until: float | None = None
         self.accepting = False
         self.handed_over = False  # USR2: a new master accepts on the socket now
@@ -343,14 +343,14 @@ class MetricsServer:
     def tick(self, now: float) -> float | None:
         """Drop clients past their deadline, listen again after a pause; the next
         such deadline, or None when no client is connected (no timer at all)."""
-        for client in list(self.clients.values()):
+        for client in self.clients:
             if now >= client.deadline:
                 self._close(client)
         if self.paused_until is not None and now >= self.paused_until:
             self.paused_until = None
             if not self.handed_over and len(self.clients) < MAX_CLIENTS:
                 self._accept_on()
-        deadlines = [c.deadline for c in self.clients.values()]
+        deadlines = [c.deadline for c in self.clients]
         if self.paused_until is not None:
             deadlines.append(self.paused_until)
         return min(deadlines) if deadlines else None
@@ -370,8 +370,7 @@ class MetricsServer:
     def _admit(self, conn: socket.socket) -> None:
         conn.setblocking(False)
         client = Client(conn, time.monotonic() + CLIENT_TIMEOUT)
-        self.clients[conn.fileno()] = client
-        self.loop.add_reader(conn, lambda: self._on_event(client))
+        self.clients.add(client, lambda: self._on_event(client))
         if len(self.clients) >= MAX_CLIENTS:
             # Full: the next connections wait in the backlog; the first client
             # done (or dropped at its deadline) lets them in (_close).
@@ -455,19 +454,11 @@ class MetricsServer:
             self._close(client)
 
     def _set_events(self, client: Client, events: int) -> None:
-        if events != client.events:
-            client.events = events
-            try:
-                self.loop.set_events(client.sock, events, lambda: self._on_event(client))
-            except (KeyError, ValueError, OSError):
-                self._close(client)
+        if not self.clients.set_events(client, events, lambda: self._on_event(client)):
+            self._close(client)
 
     def _close(self, client: Client) -> None:
-        fd = client.sock.fileno()
-        if fd >= 0:
-            self.clients.pop(fd, None)
-            self.loop.remove(client.sock)
-        client.sock.close()
+        self.clients.close(client)
         if len(self.clients) < MAX_CLIENTS and not self.handed_over and self.paused_until is None:
             self._accept_on()
 
@@ -487,7 +478,7 @@ class MetricsServer:
     def close(self, unlink: bool) -> None:
         """The master exits: close every client and the socket; remove a unix
         socket's file unless another master (USR2) serves it."""
-        for client in list(self.clients.values()):
+        for client in self.clients:
             self._close(client)
         self._accept_off()
         path = ""
@@ -503,6 +494,6 @@ class MetricsServer:
 
     def close_in_child(self) -> None:
         """In a new worker: drop our copies of the fds, touching nothing else."""
-        for client in self.clients.values():
+        for client in self.clients:
             client.sock.close()
         self.sock.close()
