@@ -3,8 +3,8 @@
 
     bench/.venv/bin/python bench/fork_floor.py [MODULES ...]
 
-For each set of modules (default: nothing, logging, psutil, unicornish.worker,
-unicornish.master + cli), a fresh interpreter imports them, then forks 200
+For each set of modules (default: nothing, logging, psutil, unicornish.worker.process,
+unicornish.master.master + cli), a fresh interpreter imports them, then forks 200
 children that only report CLOCK_MONOTONIC and _exit(). It prints the RSS of
 the forking process, how long fork() takes to return in the parent (page
 tables are copied in proportion to what is mapped), and how long until the
@@ -22,7 +22,13 @@ import subprocess
 import sys
 import time
 
-DEFAULT = ["", "logging", "psutil", "unicornish.worker", "unicornish.master,unicornish.cli"]
+DEFAULT = [
+    "",
+    "logging",
+    "psutil",
+    "unicornish.worker.process",
+    "unicornish.master.master,unicornish.cli",
+]
 
 
 def measure(mods: list[str], n: int = 200) -> str:

@@ -122,7 +122,7 @@ class Run:
         stderr: Any = None,
     ):
         self.tmp = tmp
-        self.log_path = tmp / "unicornish.log"
+        self.log_path = tmp / "unicornish.host.log"
         self.out_path = tmp / "stdout.txt"
         self.err_path = tmp / "stderr.txt"
         # prefix: a launcher that execs the rest (the pid stays the master's).

@@ -46,7 +46,7 @@ def before_fork(worker):
 # Declared at import: in the master with --preload, in each worker without.
 AT_IMPORT = """
 import time
-from unicornish import appmetrics
+from unicornish.metrics import appmetrics
 JOBS = appmetrics.counter("jobs", "Jobs done", labels={"kind": ["a", "b"]})
 UP = appmetrics.gauge("up", "Workers up")
 LATENCY = appmetrics.histogram("task_seconds", "Task time", buckets=[0.001, 1])

@@ -26,7 +26,7 @@ import psutil
 import pytest
 from conftest import Run, wait_until
 
-from unicornish import cgroups
+from unicornish.host import cgroups
 
 MIB = 1024 * 1024
 
@@ -331,7 +331,7 @@ print("up", flush=True)
 time.sleep(120)
 """
 
-REPORT = "from unicornish import cgroups; print(cgroups.oom_kills())"
+REPORT = "from unicornish.host import cgroups; print(cgroups.oom_kills())"
 
 
 def test_oom_kill_is_counted_in_a_real_memory_group(groups):

@@ -76,7 +76,7 @@ def test_socket_is_0600_and_every_command_works(start, app_file, tmp_path):
     pids = run.wait_workers(1)
 
     # reopen = USR1: a rotated log file is recreated.
-    rotated = tmp_path / "unicornish.log.1"
+    rotated = tmp_path / "unicornish.host.log.1"
     os.rename(run.log_path, rotated)
     assert ctl(path, "reopen") == (0, {"ok": True})
     wait_until(lambda: run.log_path.exists(), 5, "a new log file")

@@ -70,7 +70,7 @@ def test_unwritable_pid_file_stops_the_start(tmp_path: Path, daemonize: bool) ->
     app = tmp_path / "app.py"
     app.write_text(APP)
     pid_path = _unwritable_pid_path()
-    log_path = tmp_path / "unicornish.log"
+    log_path = tmp_path / "unicornish.host.log"
     args = ["--app", str(app), "--pid", pid_path, "--log-file", str(log_path)]
     try:
         result = run_cli(*args, *(["-D"] if daemonize else []), cwd=tmp_path, timeout=20)

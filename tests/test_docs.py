@@ -133,9 +133,9 @@ def test_make_run_transcript_has_the_masters_lines_in_order() -> None:
 
 def test_every_master_metric_is_in_the_metrics_table() -> None:
     pytest.importorskip("prometheus_client")
-    from unicornish.deaths import Deaths
-    from unicornish.metrics import MasterCollector, Metrics, Tallies
-    from unicornish.workers import WorkerTable
+    from unicornish.master.children import WorkerTable
+    from unicornish.master.deaths import Deaths
+    from unicornish.metrics.families import MasterCollector, Metrics, Tallies
 
     tallies = Tallies()
     no = lambda *args: 0  # noqa: E731

@@ -425,7 +425,7 @@ def fill(directory: Path) -> Path:
 
 def test_log_disk_full_then_freed(small_fs, start, app_file):
     app = app_file(loop_app())
-    log_path = small_fs / "unicornish.log"
+    log_path = small_fs / "unicornish.host.log"
     run = start("--app", str(app), "--workers", "2", "--log-file", str(log_path), log_file=False)
     run.log_path = log_path
     run.wait_ready(2)
@@ -495,14 +495,14 @@ def test_log_file_cannot_be_reopened_then_can(start, app_file, tmp_path):
     once the directory is back, USR1 reopens the log there."""
     logs = tmp_path / "logs"
     logs.mkdir()
-    log_path = logs / "unicornish.log"
+    log_path = logs / "unicornish.host.log"
     app = app_file(loop_app())
     run = start("--app", str(app), "--workers", "1", "--log-file", str(log_path), log_file=False)
     run.log_path = log_path
     run.wait_ready(1)
     moved = tmp_path / "logs.1"
     logs.rename(moved)
-    run.log_path = moved / "unicornish.log"
+    run.log_path = moved / "unicornish.host.log"
     run.signal(signal.SIGUSR1)
     run.wait_log(r"cannot reopen log file", 1, 5)
     respawns_after_kill(run, 0)

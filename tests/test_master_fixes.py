@@ -40,7 +40,7 @@ def test_usr1_reaches_spares(start, app_file, tmp_path: Path):
     run = start("--app", str(app_file(loop_app())), "--workers", "1", "--spares", "1")
     pids = run.wait_ready(1)
     run.wait_log(r"spare spawned pid=")
-    rotated = tmp_path / "unicornish.log.1"
+    rotated = tmp_path / "unicornish.host.log.1"
     os.rename(run.log_path, rotated)
     run.signal(signal.SIGUSR1)
     wait_until(lambda: run.log_path.exists() and "reopened log files" in run.log(), 10)

@@ -217,7 +217,7 @@ def test_openmetrics_when_asked_for(start, app_file):
 # then lands at a known point, between two tasks' bookkeeping, never inside it.
 DURATIONS_APP = """
 import os, time
-from unicornish import appmetrics
+from unicornish.metrics import appmetrics
 
 JOBS = appmetrics.counter("jobs", "Tasks the app finished")
 SLOW = appmetrics.counter("slow_jobs", "Tasks of 20 ms")

@@ -15,7 +15,7 @@ import pytest
 from test_appmetrics_live import SCRAPING_CONFIG, scrape
 from test_cgroups_live import MIB, assert_inside, groups, set_memory_limit  # noqa: F401
 
-from unicornish import cgroups
+from unicornish.host import cgroups
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="making cgroups needs root")
 pytest.importorskip("prometheus_client")

@@ -130,7 +130,7 @@ def test_stale_file_naming_another_program_is_replaced(start, app_file, tmp_path
     unicornish (an admin tailing its log): not a master, so the file is stale."""
     app = app_file(loop_app())
     pid_path = tmp_path / "app.pid"
-    log_path = tmp_path / "unicornish.log"
+    log_path = tmp_path / "unicornish.host.log"
     log_path.touch()
     other = subprocess.Popen(
         ["tail", "-f", str(log_path)], stdout=subprocess.DEVNULL, start_new_session=True
@@ -156,13 +156,13 @@ def test_stale_file_naming_another_program_is_replaced(start, app_file, tmp_path
         ("unicornish", ["unicornish master app.py"], True),
         ("python3", ["/venv/bin/python3", "-m", "unicornish", "--app", "a.py"], True),
         ("python3", ["/usr/bin/python3.11", "/usr/local/bin/unicornish", "--app", "a"], True),
-        ("tail", ["tail", "-f", "/var/log/unicornish.log"], False),
+        ("tail", ["tail", "-f", "/var/log/unicornish.host.log"], False),
         ("less", ["less", "unicornish"], False),
         ("python3", ["python3", "/srv/unicornish/tool.py"], False),
         ("vim", ["vim", "/etc/unicornish/conf.py"], False),
     ],
 )
 def test_what_counts_as_a_live_master(name, args, expected):
-    from unicornish.pidfile import looks_like_master
+    from unicornish.host.pidfile import looks_like_master
 
     assert looks_like_master(name, args) is expected

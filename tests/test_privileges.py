@@ -43,7 +43,7 @@ def test_workers_drop_to_the_user_and_can_still_reopen_the_log(start):
         out.chmod(0o777)
         app = shared / "app.py"
         app.write_text(APP.format(out=str(out)))
-        log_path = shared / "unicornish.log"
+        log_path = shared / "unicornish.host.log"
         run = start(
             "--app", str(app), "--workers", "2", "--user", user.name, "--log-file", str(log_path),
             log_file=False,
@@ -71,7 +71,7 @@ def test_workers_drop_to_the_user_and_can_still_reopen_the_log(start):
 
         # Rotation: the master creates the new file, hands it to the user, and
         # the workers reopen it themselves.
-        os.rename(log_path, shared / "unicornish.log.1")
+        os.rename(log_path, shared / "unicornish.host.log.1")
         run.signal(signal.SIGUSR1)
         wait_until(lambda: log_path.exists(), 5, "a new log file")
         wait_until(
@@ -84,7 +84,7 @@ def test_workers_drop_to_the_user_and_can_still_reopen_the_log(start):
         )
         assert os.stat(log_path).st_uid == user.uid
         assert "cannot reopen" not in log_path.read_text()
-        assert "cannot reopen" not in (shared / "unicornish.log.1").read_text()
+        assert "cannot reopen" not in (shared / "unicornish.host.log.1").read_text()
         run.signal(signal.SIGTERM)
         assert run.wait_exit(5) == 0
 

@@ -489,7 +489,7 @@ def test_bad_refork_after_is_one_line_and_exit_2(app_file):
 
 METRICS_APP = """
 import time
-from unicornish import appmetrics
+from unicornish.metrics import appmetrics
 JOBS = appmetrics.counter("jobs", "Jobs done")
 
 def worker_start(worker):
@@ -627,7 +627,7 @@ def test_reforking_with_user_keeps_every_process_the_users(start):
         app.write_text(
             APP.format(task=0.005, after_mold="pass", after_fork="pass", task_body="pass")
         )
-        log_path = shared / "unicornish.log"
+        log_path = shared / "unicornish.host.log"
         run = start(
             "--app", str(app), "--workers", "2", "--user", user.name, "--refork-after", "10",
             "--log-file", str(log_path), log_file=False,

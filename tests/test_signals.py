@@ -127,7 +127,7 @@ def test_usr1_reopens_the_log_in_master_and_workers(start, app_file, tmp_path):
     run = start("--app", str(app), "--workers", "2")
     pids = run.wait_ready(2)
     run.wait_log(r"task 1 pid=")
-    rotated = tmp_path / "unicornish.log.1"
+    rotated = tmp_path / "unicornish.host.log.1"
     os.rename(run.log_path, rotated)
     run.signal(signal.SIGUSR1)
     wait_until(lambda: run.log_path.exists(), 5, "a new log file")
@@ -240,11 +240,11 @@ def test_usr1_with_a_relative_log_file_and_an_app_that_changes_directory(start, 
             time.sleep(0.05)
     """)
     # Relative to the directory the master was started in (the fixture's cwd).
-    run = start("--app", str(app), "--log-file", "unicornish.log", log_file=False)
+    run = start("--app", str(app), "--log-file", "unicornish.host.log", log_file=False)
     pids = run.wait_ready(1)
     run.wait_log(rf"task pid={pids[0]}")
-    os.rename(run.log_path, tmp_path / "unicornish.log.1")
+    os.rename(run.log_path, tmp_path / "unicornish.host.log.1")
     run.signal(signal.SIGUSR1)
     run.wait_log("reopened log files")
     run.wait_log(rf"task pid={pids[0]}")
-    assert not (tmp_path / "elsewhere" / "unicornish.log").exists()
+    assert not (tmp_path / "elsewhere" / "unicornish.host.log").exists()

@@ -19,7 +19,7 @@ from importlib.machinery import ModuleSpec
 from types import CodeType, ModuleType
 from typing import Any
 
-from unicornish.log import printable
+from unicornish.host.log import printable
 from unicornish.protocol import HOOK_NAMES
 
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -44,9 +44,12 @@ def describe(spec: str) -> str:
 
 @dataclass
 class App:
+    """A loaded app: its module, the entry point its worker kind calls (worker_start
+    for --app, the WSGI or ASGI callable for the HTTP kinds) and its hooks."""
+
     spec: str
     module: ModuleType
-    worker_start: Callable[[Any], Any]
+    entry: Callable[..., Any]
     hooks: dict[str, Callable[..., Any]] = field(default_factory=dict)
 
 
@@ -215,21 +218,19 @@ def _exec_dotted(name: str) -> ModuleType:
     return _install_fresh(name, spec, module)
 
 
-def load_app(spec: str, compiled: CompiledApp | None = None) -> App:
-    """Load the app afresh (with the master's `compiled` code when the file still
-    holds its source). Raises AppError with a one-line reason."""
+def load_module(spec: str, compiled: CompiledApp | None = None) -> ModuleType:
+    """Run the app's module afresh (with the master's `compiled` code when the file
+    still holds its source). Raises AppError with a one-line reason."""
     try:
-        module = _exec_path(spec, compiled) if is_path(spec) else _exec_dotted(spec)
+        return _exec_path(spec, compiled) if is_path(spec) else _exec_dotted(spec)
     except AppError:
         raise
     except BaseException as exc:  # noqa: BLE001 - the user's import can raise anything
         raise AppError(f"cannot load app {spec}: {_one_line(exc)}") from exc
-    worker_start = getattr(module, "worker_start", None)
-    if worker_start is None:
-        raise AppError(f"app {spec} has no worker_start(worker) function")
-    if not callable(worker_start):
-        raise AppError(f"app {spec}: worker_start is not a function")
-    check_one_argument(spec, "worker_start", worker_start)
+
+
+def module_hooks(spec: str, module: ModuleType) -> dict[str, Callable[..., Any]]:
+    """The hooks an app module defines (after_fork, worker_exit, ...), checked."""
     hooks = {}
     for name in HOOK_NAMES:
         hook = getattr(module, name, None)
@@ -238,7 +239,19 @@ def load_app(spec: str, compiled: CompiledApp | None = None) -> App:
                 raise AppError(f"app {spec}: {name} is not a function")
             check_one_argument(spec, name, hook)
             hooks[name] = hook
-    return App(spec=spec, module=module, worker_start=worker_start, hooks=hooks)
+    return hooks
+
+
+def load_app(spec: str, compiled: CompiledApp | None = None) -> App:
+    """--app: a module with worker_start(worker), and its hooks."""
+    module = load_module(spec, compiled)
+    worker_start = getattr(module, "worker_start", None)
+    if worker_start is None:
+        raise AppError(f"app {spec} has no worker_start(worker) function")
+    if not callable(worker_start):
+        raise AppError(f"app {spec}: worker_start is not a function")
+    check_one_argument(spec, "worker_start", worker_start)
+    return App(spec=spec, module=module, entry=worker_start, hooks=module_hooks(spec, module))
 
 
 def check_one_argument(spec: str, name: str, function: Callable[..., Any]) -> None:

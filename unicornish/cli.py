@@ -12,13 +12,15 @@ import socket
 import sys
 from typing import Any, NoReturn
 
-from unicornish import __version__, log, pidfile, privileges
+from unicornish import __version__
 from unicornish import app as app_module
-from unicornish import sockets as sockets_module
 from unicornish.config import OPTIONS, Settings, build_settings
 from unicornish.errors import StartupError, UsageError
-from unicornish.privileges import Identity
+from unicornish.host import log, pidfile, privileges
+from unicornish.host import sockets as sockets_module
+from unicornish.host.privileges import Identity
 from unicornish.protocol import METRICS_FD_ENV
+from unicornish.worker.kinds import kind_module
 
 PROG = "unicornish"
 
@@ -118,7 +120,7 @@ def _same_file(fd_a: int, fd_b: int) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-def probe_app(spec: str, identity: Identity | None = None, load: bool = True) -> None:
+def probe_app(kind: str, spec: str, identity: Identity | None = None, load: bool = True) -> None:
     """Load the app once in a throwaway child, so that a broken app stops us
     before any worker is forked, without running the app's code in the master.
     With --user the child first becomes that user, as a worker will: a user
@@ -137,7 +139,7 @@ def probe_app(spec: str, identity: Identity | None = None, load: bool = True) ->
                     os.write(write_fd, privileges.drop_error(identity, exc).encode()[:4000])
                     os._exit(1)
             if load:
-                app_module.load_app(spec)
+                kind_module(kind).load(spec, None)
         except app_module.AppError as exc:
             os.write(write_fd, log.printable(str(exc)).encode()[:4000])
             code = 1
@@ -166,7 +168,7 @@ def probe_app(spec: str, identity: Identity | None = None, load: bool = True) ->
 
 def prepare(settings: Settings, identity: Identity | None = None) -> app_module.App | None:
     """Everything that can fail before the master starts, in order."""
-    spec = settings.app or ""
+    spec = settings.app_spec
     if settings.pid:
         warning = pidfile.check(settings.pid)
         if warning:
@@ -184,18 +186,19 @@ def prepare(settings: Settings, identity: Identity | None = None) -> app_module.
             raise StartupError(chown_error)
     if settings.preload:
         if identity is not None:
-            probe_app(spec, identity, load=False)
+            probe_app(settings.kind, spec, identity, load=False)
         try:
-            return app_module.load_app(spec)
+            return kind_module(settings.kind).load(spec, None)
         except app_module.AppError as exc:
             raise StartupError(str(exc)) from None
-    probe_app(spec, identity)
+    probe_app(settings.kind, spec, identity)
     return None
 
 
 def run_master(argv: list[str]) -> int:
-    from unicornish import daemon, reexec
-    from unicornish.master import Master
+    from unicornish.host import daemon
+    from unicornish.master import upgrade as reexec
+    from unicornish.master.master import Master
 
     try:
         cli_values = parse_cli(argv)
@@ -252,19 +255,19 @@ def set_up(
 ) -> tuple[app_module.App | None, list[socket.socket], socket.socket | None, socket.socket | None]:
     """The app (with --preload), the listeners, the control and metrics sockets;
     raises StartupError/UsageError, leaving no socket file behind."""
-    from unicornish import control
-    from unicornish.listeners import setup_listeners
+    from unicornish.ctl import server as control
+    from unicornish.host.listeners import setup_listeners
 
     control_sock = None
     metrics_sock: socket.socket | None = None
     metrics_bound = False
     if settings.metrics:
         # Before anything else is set up: one line and exit 1 when it is missing.
-        from unicornish import metrics
+        from unicornish.metrics import families as metrics
 
         metrics.load_client()
     elif METRICS_FD_ENV in os.environ:
-        from unicornish import metrics_http
+        from unicornish.metrics import endpoint as metrics_http
 
         metrics_http.discard_inherited()
     app = prepare(settings, identity)
@@ -286,7 +289,7 @@ def set_up(
 
 def bind_metrics(spec: str) -> tuple[socket.socket, bool]:
     """The --metrics socket: the old master's (USR2), or bound here (True)."""
-    from unicornish import metrics_http
+    from unicornish.metrics import endpoint as metrics_http
 
     sock = metrics_http.inherited(spec)
     if sock is not None:
@@ -325,7 +328,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     args = sys.argv[1:] if argv is None else argv
     try:
         if args and args[0] in ("status", "ctl"):
-            from unicornish import ops
+            from unicornish.ctl import client as ops
 
             code = ops.main(args)
         else:

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from unicornish import cgroups
 from unicornish.errors import StartupError
+from unicornish.host import cgroups
 from unicornish.protocol import HOOK_NAMES, MAX_WORKERS
 
 # The directory the master was started in: relative --pid/--log-file paths mean it.
@@ -242,6 +242,9 @@ class Option:
     is_flag: bool = False
     repeatable: bool = False
     short: str | None = None
+    # For the options that name the app: the module of the worker kind that runs
+    # it (worker/kinds.py). Exactly one of them is given.
+    kind: str | None = None
 
     @property
     def flag_name(self) -> str:
@@ -249,7 +252,13 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("app", text, "a .py file path or a dotted module name (pkg.tasks)", "APP"),
+    Option(
+        "app",
+        text,
+        "a .py file path or a dotted module name (pkg.tasks) with worker_start(worker)",
+        "APP",
+        kind="unicornish.worker.tasks",
+    ),
     Option(
         "workers",
         worker_count,
@@ -392,6 +401,8 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
+# The options that name the app, each choosing a worker kind.
+APP_OPTIONS = tuple(option for option in OPTIONS if option.kind)
 
 
 @dataclass(frozen=True)
@@ -428,6 +439,24 @@ class Settings:
     daemonize: bool = False
     config: str | None = None
     hooks: dict[str, Callable[..., Any]] = field(default_factory=dict, compare=False)
+
+    @property
+    def app_option(self) -> Option:
+        """The option that named the app (--app, ...): it chooses the worker kind."""
+        for option in APP_OPTIONS:
+            if getattr(self, option.name):
+                return option
+        return APP_OPTIONS[0]
+
+    @property
+    def app_spec(self) -> str:
+        """The app as given to its option."""
+        return str(getattr(self, self.app_option.name) or "")
+
+    @property
+    def kind(self) -> str:
+        """The module of the worker kind that runs the app (worker/kinds.py)."""
+        return self.app_option.kind or ""
 
     def with_values(self, values: dict[str, Any]) -> Settings:
         known = {f.name for f in fields(self)}
@@ -533,10 +562,16 @@ def build_settings(cli_values: dict[str, Any]) -> tuple[Settings, list[str]]:
                 warnings.append(f"{flag_name} is used only with --workers MIN:MAX; ignored")
     settings = Settings().with_values(merged)
     settings = replace(settings, hooks=hooks)
-    if not settings.app:
+    given = [option for option in APP_OPTIONS if getattr(settings, option.name)]
+    flags = " or ".join(option.flag_name for option in APP_OPTIONS)
+    if not given:
         if config_path:
-            raise StartupError(f"no app: give --app or set app in {config_path}")
-        raise StartupError("no app: give --app")
+            names = " or ".join(option.name for option in APP_OPTIONS)
+            raise StartupError(f"no app: give {flags} or set {names} in {config_path}")
+        raise StartupError(f"no app: give {flags}")
+    if len(given) > 1:
+        both = " and ".join(option.flag_name for option in given)
+        raise StartupError(f"give one app, not {both}")
     return settings, warnings
 
 

@@ -19,7 +19,7 @@ _window = float(os.environ.get("BENCH_LOOP_WINDOW", "0.5"))
 
 if os.environ.get("BENCH_LOOP_COUNTER"):
     # One app-metrics counter increment per task: what a store in shared memory costs.
-    from unicornish import appmetrics
+    from unicornish.metrics import appmetrics
 
     _inc = appmetrics.counter("bench_tasks", "Tasks done").inc
 else:

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from unicornish import appmetrics
-from unicornish.appmetrics import (
+from unicornish.metrics import appmetrics
+from unicornish.metrics.appmetrics import (
     MAX_SERIES,
     AppMetrics,
     Arena,
@@ -311,4 +311,4 @@ def test_the_module_functions_use_the_process_registry():
     assert appmetrics.REGISTRY.__class__ is Registry
     # (Declaring here would leave a metric in this test process's registry for
     # good: the functions are checked to be the registry's, not called.)
-    assert appmetrics.counter.__module__ == "unicornish.appmetrics"
+    assert appmetrics.counter.__module__ == "unicornish.metrics.appmetrics"

@@ -8,7 +8,8 @@ import logging
 import pytest
 
 from unicornish import config
-from unicornish.autoscale import (
+from unicornish.config import build_settings
+from unicornish.master.autoscale import (
     IDLE_LOOK,
     LOOK,
     STEP,
@@ -19,9 +20,8 @@ from unicornish.autoscale import (
     count_after_reload,
     decide,
 )
-from unicornish.config import build_settings
+from unicornish.master.children import WorkerTable
 from unicornish.protocol import MAX_WORKERS
-from unicornish.workers import WorkerTable
 
 P = Policy(low=2, high=8, idle=1, scale_down_after=30.0)
 

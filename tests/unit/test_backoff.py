@@ -1,4 +1,4 @@
-"""Crash-loop backoff (unicornish/backoff.py) without processes: the clock is a
+"""Crash-loop backoff (unicornish/master/backoff.py) without processes: the clock is a
 number the test passes in, and the jitter comes from a stand-in random source."""
 
 from __future__ import annotations
@@ -8,7 +8,13 @@ import signal
 
 import pytest
 
-from unicornish.backoff import BASE_DELAY, MAX_DELAY, STABLE_AFTER, CrashBackoff, failed_on_its_own
+from unicornish.master.backoff import (
+    BASE_DELAY,
+    MAX_DELAY,
+    STABLE_AFTER,
+    CrashBackoff,
+    failed_on_its_own,
+)
 
 NOW = 1000.0
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from unicornish import cgroups, config
-from unicornish.cgroups import FileReader, Membership, Mount, Place
+from unicornish import config
+from unicornish.host import cgroups
+from unicornish.host.cgroups import FileReader, Membership, Mount, Place
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 MIB = 1024 * 1024

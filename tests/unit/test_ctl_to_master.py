@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from unicornish.ops import parse_ctl
+from unicornish.ctl.client import parse_ctl
 from unicornish.protocol import parse_request
 
 CASES = [

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from unicornish.cgroups import FileReader
-from unicornish.deaths import CAUSES, Deaths, cgroup_oom_reader, classify
+from unicornish.host.cgroups import FileReader
+from unicornish.master.children import WorkerProc
+from unicornish.master.deaths import CAUSES, Deaths, cgroup_oom_reader, classify
 from unicornish.scoreboard import IDLE, Scoreboard
-from unicornish.workers import WorkerProc
 
 NOW = 1000.0
 KILL, SEGV, TERM = signal.SIGKILL, signal.SIGSEGV, signal.SIGTERM

@@ -1,4 +1,4 @@
-"""The drain duty (unicornish/drain.py) and the readiness rule (readiness.not_ready_reason)
+"""The drain duty (unicornish/master/drain.py) and the readiness rule (readiness.not_ready_reason)
 without processes: the clock is a number the test passes in."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from unicornish.drain import Drain, describe_plan
-from unicornish.readiness import not_ready_reason
+from unicornish.master.drain import Drain, describe_plan
+from unicornish.master.readiness import not_ready_reason
 
 NOW = 1000.0
 

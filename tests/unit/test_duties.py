@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from unicornish.eventloop import ErrorLog
-from unicornish.recycle import GiveUp
+from unicornish.master.children import Stopper, WorkerProc, WorkerTable
+from unicornish.master.eventloop import ErrorLog
+from unicornish.master.recycle import GiveUp
+from unicornish.master.timeouts import Timeouts
 from unicornish.scoreboard import Scoreboard
-from unicornish.timeouts import Timeouts
-from unicornish.workers import Stopper, WorkerProc, WorkerTable
 
 LOG = logging.getLogger("test-duties")
 

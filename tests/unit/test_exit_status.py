@@ -1,4 +1,4 @@
-"""describe_status (unicornish/master.py): a wait status as the log says it, with
+"""describe_status (unicornish/protocol.py): a wait status as the log says it, with
 the exit code or the signal number the crash backoff is given."""
 
 from __future__ import annotations

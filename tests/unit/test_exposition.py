@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from unicornish.exposition import (
+from unicornish.metrics.exposition import (
     COUNTER,
     EOF,
     GAUGE,
@@ -21,7 +21,7 @@ from unicornish.exposition import (
     number,
     write,
 )
-from unicornish.metrics import Tallies
+from unicornish.metrics.families import Tallies
 
 NASTY = 'a\\b"c\nd'  # a backslash, a quote, a newline
 
@@ -168,10 +168,13 @@ def test_the_task_loop_records_each_task_and_leaves_idle_waits_out(
 ):
     import os
     import time
+    import types
 
+    from unicornish.app import App
     from unicornish.protocol import TASK_DURATION_BUCKETS
     from unicornish.scoreboard import Scoreboard
-    from unicornish.worker import Worker
+    from unicornish.worker import tasks
+    from unicornish.worker.process import Worker
 
     # As a master with --metrics or --control sets it before forking.
     monkeypatch.setattr(Scoreboard, "record_durations", True)
@@ -187,10 +190,11 @@ def test_the_task_loop_records_each_task_and_leaves_idle_waits_out(
         elif calls[0] == 2:
             time.sleep(0.06)  # the work itself
         else:
-            w._stopping = True
+            w.stopping = True
 
     try:
-        assert worker._loop(task) == 0
+        app = App(spec="app", module=types.ModuleType("app"), entry=task)
+        assert tasks.serve(worker, app, lambda: None) == 0
         figures = board.task_durations()
         counts, total = figures[:-1], figures[-1]
         assert sum(counts) == board.task_count() == 3
@@ -203,9 +207,12 @@ def test_the_task_loop_records_each_task_and_leaves_idle_waits_out(
 
 def test_without_a_reader_the_task_loop_records_no_durations():
     import os
+    import types
 
+    from unicornish.app import App
     from unicornish.scoreboard import Scoreboard
-    from unicornish.worker import Worker
+    from unicornish.worker import tasks
+    from unicornish.worker.process import Worker
 
     assert Scoreboard.record_durations is False  # until a master with a reader says so
     board = Scoreboard()
@@ -215,10 +222,11 @@ def test_without_a_reader_the_task_loop_records_no_durations():
     def task(w: Worker) -> None:
         calls[0] += 1
         if calls[0] == 3:
-            w._stopping = True
+            w.stopping = True
 
     try:
-        assert worker._loop(task) == 0
+        app = App(spec="app", module=types.ModuleType("app"), entry=task)
+        assert tasks.serve(worker, app, lambda: None) == 0
         assert board.task_count() == 3
         assert board.task_durations() == [0.0] * len(board.task_durations())
     finally:

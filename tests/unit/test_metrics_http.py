@@ -10,15 +10,8 @@ import time
 
 import pytest
 
-from unicornish.eventloop import EventLoop
-from unicornish.metrics import (
-    TCP_INFO_SIZE,
-    TCP_LISTEN,
-    Tallies,
-    accept_queue,
-    decode_tcp_info,
-)
-from unicornish.metrics_http import (
+from unicornish.master.eventloop import EventLoop
+from unicornish.metrics.endpoint import (
     CLIENT_TIMEOUT,
     MAX_REQUEST,
     Endpoints,
@@ -28,6 +21,13 @@ from unicornish.metrics_http import (
     has_body,
     parse_request,
     response,
+)
+from unicornish.metrics.families import (
+    TCP_INFO_SIZE,
+    TCP_LISTEN,
+    Tallies,
+    accept_queue,
+    decode_tcp_info,
 )
 
 # -- the request parser -------------------------------------------------------------

@@ -1,11 +1,11 @@
 """The arguments of `unicornish status` and `unicornish ctl` (parse_status,
-parse_ctl in unicornish/ops.py): what each asks the master, or the usage error."""
+parse_ctl in unicornish/ctl/client.py): what each asks the master, or the usage error."""
 
 from __future__ import annotations
 
 import pytest
 
-from unicornish.ops import (
+from unicornish.ctl.client import (
     CONTROL_ENV,
     CTL_USAGE,
     STATUS_USAGE,

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from unicornish.pool import ScaleLog, jittered_max_tasks, plan_slots
+from unicornish.master.children import Slots, WorkerProc
+from unicornish.master.pool import ScaleLog, jittered_max_tasks, plan_slots
 from unicornish.scoreboard import Scoreboard
-from unicornish.workers import Slots, WorkerProc
 
 NOW = 100.0
 
@@ -186,9 +186,9 @@ def test_a_failed_fork_is_retried_at_its_backoff_deadline():
     """The pool must wake for the retry of a failed fork, not sleep until --poll:
     with every other worker ready, nothing else would wake the master."""
     from unicornish.config import Settings
-    from unicornish.pool import Pool
-    from unicornish.spawner import Release
-    from unicornish.workers import Stopper, WorkerTable
+    from unicornish.master.children import Stopper, WorkerTable
+    from unicornish.master.pool import Pool
+    from unicornish.master.spawner import Release
 
     table = WorkerTable()
     release = Release(Settings(), None, None, "app.py")

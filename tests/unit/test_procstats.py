@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from unicornish.procstats import StatsReader, process_stats
+from unicornish.metrics.procstats import StatsReader, process_stats
 
 
 def test_the_cheap_figures_agree_with_psutil():

@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 
 from unicornish.config import Settings, task_counts
-from unicornish.spawner import Release
-from unicornish.worker import _next_mark
+from unicornish.master.spawner import Release
+from unicornish.worker.process import next_mark
 
 
 @pytest.mark.parametrize(
@@ -43,9 +43,9 @@ def test_each_generation_uses_the_next_count_and_none_after_the_list():
 
 
 def test_the_loop_compares_against_the_nearest_mark():
-    assert _next_mark(0, 0, 0) == 0  # neither --max-tasks nor --refork-after
-    assert _next_mark(0, 100, 30) == 30
-    assert _next_mark(30, 100, 30) == 100  # warm reported: on to the recycle
-    assert _next_mark(0, 0, 30) == 30
-    assert _next_mark(40, 0, 30) == 0  # a spare's count may start past the mark
-    assert _next_mark(0, 20, 30) == 20  # recycled before it is warm
+    assert next_mark(0, 0, 0) == 0  # neither --max-tasks nor --refork-after
+    assert next_mark(0, 100, 30) == 30
+    assert next_mark(30, 100, 30) == 100  # warm reported: on to the recycle
+    assert next_mark(0, 0, 30) == 30
+    assert next_mark(40, 0, 30) == 0  # a spare's count may start past the mark
+    assert next_mark(0, 20, 30) == 20  # recycled before it is warm

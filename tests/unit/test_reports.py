@@ -1,5 +1,5 @@
 """The bytes workers and spares exchange with the master over pipes
-(encode_report / decode_reports / encode_slot in unicornish/worker.py)."""
+(encode_report / decode_reports / encode_slot in unicornish/protocol.py)."""
 
 from __future__ import annotations
 

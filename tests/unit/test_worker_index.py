@@ -9,10 +9,10 @@ import random
 from array import array
 from typing import Any
 
-from unicornish.pool import plan_slots
+from unicornish.master.children import Slots, Stopper, WorkerProc, WorkerTable
+from unicornish.master.pool import plan_slots
+from unicornish.master.timeouts import Timeouts
 from unicornish.scoreboard import BOOTING
-from unicornish.timeouts import Timeouts
-from unicornish.workers import Slots, Stopper, WorkerProc, WorkerTable
 
 LOG = logging.getLogger("test")
 

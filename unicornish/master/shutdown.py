@@ -1,0 +1,109 @@
+"""How the master stops: INT, TERM, QUIT, `ctl stop`, --give-up-after, -D failures.
+
+`state` goes None -> "draining" (with --drain: not ready, workers still
+serving) -> "graceful" or "quick" (workers are being stopped). A graceful
+stop with --drain first drains, and the drain duty then stops the workers;
+a second graceful stop during the drain skips the rest of it. A quick stop
+(INT, TERM with --term quick, `ctl stop --quick`) never drains: INT is an
+operator's Ctrl-C, who wants the master gone now, and no container runtime
+sends INT to stop a container.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Callable
+
+from unicornish.config import Settings
+from unicornish.host.systemd import Notifier
+from unicornish.master.children import Stopper, WorkerTable
+from unicornish.master.drain import Drain, describe_plan
+
+# Quick stop (TERM/INT): how long workers get to exit before SIGKILL, at most.
+QUICK_STOP_WAIT = 5.0
+
+
+class Shutdown:
+    def __init__(
+        self,
+        log: logging.Logger,
+        notifier: Notifier,
+        stopper: Stopper,
+        table: WorkerTable,
+        stop_spares: Callable[[float, bool, float], None],
+        settings: Callable[[], Settings],
+    ) -> None:
+        self.log = log
+        self.notifier = notifier
+        self.stopper = stopper
+        self.table = table
+        self.stop_spares = stop_spares
+        self.settings = settings
+        self.state: str | None = None
+        self.stop_by: float | None = None  # when the whole stop must be over (pid 1's leftovers)
+        self.exit_code = 0
+        self.drain = Drain(log, lambda why: self.stop_workers(False, why))
+
+    @property
+    def stopping_workers(self) -> bool:
+        """Workers are being stopped (a drain is not that yet: they still serve)."""
+        return self.state in ("graceful", "quick")
+
+    def tick(self, now: float) -> float | None:
+        """The drain's end; once it has come, the graceful stop begins."""
+        return self.drain.tick(now)
+
+    def stop(self, quick: bool, why: str, exit_code: int | None = None) -> None:
+        if exit_code is not None:
+            self.exit_code = exit_code
+        if self.state == "quick" or (self.state == "graceful" and not quick):
+            return
+        if self.state == "draining":
+            skipped = "" if quick else " during the drain (rest of it skipped)"
+            self.stop_workers(quick, f"{why} received{skipped}")
+            return
+        settings = self.settings()
+        drain, grace = settings.drain, settings.graceful_timeout
+        now = time.monotonic()
+        if not quick and self.drain.start(now, drain):
+            self.state = "draining"
+            self.stop_by = now + drain + grace
+            self.log.info(
+                "%s received: draining for %gs (not ready, still serving), then graceful stop",
+                why,
+                drain,
+            )
+            self.log.info("%s", describe_plan(drain, grace))
+            self.notifier.send("STOPPING=1")
+            return
+        self.stop_workers(quick, f"{why} received")
+
+    def stop_workers(self, quick: bool, why: str) -> None:
+        """The stop proper: QUIT (graceful) or TERM (quick) to every worker, SIGKILL
+        after --graceful-timeout (quick: at most QUICK_STOP_WAIT)."""
+        self.drain.cancel()
+        if self.state is None:
+            self.notifier.send("STOPPING=1")  # after a drain, sent when it began
+        self.state = "quick" if quick else "graceful"
+        self.log.info("%s: %s stop", why, self.state)
+        now = time.monotonic()
+        grace = self.settings().graceful_timeout
+        wait = min(QUICK_STOP_WAIT, grace) if quick else grace
+        self.stop_by = now + wait
+        for w in self.table:
+            if quick:
+                self.stopper.stop(w, signal.SIGTERM, now, wait)
+            elif not w.stopping:
+                self.stopper.stop(w, signal.SIGQUIT, now, wait)
+        self.stop_spares(now, quick, wait)
+
+    def leftovers_wait(self) -> float:
+        """As pid 1: how long leftover processes get, within the stop's budget."""
+        wait = min(QUICK_STOP_WAIT, self.settings().graceful_timeout)
+        if self.stop_by is not None:
+            # Within --drain + --graceful-timeout, which a container's grace period is
+            # set from: the runtime's SIGKILL would cut the leftovers' wait short anyway.
+            wait = max(0.0, min(wait, self.stop_by - time.monotonic()))
+        return wait

@@ -1,0 +1,98 @@
+"""The task worker kind (--app): call the app's worker_start(worker) in a loop.
+
+One call is one task: counted, timed, and watched by --timeout. The app waits
+for its own work (worker.accept() on the listeners, a queue, a sleep) inside
+the call.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import time
+from collections.abc import Callable
+
+from unicornish.app import App, CompiledApp, load_app
+from unicornish.protocol import EXIT_OK, EXIT_TASK_FAILED, REPORT_WARM, TASK_DURATION_BUCKETS
+from unicornish.scoreboard import BUSY
+from unicornish.worker.process import Worker, next_mark
+
+# How often the loop compares os.getppid() with its master: a system call
+# costs as much as the rest of an empty task, so once per millisecond, not per
+# task (the parent-death signal is the first line; this is for apps that
+# replaced our QUIT handler).
+_PARENT_CHECK_SECONDS = 0.001
+
+
+def load(spec: str, compiled: CompiledApp | None) -> App:
+    return load_app(spec, compiled)
+
+
+def serve(worker: Worker, app: App, ready: Callable[[], None]) -> int:
+    ready()
+    worker_start = app.entry
+    # Locals, not attributes: this loop runs a million times a second.
+    board = worker.board
+    beat = board.beat
+    tasks = board.tasks
+    counts = board.durations
+    duration_sum = board.duration_sum
+    bounds = TASK_DURATION_BUCKETS
+    smallest = bounds[0]
+    bucket_of = bisect.bisect_left  # `le` is inclusive
+    started = worker.task_start
+    clock = time.monotonic
+    getppid = os.getppid
+    master_pid = worker.master_pid
+    limit = worker.max_tasks or 0
+    refork_at = worker.refork_at
+    done = int(tasks[0])
+    # One comparison per task covers both marks: the nearer one comes first.
+    mark = next_mark(done, limit, refork_at)
+    busy_for = float(duration_sum[0])
+    record = board.record_durations
+    board.state[0] = BUSY
+    now = clock()
+    check_parent_at = now + _PARENT_CHECK_SECONDS
+    try:
+        while not worker.stopping:
+            beat[0] = started[0] = now
+            worker_start(worker)
+            done += 1
+            tasks[0] = done
+            # One clock read per task: a task's end is the next one's start.
+            now = clock()
+            if record:
+                took = now - started[0]
+                # Tiny tasks, where this loop's own cost shows most, skip the search.
+                if took <= smallest:
+                    counts[0] += 1.0
+                else:
+                    counts[bucket_of(bounds, took)] += 1.0
+                busy_for += took
+            if now >= check_parent_at:
+                # The sum is stored at most once per millisecond too, not per task:
+                # a SIGKILL may lose the last millisecond of it, never a count.
+                duration_sum[0] = busy_for
+                check_parent_at = now + _PARENT_CHECK_SECONDS
+                if getppid() != master_pid:
+                    worker.check_master()
+            if done == mark:
+                if done == refork_at:
+                    worker.report(REPORT_WARM)
+                if done == limit:
+                    worker.log.info(
+                        "worker[%d] reached --max-tasks after %d tasks", worker.nr, done
+                    )
+                    break
+                mark = next_mark(done, limit, refork_at)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        worker.log.info("worker[%d] worker_start called exit(%s)", worker.nr, exc.code)
+        return code
+    except BaseException:  # noqa: BLE001 - any escape ends this worker; the master replaces it
+        worker.log.exception("worker[%d] worker_start raised; exiting", worker.nr)
+        return EXIT_TASK_FAILED
+    finally:
+        duration_sum[0] = busy_for
+    return EXIT_OK
