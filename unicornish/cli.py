@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 from unicornish import __version__
 from unicornish import app as app_module
-from unicornish.config import OPTIONS, Settings, build_settings
+from unicornish.config import APP_OPTIONS, OPTIONS, Settings, build_settings
 from unicornish.errors import StartupError, UsageError
 from unicornish.host import log, pidfile, privileges
 from unicornish.host import sockets as sockets_module
@@ -88,8 +88,9 @@ def parse_cli(argv: list[str]) -> dict[str, Any]:
             sockets_module.parse_address(spec)  # a bad address is a usage error
     if values.get("metrics"):
         sockets_module.parse_address(values["metrics"], "--metrics")
-    if "app" not in values and "config" not in values:
-        raise UsageError("the following arguments are required: --app")
+    if "config" not in values and not any(option.name in values for option in APP_OPTIONS):
+        flags = " or ".join(option.flag_name for option in APP_OPTIONS)
+        raise UsageError(f"the following arguments are required: {flags}")
     return values
 
 

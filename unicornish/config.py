@@ -178,6 +178,49 @@ def log_format(value: Any) -> str:
     return str(value)
 
 
+def access_log_format(value: Any) -> str:
+    if value not in ("off", "text", "json"):
+        raise ValueError(f"must be 'off', 'text' or 'json', got {value!r}")
+    return str(value)
+
+
+def wsgi_spec(value: Any) -> str:
+    """--wsgi MODULE[:NAME]: the module a dotted name (or a .py path), NAME an
+    identifier, with () to call a factory."""
+    spec = text(value).strip()
+    module, _sep, name = spec.partition(":")
+    bare = name[:-2] if name.endswith("()") else name
+    if not module or (_sep and not bare.isidentifier()):
+        raise ValueError(f"must be MODULE:NAME (e.g. myproject.wsgi:application), got {value!r}")
+    return spec
+
+
+def address_list(value: Any) -> tuple[str, ...]:
+    """--forwarded-allow-ips: addresses or networks (CIDR), comma-separated, or *."""
+    import ipaddress
+
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    out = []
+    for item in items:
+        item = str(item).strip()
+        if not item:
+            continue
+        if item != "*":
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"must be IP addresses or networks separated by commas, or *, got {value!r}"
+                ) from None
+        out.append(item)
+    return tuple(out)
+
+
+def byte_count(value: Any) -> int:
+    """A size in bytes >= 0 (0: no limit)."""
+    return count(value)
+
+
 def optional_count(value: Any) -> int | None:
     """A whole number >= 0, where 0 (or None) means off."""
     if value is None or value is False:
@@ -258,6 +301,14 @@ OPTIONS: tuple[Option, ...] = (
         "a .py file path or a dotted module name (pkg.tasks) with worker_start(worker)",
         "APP",
         kind="unicornish.worker.tasks",
+    ),
+    Option(
+        "wsgi",
+        wsgi_spec,
+        "serve a WSGI app over HTTP/1.1 (instead of --app): MODULE:NAME, NAME defaults to "
+        "application, NAME() calls a factory (needs unicornish[wsgi])",
+        "MODULE:NAME",
+        kind="unicornish.worker.wsgi",
     ),
     Option(
         "workers",
@@ -400,6 +451,70 @@ OPTIONS: tuple[Option, ...] = (
     ),
 )
 
+# The HTTP worker's options (--wsgi); named as gunicorn names them where it has them.
+HTTP_OPTIONS: tuple[Option, ...] = (
+    Option(
+        "keepalive",
+        seconds,
+        "HTTP: how long an idle keep-alive connection waits for its next request; 0: close "
+        "after each response (default 5)",
+        "SECONDS",
+    ),
+    Option(
+        "header_timeout",
+        positive_seconds,
+        "HTTP: a request head must arrive within this, and a body must move at least this "
+        "often, or 408 and close (default 10)",
+        "SECONDS",
+    ),
+    Option(
+        "limit_request_line",
+        count,
+        "HTTP: longest request line in bytes, else 414; 0: no limit of its own (default 4094)",
+        "BYTES",
+    ),
+    Option(
+        "limit_request_fields",
+        count,
+        "HTTP: most header fields in a request, else 431; 0: 100 (default 100)",
+        "N",
+    ),
+    Option(
+        "limit_request_field_size",
+        count,
+        "HTTP: largest header field (name and value) in bytes, else 431; 0: 8190 (default 8190)",
+        "BYTES",
+    ),
+    Option(
+        "limit_request_body",
+        byte_count,
+        "HTTP: largest request body in bytes, else 413; 0: no limit (default 104857600)",
+        "BYTES",
+    ),
+    Option(
+        "worker_connections",
+        positive_count,
+        "HTTP: most open client connections per worker; past it, new ones wait in the "
+        "listen queue (default 4096)",
+        "N",
+    ),
+    Option(
+        "forwarded_allow_ips",
+        address_list,
+        "HTTP: proxies whose X-Forwarded-For and X-Forwarded-Proto are trusted: addresses or "
+        "networks separated by commas, or * (unix socket clients are always trusted; "
+        "default 127.0.0.1,::1)",
+        "IPS",
+    ),
+    Option(
+        "access_log",
+        access_log_format,
+        "HTTP: one log line per request, as text or json (default off)",
+        "off|text|json",
+    ),
+)
+OPTIONS = OPTIONS + HTTP_OPTIONS
+
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 # The options that name the app, each choosing a worker kind.
 APP_OPTIONS = tuple(option for option in OPTIONS if option.kind)
@@ -408,6 +523,7 @@ APP_OPTIONS = tuple(option for option in OPTIONS if option.kind)
 @dataclass(frozen=True)
 class Settings:
     app: str | None = None
+    wsgi: str | None = None
     workers: int = 1
     # With --workers auto: where the figure came from (re-resolved on HUP).
     workers_auto: str | None = None
@@ -437,6 +553,15 @@ class Settings:
     term: str = "quick"
     give_up_after: float | None = None
     daemonize: bool = False
+    keepalive: float = 5.0
+    header_timeout: float = 10.0
+    limit_request_line: int = 4094
+    limit_request_fields: int = 100
+    limit_request_field_size: int = 8190
+    limit_request_body: int = 104857600
+    worker_connections: int = 4096
+    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
+    access_log: str = "off"
     config: str | None = None
     hooks: dict[str, Callable[..., Any]] = field(default_factory=dict, compare=False)
 
@@ -461,7 +586,9 @@ class Settings:
     def with_values(self, values: dict[str, Any]) -> Settings:
         known = {f.name for f in fields(self)}
         clean: dict[str, Any] = {
-            k: (tuple(v) if k == "listen" else v) for k, v in values.items() if k in known
+            k: (tuple(v) if k in ("listen", "forwarded_allow_ips") else v)
+            for k, v in values.items()
+            if k in known
         }
         return replace(self, **clean)
 

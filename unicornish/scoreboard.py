@@ -13,6 +13,7 @@ Layout (native order, 8-byte aligned):
     17 uint8    promotion asked: set by the master right before PROMOTE_SIGNAL
                  (the kernel sends SIGURG too, for TCP urgent data to a socket
                  the app gave an owner: without this byte it is ignored)
+    20 uint32   open client connections (the HTTP worker; 0 for a task worker)
     64 float64  task durations: one count per TASK_DURATION_BUCKETS bucket
                  (not cumulative), +Inf last, then the sum of the durations
 """
@@ -37,7 +38,16 @@ SIZE = _DURATIONS_AT + DURATION_SLOTS * 8
 
 
 class Scoreboard:
-    __slots__ = ("_map", "beat", "tasks", "state", "promote", "durations", "duration_sum")
+    __slots__ = (
+        "_map",
+        "beat",
+        "tasks",
+        "state",
+        "promote",
+        "connections",
+        "durations",
+        "duration_sum",
+    )
 
     # Whether workers record task durations. Off until the master says something
     # can read them (--metrics or --control): then each fork inherits it on. The
@@ -55,6 +65,7 @@ class Scoreboard:
         self.tasks = view[8:16].cast("Q")
         self.state = view[16:17].cast("B")
         self.promote = view[17:18].cast("B")
+        self.connections = view[20:24].cast("I")
         # Floats, not integers: `counts[k] += 1.0` is the cheapest update a
         # memoryview has, and a float64 counts exactly up to 2**53.
         end = _DURATIONS_AT + DURATION_SLOTS * 8
@@ -71,6 +82,9 @@ class Scoreboard:
         """The bucket counts (+Inf last, not cumulative), then the sum."""
         return [*self.durations.tolist(), float(self.duration_sum[0])]
 
+    def connection_count(self) -> int:
+        return int(self.connections[0])
+
     def state_name(self) -> str:
         return STATE_NAMES.get(int(self.state[0]), "unknown")
 
@@ -84,7 +98,15 @@ class Scoreboard:
             pass  # not Linux: the child keeps a mapping it never uses
 
     def close(self) -> None:
-        views = (self.beat, self.tasks, self.state, self.promote, self.durations, self.duration_sum)
+        views = (
+            self.beat,
+            self.tasks,
+            self.state,
+            self.promote,
+            self.connections,
+            self.durations,
+            self.duration_sum,
+        )
         for view in views:
             view.release()
         self._map.close()

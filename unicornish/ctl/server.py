@@ -180,6 +180,7 @@ def collect_status(
             "age": round(now - w.spawned_at, 3),
             "state": board.state_name(),
             "tasks": board.task_count(),
+            "connections": board.connection_count(),
             "task_age": round(max(0.0, now - beat), 3)
             if beat and int(board.state[0]) == BUSY
             else None,

@@ -259,7 +259,7 @@ class Spawner:
             release.app_name,
             record.max_tasks,
             release.refork_at,
-            release.settings.kind,
+            release.settings,
         )
         for hook in release.hooks("before_fork"):
             try:

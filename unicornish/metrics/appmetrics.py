@@ -760,3 +760,17 @@ def _same_again(
             f"metric {existing.decl.name} is already declared with another {', '.join(differs)}"
         )
     return existing
+
+
+def declare_own(
+    kind: str,
+    name: str,
+    help: str,
+    labels: Mapping[str, Sequence[Any]] | None = None,
+    buckets: Iterable[float] = (),
+) -> Metric:
+    """One of unicornish's own families that a worker keeps in its arena (the
+    HTTP worker's unicornish_http_*): summed and kept across deaths like the
+    app's, under the name prefix an app cannot take."""
+    bounds = _check_buckets(buckets) if kind == HISTOGRAM else ()
+    return REGISTRY._declare(kind, name, help, labels, bounds)

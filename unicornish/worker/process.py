@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from unicornish.app import App, AppError, CompiledApp
+from unicornish.config import Settings
 from unicornish.host import linux, log
 from unicornish.host import titles as proctitle
 from unicornish.host.sockets import OUT_OF_RESOURCES
@@ -60,7 +61,7 @@ class Worker:
         app_name: str,
         max_tasks: int | None = None,
         refork_at: int = 0,
-        kind: str = "unicornish.worker.tasks",
+        settings: Settings | None = None,
     ) -> None:
         self.nr = nr
         self.pid = os.getpid()
@@ -78,8 +79,10 @@ class Worker:
         self._app_name = app_name
         # Read by the kind's loop on every turn: a plain attribute, not a property.
         self.stopping = False
+        # The settings of this worker's release: its kind reads its own options there.
+        self.settings = settings if settings is not None else Settings()
         # The module of this worker's kind (worker/kinds.py).
-        self.kind = kind
+        self.kind = self.settings.kind
         self._quit = False  # QUIT (or the master's death), as opposed to a promotion
         self._promote = False
         self._report_fd = -1
@@ -382,6 +385,10 @@ class Worker:
         """When the current task started (one item, mutable, for a kind's hot loop)."""
         return self._task_start
 
+    def board_connections(self, count: int) -> None:
+        """The open client connections of an HTTP worker (shown by status)."""
+        self._board.connections[0] = count
+
     def report(self, event: int) -> None:
         """Tell the master something (protocol.REPORT_*) over the report pipe."""
         self._report(event)
@@ -454,7 +461,7 @@ class Worker:
             self._app_name,
             max_tasks,
             refork_at,
-            self.kind,
+            self.settings,
         )
 
     def forget(self) -> None:

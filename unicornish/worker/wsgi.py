@@ -1,0 +1,686 @@
+"""The WSGI worker kind (--wsgi MODULE:NAME): a WSGI app served over HTTP/1.1.
+
+The connection loop (http/server.py) hands this module one complete request
+at a time; here it becomes a PEP 3333 environ, the app is called, and its
+response is framed and written. One request is one task on the scoreboard:
+counted, timed by --timeout, and counted towards --max-tasks.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+from functools import lru_cache
+from io import BytesIO
+from typing import IO, Any
+from urllib.parse import unquote_to_bytes
+
+from unicornish.app import App, AppError, CompiledApp, load_module, module_hooks
+from unicornish.protocol import EXIT_OK, EXIT_TASK_FAILED
+from unicornish.worker.process import Worker
+
+# A response whose body is at most this big is gathered and written in one
+# go, with a Content-Length we count; a bigger one is streamed.
+BUFFER_BYTES = 256 * 1024
+
+# Headers an app must not set (PEP 3333: hop-by-hop is the server's business).
+_HOP_BY_HOP = frozenset(
+    (
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+    )
+)
+_NO_BODY = frozenset((204, 304))
+_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other")
+STATUSES = (
+    "200 201 204 206 301 302 303 304 307 308 400 401 403 404 405 409 413 422 429 "
+    "500 502 503 504 other"
+).split()
+REFUSALS = (
+    "malformed method target version host content_length transfer_encoding trailer "
+    "expect request_line field_size field_count head_size body_size timeout"
+).split()
+DURATION_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+# -- loading --------------------------------------------------------------------
+
+
+def load(spec: str, compiled: CompiledApp | None) -> App:
+    """MODULE[:NAME]: import MODULE with the current directory first on sys.path
+    (as gunicorn does), take NAME (default `application`), call it if it is
+    written NAME()."""
+    try:
+        import httptools  # noqa: F401 - the parser: said now, not in each worker
+    except ImportError:
+        raise AppError("--wsgi needs httptools: pip install 'unicornish[wsgi]'") from None
+    module_spec, _sep, name = spec.partition(":")
+    name = name or "application"
+    factory = name.endswith("()")
+    if factory:
+        name = name[:-2]
+    cwd = os.getcwd()
+    if not sys.path or sys.path[0] != cwd:
+        if cwd in sys.path:
+            sys.path.remove(cwd)
+        sys.path.insert(0, cwd)
+    module = load_module(module_spec, compiled)
+    if not hasattr(module, name):
+        raise AppError(f"app {module_spec} has no {name!r}")
+    target = getattr(module, name)
+    if factory:
+        if not callable(target):
+            raise AppError(f"app {spec}: {name} is not callable")
+        try:
+            target = target()
+        except BaseException as exc:  # noqa: BLE001 - the user's factory can raise anything
+            raise AppError(f"app {spec}: {name}() raised {type(exc).__name__}: {exc}") from exc
+    if not callable(target):
+        raise AppError(f"app {spec}: {name} is not a WSGI callable")
+    return App(spec=spec, module=module, entry=target, hooks=module_hooks(module_spec, module))
+
+
+# -- serving --------------------------------------------------------------------
+
+
+def serve(worker: Worker, app: App, ready: Callable[[], None]) -> int:
+    from unicornish.http.parser import Limits
+    from unicornish.http.server import HTTPServer
+
+    settings = worker.settings
+    limits = Limits(
+        settings.limit_request_line,
+        settings.limit_request_fields,
+        settings.limit_request_field_size,
+        settings.limit_request_body,
+    )
+    kind = WSGIHandler(worker, app.entry)
+    server = HTTPServer(
+        worker,
+        kind.handle,
+        limits,
+        settings.keepalive,
+        settings.header_timeout,
+        settings.worker_connections,
+        kind.stats,
+    )
+    kind.server = server
+    ready()
+    try:
+        server.run()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        worker.log.info("worker[%d] the app called exit(%s)", worker.nr, exc.code)
+        return code
+    except BaseException:  # noqa: BLE001 - a defect of ours: logged, the master replaces us
+        worker.log.exception("worker[%d] the HTTP loop failed; exiting", worker.nr)
+        return EXIT_TASK_FAILED
+    return EXIT_OK
+
+
+class FileWrapper:
+    """wsgi.file_wrapper: a file the server sends with os.sendfile when it can."""
+
+    def __init__(self, filelike: IO[bytes], blksize: int = 8192) -> None:
+        self.filelike = filelike
+        self.blksize = blksize
+        close = getattr(filelike, "close", None)
+        if close is not None:
+            self.close = close
+
+    def __iter__(self) -> FileWrapper:
+        return self
+
+    def __next__(self) -> bytes:
+        data = self.filelike.read(self.blksize)
+        if data:
+            return data
+        raise StopIteration
+
+
+class ErrorStream:
+    """wsgi.errors: what the app writes goes to the log, a line at a time."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self._log = log
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._log.error("%s", line)
+        return len(text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if self._partial:
+            self._log.error("%s", self._partial)
+            self._partial = ""
+
+
+class Response:
+    """One response: start_response, write() and the body, framed on the way out."""
+
+    __slots__ = (
+        "server",
+        "conn",
+        "request",
+        "status",
+        "code",
+        "headers",
+        "head_sent",
+        "length",
+        "chunked",
+        "parts",
+        "size",
+        "sent",
+        "bodyless",
+        "keep_alive",
+        "streaming",
+    )
+
+    def __init__(self, server: Any, conn: Any, request: Any) -> None:
+        self.server = server
+        self.conn = conn
+        self.request = request
+        self.status: str | None = None
+        self.code = 0
+        self.headers: list[tuple[str, str]] = []
+        self.head_sent = False
+        self.length: int | None = None  # the app's Content-Length
+        self.chunked = False
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.sent = 0
+        self.bodyless = request.method == "HEAD"
+        self.keep_alive = request.keep_alive
+        # An iterable that is not a list or tuple (a generator: a stream, maybe
+        # slow, maybe endless) and gives no length is sent as it comes, chunked.
+        self.streaming = False
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], None]:
+        if exc_info:
+            try:
+                if self.head_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise AssertionError("start_response() called again without exc_info")
+        if not isinstance(status, str) or len(status) < 3 or not status[:3].isdigit():
+            raise AssertionError(f"bad status {status!r}")
+        if status[3:4] not in ("", " ") or "\r" in status or "\n" in status:
+            raise AssertionError(f"bad status {status!r}")
+        code = int(status[:3])
+        length = None
+        for name, value in headers:
+            if not isinstance(name, str) or not isinstance(value, str):
+                raise AssertionError(f"header names and values must be str: {name!r}: {value!r}")
+            if not name or not _TOKEN.issuperset(name):
+                raise AssertionError(f"bad header name {name!r}")
+            if "\n" in value or "\r" in value or "\0" in value:
+                raise AssertionError(f"bad header value for {name}")
+            if len(name) == 14 and name.lower() == "content-length":
+                try:
+                    length = int(value.strip())
+                except ValueError:
+                    raise AssertionError(f"bad Content-Length {value!r}") from None
+                if length < 0:
+                    raise AssertionError(f"bad Content-Length {value!r}")
+        self.status = status
+        self.code = code
+        self.headers = headers
+        self.length = length
+        self.parts = []
+        self.size = 0
+        if code < 200 or code in _NO_BODY:
+            self.bodyless = True
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        """The body, a piece at a time (also the legacy write() callable)."""
+        if self.status is None:
+            raise AssertionError("the body came before start_response()")
+        if type(data) is not bytes:
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise AssertionError(f"the body must be bytes, got {type(data).__name__}")
+            data = bytes(data)
+        if not data:
+            return
+        if self.length is not None:
+            left = self.length - self.size - self.sent
+            if len(data) > left:
+                data = data[:left]  # never more than the app's Content-Length
+                if not data:
+                    return
+        if not self.head_sent:
+            self.parts.append(data)
+            self.size += len(data)
+            if self.size > BUFFER_BYTES or (self.streaming and self.length is None):
+                self._start_stream()
+            return
+        self._stream(data)
+
+    def _head(self, length: int | None) -> bytes:
+        """The status line and fields, with our framing, Date, Server, Connection."""
+        if self.conn.closing or self.server.worker.stopping:
+            self.keep_alive = False  # a stop came while the app ran: this is the last
+        lines = ["HTTP/1.1 ", self.status or "500 Internal Server Error", "\r\n"]
+        has_date = has_server = False
+        for name, value in self.headers:
+            lower = name.lower()
+            if lower in _HOP_BY_HOP:
+                if lower == "connection" and "close" in value.lower():
+                    self.keep_alive = False
+                continue
+            if lower == "date":
+                has_date = True
+            elif lower == "server":
+                has_server = True
+            elif lower == "content-length":
+                continue  # ours below, the same number
+            lines += (name, ": ", value, "\r\n")
+        if length is not None and not (self.code < 200 or self.code == 204):
+            lines.append(f"Content-Length: {length}\r\n")
+        elif self.chunked:
+            lines.append("Transfer-Encoding: chunked\r\n")
+        if not self.keep_alive:
+            lines.append("Connection: close\r\n")
+        elif self.request.version == "1.0":
+            lines.append("Connection: keep-alive\r\n")
+        text = "".join(lines).encode("latin-1")
+        if not has_date:
+            text += b"Date: " + self.server.date() + b"\r\n"
+        if not has_server:
+            text += b"Server: unicornish\r\n"
+        return text + b"\r\n"
+
+    def finish(self) -> None:
+        """The app is done: write what was gathered, or end the stream."""
+        if self.status is None:
+            raise AssertionError("the app returned without calling start_response()")
+        server = self.server
+        conn = self.conn
+        if not self.head_sent:
+            self.head_sent = True
+            body = b"".join(self.parts) if len(self.parts) != 1 else self.parts[0]
+            self.parts = []
+            length = self.length
+            if length is None:
+                length = len(body)
+            elif length > len(body) and not self.bodyless:
+                self.keep_alive = False  # the app promised more than it gave
+            head = self._head(length)
+            if self.bodyless:
+                server.send(conn, head)
+            else:
+                server.send(conn, head + body)
+                self.sent = len(body)
+            return
+        if self.chunked:
+            server.stream(conn, b"0\r\n\r\n")
+        elif self.length is not None and self.sent < self.length:
+            self.keep_alive = False
+
+    def _start_stream(self) -> None:
+        """The body outgrew the buffer: send the head and stream from now on."""
+        self.head_sent = True
+        if self.length is None and not self.bodyless:
+            if self.request.version == "1.1":
+                self.chunked = True
+            else:
+                self.keep_alive = False  # HTTP/1.0: the end of the body is the close
+        parts, self.parts = self.parts, []
+        self.size = 0
+        self.server.stream(self.conn, self._head(self.length))
+        for part in parts:
+            self._stream(part)
+
+    def _stream(self, data: bytes) -> None:
+        if self.bodyless:
+            return
+        self.sent += len(data)
+        if self.chunked:
+            self.server.stream(self.conn, b"%x\r\n%s\r\n" % (len(data), data))
+        else:
+            self.server.stream(self.conn, data)
+
+    def send_file(self, wrapper: FileWrapper) -> bool:
+        """A wsgi.file_wrapper of a regular file: os.sendfile. False when the file
+        has no descriptor (then it is iterated like any body)."""
+        try:
+            fd = wrapper.filelike.fileno()
+            stat = os.fstat(fd)
+            offset = wrapper.filelike.tell()
+        except (AttributeError, OSError, ValueError):
+            return False
+        if not (stat.st_mode & 0o170000 == 0o100000):
+            return False
+        if self.status is None:
+            raise AssertionError("the app returned without calling start_response()")
+        count = max(0, stat.st_size - offset)
+        if self.length is not None:
+            count = min(count, self.length - self.size - self.sent)
+        if self.size:  # write() was used before the file: keep the order
+            self._start_stream()
+        if not self.head_sent:
+            self.head_sent = True
+            if self.length is None:
+                self.length = count
+            self.server.stream(self.conn, self._head(self.length))
+        if not self.bodyless and count:
+            if self.chunked:
+                self.server.stream(self.conn, b"%x\r\n" % count)
+            sent = self.server.sendfile(self.conn, fd, offset, count)
+            self.sent += sent
+            if self.chunked:
+                self.server.stream(self.conn, b"\r\n")
+            if sent < count:
+                self.keep_alive = False
+        return True
+
+
+class WSGIHandler:
+    """Turns a request into an environ, calls the app, writes its response."""
+
+    def __init__(self, worker: Worker, app: Callable[..., Any]) -> None:
+        from unicornish.http.server import Stats
+        from unicornish.metrics.appmetrics import COUNTER, GAUGE, HISTOGRAM
+        from unicornish.metrics.appmetrics import declare_own as declare
+
+        def own(*args: Any) -> Any:
+            return declare(*args)
+
+        self.worker = worker
+        self.app = app
+        self.server: Any = None
+        settings = worker.settings
+        self.errors = ErrorStream(worker.log)
+        self.script_name = os.environ.get("SCRIPT_NAME", "").rstrip("/")
+        self.trusted = _trust(settings.forwarded_allow_ips)
+        self.access_log = settings.access_log
+        self.base = {
+            "wsgi.version": (1, 0),
+            "wsgi.errors": self.errors,
+            "wsgi.multithread": False,
+            "wsgi.multiprocess": True,
+            "wsgi.run_once": False,
+            "wsgi.file_wrapper": FileWrapper,
+            "wsgi.input_terminated": True,
+            "SCRIPT_NAME": self.script_name,
+        }
+        requests = own(
+            COUNTER,
+            "unicornish_http_requests",
+            "HTTP requests answered by the app, by method and status",
+            {"method": METHODS, "status": STATUSES},
+        )
+        self.request_count: dict[tuple[str, str], Callable[..., None]] = {
+            (m, s): requests.labels(method=m, status=s).inc for m in METHODS for s in STATUSES
+        }
+        self.duration = own(
+            HISTOGRAM,
+            "unicornish_http_request_duration_seconds",
+            "Time from a request's complete head to the end of its response",
+            None,
+            DURATION_BUCKETS,
+        ).observe
+        refused = own(
+            COUNTER,
+            "unicornish_http_requests_refused",
+            "Requests answered by the server without the app (bad framing, limits, timeouts), "
+            "by cause",
+            {"cause": REFUSALS},
+        )
+        refusals = {cause: refused.labels(cause=cause).inc for cause in REFUSALS}
+        stats = Stats()
+        stats.bytes_in = own(
+            COUNTER, "unicornish_http_received_bytes", "Bytes read from HTTP clients"
+        ).inc
+        stats.bytes_out = own(
+            COUNTER, "unicornish_http_sent_bytes", "Bytes written to HTTP clients"
+        ).inc
+        open_connections = own(
+            GAUGE, "unicornish_http_connections", "Open HTTP client connections"
+        )
+        stats.connections = open_connections.inc
+        stats.refused = lambda cause: refusals.get(cause, refusals["malformed"])()
+        self.stats = stats
+
+    def handle(self, conn: Any, request: Any) -> None:
+        from unicornish.http.server import ClientGone
+
+        worker = self.worker
+        started = worker.task_started()
+        response = Response(self.server, conn, request)
+        result: Any = None
+        try:
+            environ = self.environ(conn, request)
+            result = self.app(environ, response.start_response)
+            if (
+                type(result) is FileWrapper
+                and response.status is not None
+                and response.send_file(result)
+            ):
+                pass
+            else:
+                response.streaming = type(result) not in (list, tuple)
+                for data in result:
+                    response.write(data)
+            response.finish()
+        except ClientGone:
+            response.keep_alive = False
+            raise
+        except Exception:  # noqa: BLE001 - the app's error: a 500, the worker lives on
+            worker.log.exception(
+                "worker[%d] error handling %s %s",
+                worker.nr,
+                request.method,
+                request.target.decode("latin-1"),
+            )
+            response.keep_alive = False
+            if response.head_sent:
+                raise ClientGone from None  # half a response: only a close tells the client
+            response.status = None
+            response.headers = [("Content-Type", "text/plain")]
+            response.start_response("500 Internal Server Error", response.headers)
+            response.parts = [b"500 Internal Server Error\n"]
+            response.size = 26
+            response.finish()
+        finally:
+            if result is not None:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    try:
+                        close()
+                    except Exception:  # noqa: BLE001
+                        worker.log.exception("worker[%d] the response's close() raised", worker.nr)
+            if request.body is not None:
+                request.body.close()
+            request.keep_alive = response.keep_alive
+            now = time.monotonic()
+            took = now - started
+            method = request.method if request.method in _KNOWN_METHODS else "other"
+            status = str(response.code)
+            self.request_count.get((method, status), self.request_count[(method, "other")])()
+            self.duration(took)
+            if self.access_log != "off":
+                self.log_access(conn, request, response, took)
+            worker.board.beat[0] = 0.0
+            if worker.task_done():
+                self.server.stop()
+
+    def environ(self, conn: Any, request: Any) -> dict[str, Any]:
+        environ = self.base.copy()
+        path = request.path
+        if b"%" in path:
+            path_info = unquote_to_bytes(path).decode("latin-1")
+        else:
+            path_info = path.decode("latin-1")
+        script_name = self.script_name
+        if script_name and path_info.startswith(script_name):
+            path_info = path_info[len(script_name) :]
+        environ["REQUEST_METHOD"] = request.method
+        environ["PATH_INFO"] = path_info
+        environ["QUERY_STRING"] = request.query.decode("latin-1")
+        environ["RAW_URI"] = environ["REQUEST_URI"] = request.target.decode("latin-1")
+        environ["SERVER_PROTOCOL"] = "HTTP/" + request.version
+        body = request.body
+        environ["wsgi.input"] = body if body is not None else BytesIO()
+        host = request.host
+        forwarded_for = forwarded_proto = None
+        for name, value in request.headers:
+            if b"_" in name:
+                continue  # X_Forwarded_For must not pass for X-Forwarded-For
+            key = name.decode("latin-1").upper().replace("-", "_")
+            text = value.decode("latin-1")
+            if key == "CONTENT_TYPE" or key == "CONTENT_LENGTH":
+                environ[key] = text
+                continue
+            if key == "HOST":
+                if host is None:
+                    host = value
+            elif key == "X_FORWARDED_FOR":
+                forwarded_for = text if forwarded_for is None else forwarded_for + "," + text
+            elif key == "X_FORWARDED_PROTO":
+                forwarded_proto = text
+            key = "HTTP_" + key
+            if key in environ:
+                sep = "; " if key == "HTTP_COOKIE" else ","
+                environ[key] += sep + text
+            else:
+                environ[key] = text
+        if body is not None and "CONTENT_LENGTH" not in environ:
+            environ["CONTENT_LENGTH"] = str(request.body_size)  # a chunked body, read whole
+        local = conn.local
+        peer = conn.peer
+        if conn.unix:
+            server_name, server_port = "localhost", "80"
+            remote_addr, remote_port = "127.0.0.1", "0"
+            trusted = True
+        else:
+            server_name, server_port = str(local[0]), str(local[1])
+            remote_addr, remote_port = str(peer[0]), str(peer[1])
+            trusted = self.trusted(remote_addr)
+        scheme = "http"
+        if trusted:
+            if forwarded_proto is not None:
+                proto = forwarded_proto.split(",")[0].strip().lower()
+                if proto in ("http", "https"):
+                    scheme = proto
+            if forwarded_for is not None:
+                remote_addr = _client_address(forwarded_for, self.trusted) or remote_addr
+                remote_port = "0"
+        if host:
+            server_name, server_port = _split_host(host.decode("latin-1"), scheme, server_port)
+        environ["SERVER_NAME"] = server_name
+        environ["SERVER_PORT"] = server_port
+        environ["REMOTE_ADDR"] = remote_addr
+        environ["REMOTE_PORT"] = remote_port
+        environ["wsgi.url_scheme"] = scheme
+        return environ
+
+    def log_access(self, conn: Any, request: Any, response: Response, took: float) -> None:
+        peer = conn.peer
+        remote = peer[0] if isinstance(peer, tuple) and peer else "unix"
+        target = request.target.decode("latin-1")
+        size = response.sent
+        if self.access_log == "json":
+            line = json.dumps(
+                {
+                    "remote": remote,
+                    "method": request.method,
+                    "target": target,
+                    "version": request.version,
+                    "status": response.code,
+                    "bytes": size,
+                    "duration": round(took, 6),
+                    "worker": self.worker.nr,
+                },
+                ensure_ascii=False,
+            )
+        else:
+            line = (
+                f'{remote} "{request.method} {target} HTTP/{request.version}" '
+                f"{response.code} {size} {took:.6f}"
+            )
+        self.worker.log.info("%s", line)
+
+
+_KNOWN_METHODS = frozenset(METHODS)
+
+
+def _split_host(host: str, scheme: str, default_port: str) -> tuple[str, str]:
+    if host.startswith("["):
+        name, _, rest = host.partition("]")
+        name += "]"
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        name, _, port = host.partition(":")
+    if not port:
+        port = "443" if scheme == "https" else "80"
+    return name.lower(), port
+
+
+def _client_address(forwarded_for: str, trusted: Callable[[str], bool]) -> str | None:
+    """The rightmost address that is not one of our trusted proxies."""
+    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not trusted(hop):
+            return hop
+    return hops[0] if hops else None
+
+
+def _trust(allowed: tuple[str, ...]) -> Callable[[str], bool]:
+    if "*" in allowed:
+        return lambda address: True
+    networks = [ipaddress.ip_network(item, strict=False) for item in allowed]
+
+    @lru_cache(maxsize=1024)
+    def trusted(address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.strip("[]"))
+        except ValueError:
+            return False
+        mapped = getattr(ip, "ipv4_mapped", None)
+        if mapped is not None:
+            ip = mapped
+        return any(ip in network for network in networks)
+
+    return trusted
