@@ -476,9 +476,7 @@ class WSGIHandler:
         stats.bytes_out = own(
             COUNTER, "unicornish_http_sent_bytes", "Bytes written to HTTP clients"
         ).inc
-        open_connections = own(
-            GAUGE, "unicornish_http_connections", "Open HTTP client connections"
-        )
+        open_connections = own(GAUGE, "unicornish_http_connections", "Open HTTP client connections")
         stats.connections = open_connections.inc
         stats.refused = lambda cause: refusals.get(cause, refusals["malformed"])()
         self.stats = stats
