@@ -95,6 +95,7 @@ class Conn:
         "state",
         "timer",
         "closing",
+        "eof",
         "reading",
         "served",
         "unix",
@@ -112,7 +113,12 @@ class Conn:
         self.state = IDLE
         self.timer: dict[Conn, float] | None = None
         # Close once the requests already read are answered (Connection: close).
+        # Set once an answer saying Connection: close is written (or the client
+        # shut its side): close after it. Never set on a connection whose last
+        # answer promised keep-alive: its client may be sending the next request.
         self.closing = False
+        # The client shut its side: answer what it sent complete, then close.
+        self.eof = False
         # Whether EPOLLIN is asked for (False: paused, or nothing more to read).
         self.reading = True
         self.served = 0
@@ -248,12 +254,10 @@ class HTTPServer:
             queue = conn.reader.done
             request = queue.popleft()
             if self.stopping or self.worker.stopping:
-                conn.closing = True
+                request.keep_alive = False  # the last answer on it says Connection: close
             if request.error is not None:
                 self._refuse(conn, request.error)
             else:
-                if conn.closing or not request.keep_alive:
-                    request.keep_alive = False
                 try:
                     self.handle(conn, request)
                 except ClientGone:
@@ -283,6 +287,9 @@ class HTTPServer:
         if conn.reader.done:
             self._set_state(conn, QUEUED)
             self.ready.append(conn)
+        elif conn.eof:
+            self._close(conn)
+            return
         elif conn.reader.between_requests:
             self._set_state(conn, IDLE)
         else:
@@ -327,8 +334,6 @@ class HTTPServer:
             self.worker.board_connections(len(self.conns))
             # The first request has the head's deadline from the start.
             self._timer(conn, self.read_timers, self.header_timeout)
-            if self.stopping:
-                conn.closing = True
             if len(self.conns) >= self.max_connections:
                 self._listen(False)
                 return
@@ -373,12 +378,12 @@ class HTTPServer:
         if mask & select.EPOLLERR or conn.state not in (QUEUED, WRITING):
             self._close(conn)
         else:
-            conn.closing = True
+            conn.eof = True
 
     def _eof(self, conn: Conn) -> None:
         """The client shut its side: answer what it sent complete, then close."""
         if conn.state in (QUEUED, WRITING):
-            conn.closing = True
+            conn.eof = True
             conn.reading = False
             self._events(conn)
         else:
@@ -552,8 +557,11 @@ class HTTPServer:
             return
         self.stopping = True
         self._listen(False)
+        # Not closed at once: the client may be sending its next request on it
+        # right now, and would see a reset. Each connection's next answer says
+        # Connection: close instead (_serve_ready), and an idle one that stays
+        # idle for the grace is closed then.
         for conn in list(self.conns.values()):
-            conn.closing = True
             if conn.state == IDLE:
                 self._timer(conn, self.idle_timers, STOP_GRACE_SECONDS)
 

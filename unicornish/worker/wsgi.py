@@ -299,7 +299,7 @@ class Response:
 
     def _head(self, length: int | None) -> bytes:
         """The status line and fields, with our framing, Date, Server, Connection."""
-        if self.conn.closing or self.server.worker.stopping:
+        if self.server.stopping or self.server.worker.stopping:
             self.keep_alive = False  # a stop came while the app ran: this is the last
         lines = ["HTTP/1.1 ", self.status or "500 Internal Server Error", "\r\n"]
         has_date = has_server = False
@@ -485,6 +485,8 @@ class WSGIHandler:
         from unicornish.http.server import ClientGone
 
         worker = self.worker
+        if worker.max_tasks and worker.tasks + 1 >= worker.max_tasks:
+            request.keep_alive = False  # the last one: say so in this answer
         started = worker.task_started()
         response = Response(self.server, conn, request)
         result: Any = None

@@ -1,0 +1,217 @@
+"""The HTTP worker under load: slowloris connections cost buffers, not workers,
+and every master feature (HUP, USR2 + QUIT, TTIN/TTOU, reforking, --max-tasks,
+an adaptive count) runs under a load generator (wrk) with zero failed requests."""
+
+from __future__ import annotations
+
+import http.client
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import wait_until
+from http_client import listening_port, wsgi_site
+
+pytest.importorskip("flask")
+pytest.importorskip("httptools")
+
+WRK = shutil.which("wrk")
+needs_wrk = pytest.mark.skipif(WRK is None, reason="wrk not installed (make check installs it)")
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    errors: dict[str, int]
+    non_2xx: int
+    output: str
+
+    @property
+    def failed(self) -> int:
+        return sum(self.errors.values()) + self.non_2xx
+
+
+class Load:
+    """wrk hammering a URL with keep-alive connections, in the background."""
+
+    def __init__(self, port: int, seconds: float, connections: int = 16, path: str = "/") -> None:
+        self.proc = subprocess.Popen(
+            [
+                str(WRK),
+                "-t2",
+                f"-c{connections}",
+                f"-d{seconds:g}s",
+                "--timeout",
+                "10s",
+                f"http://127.0.0.1:{port}{path}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def result(self, timeout: float = 60.0) -> LoadResult:
+        out, _ = self.proc.communicate(timeout=timeout)
+        requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+        errors: dict[str, int] = {}
+        found = re.search(
+            r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+        )
+        if found:
+            errors = dict(zip(("connect", "read", "write", "timeout"), map(int, found.groups())))
+        non = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        return LoadResult(requests, errors, int(non.group(1)) if non else 0, out)
+
+
+def serve(start: Any, tmp_path: Path, *args: str) -> tuple[Any, int, Path]:
+    site = wsgi_site(tmp_path)
+    control = tmp_path / "ctl.sock"
+    run = start(
+        "--wsgi",
+        "flask_app:app",
+        "--listen",
+        "127.0.0.1:0",
+        "--control",
+        str(control),
+        *args,
+        cwd=site,
+    )
+    port = listening_port(run)
+    return run, port, site
+
+
+def assert_no_failure(result: LoadResult) -> None:
+    assert result.requests > 100, result.output
+    assert result.failed == 0, result.output
+
+
+@needs_wrk
+def test_hup_under_load(start: Any, tmp_path: Path) -> None:
+    run, port, _ = serve(start, tmp_path, "--workers", "2")
+    run.wait_ready(2)
+    load = Load(port, 6)
+    time.sleep(1.5)
+    run.signal(signal.SIGHUP)
+    run.wait_log(r"worker\[\d+\] ready", 4, timeout=15)
+    time.sleep(1)
+    run.signal(signal.SIGHUP)
+    assert_no_failure(load.result())
+
+
+@needs_wrk
+def test_ttin_ttou_under_load(start: Any, tmp_path: Path) -> None:
+    run, port, _ = serve(start, tmp_path, "--workers", "2")
+    run.wait_ready(2)
+    load = Load(port, 6)
+    for signum in (signal.SIGTTIN, signal.SIGTTOU, signal.SIGTTOU, signal.SIGTTIN):
+        time.sleep(1.2)
+        run.signal(signum)
+    assert_no_failure(load.result())
+
+
+@needs_wrk
+def test_max_tasks_under_load(start: Any, tmp_path: Path) -> None:
+    run, port, _ = serve(start, tmp_path, "--workers", "2", "--max-tasks", "500")
+    run.wait_ready(2)
+    result = Load(port, 6).result()
+    assert_no_failure(result)
+    assert run.count(r"reached --max-tasks") >= 2, result.output
+
+
+@needs_wrk
+def test_refork_under_load(start: Any, tmp_path: Path) -> None:
+    run, port, _ = serve(start, tmp_path, "--workers", "2", "--refork-after", "300,2000")
+    run.wait_ready(2)
+    result = Load(port, 7).result()
+    assert_no_failure(result)
+    assert run.count(r"mold") >= 1, run.log()[-3000:]
+
+
+@needs_wrk
+def test_adaptive_count_under_load(start: Any, tmp_path: Path) -> None:
+    run, port, _ = serve(
+        start, tmp_path, "--workers", "1:3", "--idle-workers", "1", "--scale-down-after", "1"
+    )
+    run.wait_ready(1)
+    result = Load(port, 6, path="/slow?s=0.01").result()
+    assert_no_failure(result)
+    assert run.count(r"scale up") >= 1, run.log()[-3000:]
+    wait_until(lambda: run.count(r"scale down") >= 1, 15, "a scale down after the load")
+
+
+@needs_wrk
+def test_usr2_and_quit_of_the_old_master_under_load(start: Any, tmp_path: Path) -> None:
+    pid_file = tmp_path / "app.pid"
+    run, port, _ = serve(start, tmp_path, "--workers", "2", "--pid", str(pid_file))
+    run.wait_ready(2)
+    load = Load(port, 7)
+    time.sleep(1.5)
+    run.signal(signal.SIGUSR2)
+    wait_until(lambda: pid_file.exists() and Path(str(pid_file) + ".oldbin").exists(), 15)
+    new_pid = int(pid_file.read_text())
+    # The new master's workers are ready (its log is ours too: one --log-file).
+    run.wait_log(r"worker\[\d+\] ready", 4, timeout=15)
+    run.signal(signal.SIGQUIT)
+    assert run.wait_exit(20) == 0
+    result = load.result()
+    try:
+        assert_no_failure(result)
+    finally:
+        import os
+
+        os.kill(new_pid, signal.SIGQUIT)
+        wait_until(lambda: not Path(f"/proc/{new_pid}").exists(), 20)
+
+
+def test_slowloris_costs_buffers_not_workers(start: Any, tmp_path: Path) -> None:
+    run, port, _ = serve(start, tmp_path, "--workers", "1", "--header-timeout", "60")
+    run.wait_ready(1)
+    sockets: list[socket.socket] = []
+    for _ in range(1000):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n")
+        sockets.append(sock)
+    stop = threading.Event()
+
+    def trickle() -> None:
+        n = 0
+        while not stop.is_set():
+            for sock in sockets:
+                try:
+                    sock.sendall(b"X-%d: a\r\n" % n)
+                except OSError:
+                    pass
+            n += 1
+            stop.wait(0.5)
+
+    dripper = threading.Thread(target=trickle, daemon=True)
+    dripper.start()
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        started = time.monotonic()
+        for _ in range(300):
+            c.request("GET", "/")
+            r = c.getresponse()
+            assert r.status == 200 and r.read() == b"hello from flask\n"
+        took = time.monotonic() - started
+        c.close()
+        # New connections are accepted and served too, one per request.
+        for _ in range(50):
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            c.request("GET", "/", headers={"Connection": "close"})
+            assert c.getresponse().status == 200
+            c.close()
+        assert took < 10, took
+    finally:
+        stop.set()
+        dripper.join(5)
+        for sock in sockets:
+            sock.close()
