@@ -25,7 +25,8 @@ typecheck: $(STAMP)
 
 # System tools some tests drive for real: systemd-analyze verifies the unit
 # files, logrotate rotates a live log, faketime jumps the wall clock,
-# prometheus scrapes --metrics and promtool checks its output.
+# prometheus scrapes --metrics and promtool checks its output, wrk loads the
+# HTTP worker while the master reloads, upgrades and scales it.
 # Installed only where missing.
 TOOLS_STAMP := $(VENV)/.tools
 $(TOOLS_STAMP): $(STAMP)
@@ -33,6 +34,7 @@ $(TOOLS_STAMP): $(STAMP)
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	command -v logrotate >/dev/null || missing="$$missing logrotate"; \
 	command -v faketime >/dev/null || missing="$$missing faketime"; \
+	command -v wrk >/dev/null || missing="$$missing wrk"; \
 	{ command -v prometheus >/dev/null && command -v promtool >/dev/null; } \
 		|| missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
