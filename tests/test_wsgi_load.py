@@ -66,7 +66,8 @@ class Load:
             r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
         )
         if found:
-            errors = dict(zip(("connect", "read", "write", "timeout"), map(int, found.groups()), strict=True))
+            kinds = ("connect", "read", "write", "timeout")
+            errors = dict(zip(kinds, map(int, found.groups()), strict=True))
         non = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
         return LoadResult(requests, errors, int(non.group(1)) if non else 0, out)
 
