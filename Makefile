@@ -59,6 +59,7 @@ soak: $(STAMP)
 bench:
 	bash bench/setup.sh
 	bench/.venv/bin/python bench/run.py $(if $(QUICK),--quick)
+	bench/.venv/bin/python bench/http.py $(if $(QUICK),--quick)
 
 bench-peers:
 	bash bench/peers.sh

@@ -11,7 +11,7 @@ MASTER_KEYS = {
     "pid", "uptime", "app", "workers_wanted", "workers_running",
     "workers_min", "workers_max", "workers_idle", "ready", "not_ready",
 }  # fmt: skip
-WORKER_KEYS = {"nr", "pid", "age", "state", "tasks", "task_age", "rss", "uss", "cpu"}
+WORKER_KEYS = {"nr", "pid", "age", "state", "tasks", "connections", "task_age", "rss", "uss", "cpu"}
 
 # worker[0] waits for connections (idle), worker[1] sleeps in its tasks (busy),
 # worker[2] never finishes after_fork (booting). 20 MiB preloaded and shared.
