@@ -477,6 +477,7 @@ def test_metrics_of_requests(start: Any, tmp_path: Path) -> None:
     run = start(
         "--wsgi",
         "flask_app:app",
+        "--preload",
         "--listen",
         "127.0.0.1:0",
         "--metrics",
@@ -548,3 +549,16 @@ def test_hup_reloads_without_failing_a_request(start: Any, tmp_path: Path) -> No
     assert failures == []
     wait_until(lambda: run.count("reload.*done|reloaded") >= 1 or "2" in versions, 10)
     assert "2" in versions
+
+
+def test_timeout_kills_a_stuck_request_with_its_traceback(start: Any, tmp_path: Path) -> None:
+    run, port, _ = serve(start, tmp_path, "flask_app:app", "--timeout", "1")
+    first = run.worker_pids()[0]
+    c = conn(port, timeout=20)
+    c.request("GET", "/slow?s=30")
+    with pytest.raises((ConnectionError, http.client.HTTPException)):
+        c.getresponse().read()
+    c.close()
+    run.wait_log(r"in slow")  # the traceback names the view that was stuck
+    wait_until(lambda: run.worker_pids().get(0) not in (None, first), 10)
+    assert request(port, "GET", "/")[0] == 200

@@ -534,8 +534,7 @@ class WSGIHandler:
             if request.body is not None:
                 request.body.close()
             request.keep_alive = response.keep_alive
-            now = time.monotonic()
-            took = now - started
+            took = time.monotonic() - (request.received or started)
             method = request.method if request.method in _KNOWN_METHODS else "other"
             status = str(response.code)
             self.request_count.get((method, status), self.request_count[(method, "other")])()
