@@ -99,6 +99,7 @@ class Conn:
         "reading",
         "served",
         "unix",
+        "extra",
     )
 
     def __init__(
@@ -123,6 +124,8 @@ class Conn:
         self.reading = True
         self.served = 0
         self.unix = unix
+        # The worker kind's own per-connection state (the WSGI kind: its environ).
+        self.extra: Any = None
 
 
 class Stats:

@@ -12,6 +12,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -42,7 +43,10 @@ _HOP_BY_HOP = frozenset(
     )
 )
 _NO_BODY = frozenset((204, 304))
-_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_STATUS = re.compile(r"[1-5][0-9][0-9](?: [^\x00-\x08\x0a-\x1f\x7f]*)?\Z")
+# A head as _head writes it: the status line, then fields, each a token, ": ",
+# a value without CR, LF or NUL, CRLF.
+_HEAD = re.compile(r"HTTP/1\.1 [^\r\n]*\r\n(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+: [^\x00\r\n]*\r\n)*")
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other")
 STATUSES = (
@@ -243,23 +247,17 @@ class Response:
                 exc_info = None
         elif self.status is not None:
             raise AssertionError("start_response() called again without exc_info")
-        if not isinstance(status, str) or len(status) < 3 or not status[:3].isdigit():
-            raise AssertionError(f"bad status {status!r}")
-        if status[3:4] not in ("", " ") or "\r" in status or "\n" in status:
+        if type(status) is not str or not _STATUS.match(status):
             raise AssertionError(f"bad status {status!r}")
         code = int(status[:3])
         length = None
+        # The names and values are checked once the head is written (_head), in
+        # one pass over its text; here only the length the body is held to.
         for name, value in headers:
-            if not isinstance(name, str) or not isinstance(value, str):
-                raise AssertionError(f"header names and values must be str: {name!r}: {value!r}")
-            if not name or not _TOKEN.issuperset(name):
-                raise AssertionError(f"bad header name {name!r}")
-            if "\n" in value or "\r" in value or "\0" in value:
-                raise AssertionError(f"bad header value for {name}")
             if len(name) == 14 and name.lower() == "content-length":
                 try:
                     length = int(value.strip())
-                except ValueError:
+                except (TypeError, ValueError, AttributeError):
                     raise AssertionError(f"bad Content-Length {value!r}") from None
                 if length < 0:
                     raise AssertionError(f"bad Content-Length {value!r}")
@@ -324,7 +322,12 @@ class Response:
             lines.append("Connection: close\r\n")
         elif self.request.version == "1.0":
             lines.append("Connection: keep-alive\r\n")
-        text = "".join(lines).encode("latin-1")
+        joined = "".join(lines)
+        if not _HEAD.fullmatch(joined):
+            # A field the app got wrong: a CR, LF or NUL in a value (a response
+            # split), a name that is no token, a value that is not a str.
+            raise AssertionError(f"bad response header in {self.headers!r}"[:300])
+        text = joined.encode("latin-1")
         if not has_date:
             text += b"Date: " + self.server.date() + b"\r\n"
         if not has_server:
@@ -338,15 +341,15 @@ class Response:
         server = self.server
         conn = self.conn
         if not self.head_sent:
-            self.head_sent = True
             body = b"".join(self.parts) if len(self.parts) != 1 else self.parts[0]
-            self.parts = []
             length = self.length
             if length is None:
                 length = len(body)
             elif length > len(body) and not self.bodyless:
                 self.keep_alive = False  # the app promised more than it gave
             head = self._head(length)
+            self.head_sent = True
+            self.parts = []
             if self.bodyless:
                 server.send(conn, head)
             else:
@@ -360,15 +363,16 @@ class Response:
 
     def _start_stream(self) -> None:
         """The body outgrew the buffer: send the head and stream from now on."""
-        self.head_sent = True
         if self.length is None and not self.bodyless:
             if self.request.version == "1.1":
                 self.chunked = True
             else:
                 self.keep_alive = False  # HTTP/1.0: the end of the body is the close
+        head = self._head(self.length)
+        self.head_sent = True
         parts, self.parts = self.parts, []
         self.size = 0
-        self.server.stream(self.conn, self._head(self.length))
+        self.server.stream(self.conn, head)
         for part in parts:
             self._stream(part)
 
@@ -400,10 +404,11 @@ class Response:
         if self.size:  # write() was used before the file: keep the order
             self._start_stream()
         if not self.head_sent:
-            self.head_sent = True
             if self.length is None:
                 self.length = count
-            self.server.stream(self.conn, self._head(self.length))
+            head = self._head(self.length)
+            self.head_sent = True
+            self.server.stream(self.conn, head)
         if not self.bodyless and count:
             if self.chunked:
                 self.server.stream(self.conn, b"%x\r\n" % count)
@@ -545,8 +550,34 @@ class WSGIHandler:
             if worker.task_done():
                 self.server.stop()
 
+    def _connection_environ(self, conn: Any) -> dict[str, Any]:
+        """What every request on `conn` shares: the constant keys and the two
+        ends of the connection (the forwarded headers may change the latter)."""
+        environ = dict(self.base)
+        if conn.unix:
+            environ.update(
+                SERVER_NAME="localhost", SERVER_PORT="80", REMOTE_ADDR="127.0.0.1", REMOTE_PORT="0"
+            )
+            trusted = True
+        else:
+            local, peer = conn.local, conn.peer
+            environ.update(
+                SERVER_NAME=str(local[0]),
+                SERVER_PORT=str(local[1]),
+                REMOTE_ADDR=str(peer[0]),
+                REMOTE_PORT=str(peer[1]),
+            )
+            trusted = self.trusted(str(peer[0]))
+        environ["wsgi.url_scheme"] = "http"
+        conn.extra = (environ, trusted)
+        return environ
+
     def environ(self, conn: Any, request: Any) -> dict[str, Any]:
-        environ = self.base.copy()
+        extra = conn.extra
+        if extra is None:
+            self._connection_environ(conn)
+            extra = conn.extra
+        environ = extra[0].copy()
         path = request.path
         if b"%" in path:
             path_info = unquote_to_bytes(path).decode("latin-1")
@@ -559,60 +590,53 @@ class WSGIHandler:
         environ["PATH_INFO"] = path_info
         environ["QUERY_STRING"] = request.query.decode("latin-1")
         environ["RAW_URI"] = environ["REQUEST_URI"] = request.target.decode("latin-1")
-        environ["SERVER_PROTOCOL"] = "HTTP/" + request.version
+        environ["SERVER_PROTOCOL"] = _PROTOCOLS[request.version]
         body = request.body
         environ["wsgi.input"] = body if body is not None else BytesIO()
         host = request.host
         forwarded_for = forwarded_proto = None
+        keys = _KEYS
         for name, value in request.headers:
-            if b"_" in name:
-                continue  # X_Forwarded_For must not pass for X-Forwarded-For
-            key = name.decode("latin-1").upper().replace("-", "_")
+            key = keys.get(name)
+            if key is None:
+                key = _key(name)
+                if key is None:
+                    continue  # X_Forwarded_For must not pass for X-Forwarded-For
             text = value.decode("latin-1")
-            if key == "CONTENT_TYPE" or key == "CONTENT_LENGTH":
-                environ[key] = text
-                continue
-            if key == "HOST":
-                if host is None:
-                    host = value
-            elif key == "X_FORWARDED_FOR":
-                forwarded_for = text if forwarded_for is None else forwarded_for + "," + text
-            elif key == "X_FORWARDED_PROTO":
-                forwarded_proto = text
-            key = "HTTP_" + key
             if key in environ:
-                sep = "; " if key == "HTTP_COOKIE" else ","
-                environ[key] += sep + text
+                if key == "CONTENT_TYPE" or key == "CONTENT_LENGTH":
+                    environ[key] = text
+                else:
+                    environ[key] += ("; " if key == "HTTP_COOKIE" else ",") + text
             else:
                 environ[key] = text
+            if key == "HTTP_HOST":
+                if host is None:
+                    host = value
+            elif key == "HTTP_X_FORWARDED_FOR":
+                forwarded_for = text if forwarded_for is None else forwarded_for + "," + text
+            elif key == "HTTP_X_FORWARDED_PROTO":
+                forwarded_proto = text
         if body is not None and "CONTENT_LENGTH" not in environ:
             environ["CONTENT_LENGTH"] = str(request.body_size)  # a chunked body, read whole
-        local = conn.local
-        peer = conn.peer
-        if conn.unix:
-            server_name, server_port = "localhost", "80"
-            remote_addr, remote_port = "127.0.0.1", "0"
-            trusted = True
-        else:
-            server_name, server_port = str(local[0]), str(local[1])
-            remote_addr, remote_port = str(peer[0]), str(peer[1])
-            trusted = self.trusted(remote_addr)
         scheme = "http"
-        if trusted:
+        if extra[1] and (forwarded_proto is not None or forwarded_for is not None):
             if forwarded_proto is not None:
                 proto = forwarded_proto.split(",")[0].strip().lower()
                 if proto in ("http", "https"):
-                    scheme = proto
+                    environ["wsgi.url_scheme"] = scheme = proto
             if forwarded_for is not None:
-                remote_addr = _client_address(forwarded_for, self.trusted) or remote_addr
-                remote_port = "0"
+                client = _client_address(forwarded_for, self.trusted)
+                if client:
+                    environ["REMOTE_ADDR"] = client
+                    environ["REMOTE_PORT"] = "0"
         if host:
-            server_name, server_port = _split_host(host.decode("latin-1"), scheme, server_port)
-        environ["SERVER_NAME"] = server_name
-        environ["SERVER_PORT"] = server_port
-        environ["REMOTE_ADDR"] = remote_addr
-        environ["REMOTE_PORT"] = remote_port
-        environ["wsgi.url_scheme"] = scheme
+            server = _HOSTS.get((host, scheme))
+            if server is None:
+                server = _split_host(host.decode("latin-1"), scheme)
+                if len(_HOSTS) < 256:
+                    _HOSTS[(host, scheme)] = server
+            environ["SERVER_NAME"], environ["SERVER_PORT"] = server
         return environ
 
     def log_access(self, conn: Any, request: Any, response: Response, took: float) -> None:
@@ -645,7 +669,26 @@ class WSGIHandler:
 _KNOWN_METHODS = frozenset(METHODS)
 
 
-def _split_host(host: str, scheme: str, default_port: str) -> tuple[str, str]:
+_PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
+# Field name -> environ key, learnt as names come (bounded: names come from clients).
+_KEYS: dict[bytes, str] = {}
+_HOSTS: dict[tuple[bytes, str], tuple[str, str]] = {}
+
+
+def _key(name: bytes) -> str | None:
+    """The environ key of a field name; None for a name with `_`, which could pass
+    for one with `-` (X_Forwarded_For for X-Forwarded-For)."""
+    if b"_" in name:
+        return None
+    key = name.decode("latin-1").upper().replace("-", "_")
+    if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+        key = "HTTP_" + key
+    if len(_KEYS) < 512:
+        _KEYS[name] = key
+    return key
+
+
+def _split_host(host: str, scheme: str) -> tuple[str, str]:
     if host.startswith("["):
         name, _, rest = host.partition("]")
         name += "]"
