@@ -562,3 +562,12 @@ def test_timeout_kills_a_stuck_request_with_its_traceback(start: Any, tmp_path: 
     run.wait_log(r"in slow")  # the traceback names the view that was stuck
     wait_until(lambda: run.worker_pids().get(0) not in (None, first), 10)
     assert request(port, "GET", "/")[0] == 200
+
+
+def test_a_flood_of_pipelined_requests_is_read_a_little_at_a_time(
+    start: Any, tmp_path: Path
+) -> None:
+    run, port, _ = serve(start, tmp_path, "flask_app:app")
+    flood = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" * 2000
+    raw = exchange(port, flood + b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", 20)
+    assert statuses(raw) == [200] * 2001

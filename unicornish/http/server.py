@@ -41,6 +41,8 @@ from typing import Any
 
 from unicornish.host.sockets import OUT_OF_RESOURCES
 from unicornish.http.parser import HTTPError, Limits, Request, RequestReader
+from unicornish.scoreboard import BUSY as BUSY_STATE
+from unicornish.scoreboard import IDLE as IDLE_STATE
 
 IDLE, READING, QUEUED, WRITING, LINGER = range(5)
 
@@ -61,6 +63,8 @@ ACCEPT_PAUSE_SECONDS = 0.1
 # A refusal is logged at most once per cause in this many seconds.
 LOG_EVERY_SECONDS = 10.0
 RECV_BYTES = 65536
+# What is parsed at a time (see _feed).
+FEED_BYTES = 8192
 
 REASONS = {
     100: "Continue",
@@ -100,6 +104,8 @@ class Conn:
         "served",
         "unix",
         "extra",
+        "pending",
+        "unreadable",
     )
 
     def __init__(
@@ -126,6 +132,10 @@ class Conn:
         self.unix = unix
         # The worker kind's own per-connection state (the WSGI kind: its environ).
         self.extra: Any = None
+        # Bytes read but not parsed yet: PIPELINE_DEPTH requests were waiting.
+        self.pending: bytes | None = None
+        # An error or an upgrade was read: nothing after it is parsed.
+        self.unreadable = False
 
 
 class Stats:
@@ -204,6 +214,7 @@ class HTTPServer:
         board = worker.board
         clock = self.clock
         busy = False
+        board.state[0] = IDLE_STATE
         try:
             while True:
                 if worker.stopping and not self.stopping:
@@ -236,11 +247,11 @@ class HTTPServer:
                         self._pidfd = -1
                 if ready:
                     if not busy:
-                        board.state[0] = 2  # BUSY
+                        board.state[0] = BUSY_STATE
                         busy = True
                     self._serve_ready()
                 if busy and not ready:
-                    board.state[0] = 1  # IDLE
+                    board.state[0] = IDLE_STATE
                     busy = False
                 self._expire(clock())
         finally:
@@ -298,8 +309,17 @@ class HTTPServer:
         else:
             self._set_state(conn, READING)
         if not conn.reading and len(conn.reader.done) < PIPELINE_DEPTH:
-            conn.reading = True
-            self._events(conn)
+            pending = conn.pending
+            if pending is not None:
+                conn.pending = None
+                self._feed(conn, pending)
+            if (
+                len(conn.reader.done) < PIPELINE_DEPTH
+                and conn.pending is None
+                and not conn.unreadable
+            ):
+                conn.reading = True
+                self._events(conn)
 
     # -- connections ------------------------------------------------------------
 
@@ -355,9 +375,27 @@ class HTTPServer:
         self.stats.bytes_in(len(data))
         if conn.state == LINGER:
             return  # the client's leftovers: read and dropped
+        self._feed(conn, data)
+
+    def _feed(self, conn: Conn, data: bytes) -> None:
+        """Parse what came, a slice at a time: once PIPELINE_DEPTH requests wait,
+        the rest is kept unparsed (and the socket unread) until they are answered,
+        so a recv full of tiny pipelined requests queues dozens, not thousands."""
         reader = conn.reader
         queued = len(reader.done)
-        more = reader.feed(data)
+        if len(data) <= FEED_BYTES:
+            more = reader.feed(data)
+        else:
+            more = True
+            for offset in range(0, len(data), FEED_BYTES):
+                more = reader.feed(data[offset : offset + FEED_BYTES])
+                if not more:
+                    break
+                if len(reader.done) >= PIPELINE_DEPTH and offset + FEED_BYTES < len(data):
+                    conn.pending = data[offset + FEED_BYTES :]
+                    break
+        if not more:
+            conn.unreadable = True
         if reader.continue_wanted:
             reader.continue_wanted = False
             self.send(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
