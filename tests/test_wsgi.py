@@ -571,3 +571,25 @@ def test_a_flood_of_pipelined_requests_is_read_a_little_at_a_time(
     flood = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" * 2000
     raw = exchange(port, flood + b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", 20)
     assert statuses(raw) == [200] * 2001
+
+
+def test_pep_3333_corners(start: Any, tmp_path: Path) -> None:
+    run, port, site = serve(start, tmp_path, "pep3333")
+    assert request(port, "GET", "/write")[2] == b"written then returned"
+    status, headers, body = request(port, "GET", "/exc_info")
+    assert (status, body, headers["retry-after"]) == (503, b"try later", "1")
+    assert request(port, "GET", "/close")[2] == b"ab"
+    # A failure after part of the body was sent: the connection is closed (the
+    # client sees a short body), close() is still called, the worker lives on.
+    raw = exchange(port, b"GET /late_error HTTP/1.1\r\nHost: a\r\n\r\n", timeout=5)
+    assert raw.startswith(b"HTTP/1.1 200 ") and b"never" not in raw
+    wait_until(lambda: (site / "closed.log").read_text().count("closed") == 2, 5)
+    raw = exchange(port, b"GET /not_modified HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 304 ") and raw.endswith(b"\r\n\r\n")
+    assert b"Content-Length" not in raw and b"Transfer-Encoding" not in raw
+    # A header that would split the response is the app's error: a 500.
+    status, headers, body = request(port, "GET", "/bad_header")
+    assert status == 500 and "x-split" not in headers and "set-cookie" not in headers
+    request(port, "GET", "/errors")
+    run.wait_log("a line for the log")
+    assert request(port, "GET", "/")[0] == 404

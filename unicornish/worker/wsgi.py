@@ -300,6 +300,7 @@ class Response:
         if self.server.stopping or self.server.worker.stopping:
             self.keep_alive = False  # a stop came while the app ran: this is the last
         lines = ["HTTP/1.1 ", self.status or "500 Internal Server Error", "\r\n"]
+        fields = 0
         has_date = has_server = False
         for name, value in self.headers:
             lower = name.lower()
@@ -311,10 +312,11 @@ class Response:
                 has_date = True
             elif lower == "server":
                 has_server = True
-            elif lower == "content-length":
-                continue  # ours below, the same number
+            elif lower == "content-length" and self.code != 304:
+                continue  # ours below, the same number (a 304's is the app's own)
             lines += (name, ": ", value, "\r\n")
-        if length is not None and not (self.code < 200 or self.code == 204):
+            fields += 1
+        if length is not None and not (self.code < 200 or self.code in _NO_BODY):
             lines.append(f"Content-Length: {length}\r\n")
         elif self.chunked:
             lines.append("Transfer-Encoding: chunked\r\n")
@@ -323,9 +325,11 @@ class Response:
         elif self.request.version == "1.0":
             lines.append("Connection: keep-alive\r\n")
         joined = "".join(lines)
-        if not _HEAD.fullmatch(joined):
-            # A field the app got wrong: a CR, LF or NUL in a value (a response
-            # split), a name that is no token, a value that is not a str.
+        # One pass checks every field: a token, ": ", no CR, LF or NUL in the
+        # value. A value holding a whole "\r\n" + field would still match, so
+        # the line count must be ours too (else: a response split).
+        ours = len(lines) - 3 - 4 * fields
+        if not _HEAD.fullmatch(joined) or joined.count("\n") != 1 + fields + ours:
             raise AssertionError(f"bad response header in {self.headers!r}"[:300])
         text = joined.encode("latin-1")
         if not has_date:
@@ -343,8 +347,8 @@ class Response:
         if not self.head_sent:
             body = b"".join(self.parts) if len(self.parts) != 1 else self.parts[0]
             length = self.length
-            if length is None:
-                length = len(body)
+            if length is None and (body or self.request.method != "HEAD"):
+                length = len(body)  # (a HEAD the app answered without a body: unknown)
             elif length > len(body) and not self.bodyless:
                 self.keep_alive = False  # the app promised more than it gave
             head = self._head(length)
