@@ -349,7 +349,7 @@ class Response:
             length = self.length
             if length is None and (body or self.request.method != "HEAD"):
                 length = len(body)  # (a HEAD the app answered without a body: unknown)
-            elif length > len(body) and not self.bodyless:
+            elif length is not None and length > len(body) and not self.bodyless:
                 self.keep_alive = False  # the app promised more than it gave
             head = self._head(length)
             self.head_sent = True
