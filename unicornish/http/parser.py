@@ -50,6 +50,9 @@ FORBIDDEN_TRAILERS = frozenset(
 # Methods llhttp parses that a WSGI server answers (the others it knows are
 # RTSP, WebDAV extensions and the like: passed on too, as gunicorn does).
 _TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+# The lengths of the field names on_header looks at (Host, Expect, Content-Length,
+# Transfer-Encoding): any other name is stored without lowering it.
+_FRAMING_LENGTHS = frozenset((4, 6, 14, 17))
 _TARGET_CHARS = frozenset(range(0x21, 0x7F)) - {ord("#")}
 
 
@@ -65,7 +68,7 @@ class HTTPError(Exception):
 class Limits:
     """The request limits, from the command line (--limit-request-*)."""
 
-    __slots__ = ("line", "fields", "field_size", "body", "head")
+    __slots__ = ("line", "fields", "field_size", "body", "head", "field_bound", "fields_bound")
 
     def __init__(self, line: int, fields: int, field_size: int, body: int) -> None:
         self.line = line  # 0: unlimited (llhttp still bounds nothing: see head)
@@ -75,6 +78,9 @@ class Limits:
         # The whole head: what the line and the fields may add up to. Bounds what
         # is buffered before a head is complete even when a limit is 0 (off).
         self.head = (line or 8190) + (fields or 100) * ((field_size or 8190) + 4) + 4
+        # The same limits with 0 (none of its own) as a bound no field reaches.
+        self.field_bound = field_size or self.head
+        self.fields_bound = fields or self.head
 
 
 class Request:
@@ -141,6 +147,7 @@ class RequestReader:
         "_hosts",
         "_chunked",
         "_length",
+        "_expect",
         "continue_wanted",
         "started",
         "clock",
@@ -162,6 +169,7 @@ class RequestReader:
         self._hosts = 0
         self._chunked = False
         self._length: int | None = None
+        self._expect: bytes | None = None
         # Set when a head with Expect: 100-continue is accepted: the loop sends
         # the interim response, then clears it.
         self.continue_wanted = False
@@ -258,6 +266,7 @@ class RequestReader:
         self._hosts = 0
         self._chunked = False
         self._length = None
+        self._expect = None
         if not self.started:
             self.started = self.clock()
 
@@ -269,29 +278,32 @@ class RequestReader:
             raise HTTPError(414, "request_line", "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        limits = self._limits
         if self._trailers:
             if name.lower() in FORBIDDEN_TRAILERS:
                 raise HTTPError(400, "trailer", f"forbidden trailer {name.decode('latin-1')}")
             return  # other trailers are read and dropped: WSGI has no place for them
-        if limits.field_size and len(name) + len(value) + 2 > limits.field_size:
+        limits = self._limits
+        if len(name) + len(value) + 2 > limits.field_bound:
             raise HTTPError(431, "field_size", "request header field too large")
         headers = self._headers
-        if limits.fields and len(headers) >= limits.fields:
+        if len(headers) >= limits.fields_bound:
             raise HTTPError(431, "field_count", "too many request header fields")
-        lower = name.lower()
-        if lower == b"host":
-            self._hosts += 1
-        elif lower == b"content-length":
-            value = value.strip(b" \t")
-            if not value.isdigit() or self._length is not None:
-                raise HTTPError(400, "content_length", "bad Content-Length")
-            self._length = int(value)
-        elif lower == b"transfer-encoding":
-            if self._chunked or value.strip(b" \t").lower() != b"chunked":
-                raise HTTPError(501, "transfer_encoding", "only chunked is supported")
-            self._chunked = True
         headers.append((name, value))
+        if len(name) in _FRAMING_LENGTHS:
+            lower = name.lower()
+            if lower == b"host":
+                self._hosts += 1
+            elif lower == b"content-length":
+                value = value.strip(b" \t")
+                if not value.isdigit() or self._length is not None:
+                    raise HTTPError(400, "content_length", "bad Content-Length")
+                self._length = int(value)
+            elif lower == b"expect":
+                self._expect = value.strip(b" \t")
+            elif lower == b"transfer-encoding":
+                if self._chunked or value.strip(b" \t").lower() != b"chunked":
+                    raise HTTPError(501, "transfer_encoding", "only chunked is supported")
+                self._chunked = True
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -319,7 +331,7 @@ class RequestReader:
         request.headers = self._headers
         request.keep_alive = parser.should_keep_alive()
         if length or self._chunked:
-            expect = _field(self._headers, b"expect")
+            expect = self._expect
             if expect is not None:
                 if expect.lower() != b"100-continue":
                     raise HTTPError(417, "expect", "unsupported expectation")
@@ -330,8 +342,6 @@ class RequestReader:
                 if length is not None and length <= SPOOL_BYTES
                 else tempfile.SpooledTemporaryFile(SPOOL_BYTES)
             )
-        else:
-            _field(self._headers, b"expect")  # nothing to wait for: ignored
         self._in_head = False
         self._trailers = True
         request.received = self.clock()
@@ -356,13 +366,6 @@ class RequestReader:
         self._request = None
         self.started = 0.0
         self.done.append(request)
-
-
-def _field(headers: list[tuple[bytes, bytes]], lower: bytes) -> bytes | None:
-    for name, value in headers:
-        if name.lower() == lower:
-            return value.strip(b" \t")
-    return None
 
 
 def _method_error(data: bytes) -> HTTPError:
