@@ -233,6 +233,7 @@ def _worker_entry(child: psutil.Process, master_sid: int | None, now: float) -> 
         "age": round(age, 3),
         "state": None,
         "tasks": None,
+        "connections": None,
         "task_age": None,
     }
     entry.update(process_stats(child.pid, now))
