@@ -79,6 +79,14 @@ class Server:
         return out or [self.proc.pid]
 
     def stop(self) -> None:
+        """SIGKILL the master's session and each of its children: a unicornish
+        worker leads a process group of its own, so killpg alone misses it."""
+        children = [p for p in self.worker_pids() if p != self.proc.pid]
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except OSError:
@@ -441,6 +449,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     peers = [p for p in args.peers.split(",") if p]
     started = time.monotonic()
+
+    # TERM and HUP end up in the finally blocks that kill each server, as Ctrl-C does.
+    def _term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)
+    signal.signal(signal.SIGHUP, _term)
 
     def log(msg: str) -> None:
         print(f"[{time.monotonic() - started:6.1f}s] {msg}", file=sys.stderr, flush=True)

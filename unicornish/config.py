@@ -207,11 +207,13 @@ def address_list(value: Any) -> tuple[str, ...]:
             continue
         if item != "*":
             try:
-                ipaddress.ip_network(item, strict=False)
+                network = ipaddress.ip_network(item, strict=False)
             except ValueError:
                 raise ValueError(
                     f"must be IP addresses or networks separated by commas, or *, got {value!r}"
                 ) from None
+            # One spelling per address (::1, not 0:0:0:0:0:0:0:1): workers compare text.
+            item = str(network.network_address) if "/" not in item else str(network)
         out.append(item)
     return tuple(out)
 

@@ -28,7 +28,6 @@ body read, in memory or, past a threshold, in a temporary file.
 from __future__ import annotations
 
 import io
-import tempfile
 from collections import deque
 from typing import IO, Any
 
@@ -337,11 +336,12 @@ class RequestReader:
                     raise HTTPError(417, "expect", "unsupported expectation")
                 if version == "1.1":
                     self.continue_wanted = True
-            self._body = (
-                io.BytesIO()
-                if length is not None and length <= SPOOL_BYTES
-                else tempfile.SpooledTemporaryFile(SPOOL_BYTES)
-            )
+            if length is not None and length <= SPOOL_BYTES:
+                self._body = io.BytesIO()
+            else:
+                import tempfile  # here: most workers never need it (nor random, shutil)
+
+                self._body = tempfile.SpooledTemporaryFile(SPOOL_BYTES)
         self._in_head = False
         self._trailers = True
         request.received = self.clock()

@@ -36,7 +36,6 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
-from email.utils import formatdate
 from typing import Any
 
 from unicornish.host.sockets import OUT_OF_RESOURCES
@@ -106,6 +105,7 @@ class Conn:
         "extra",
         "pending",
         "unreadable",
+        "client_closes",
     )
 
     def __init__(
@@ -136,6 +136,8 @@ class Conn:
         self.pending: bytes | None = None
         # An error or an upgrade was read: nothing after it is parsed.
         self.unreadable = False
+        # Its last request said Connection: close (see _linger).
+        self.client_closes = False
 
 
 class Stats:
@@ -267,6 +269,9 @@ class HTTPServer:
                 continue
             queue = conn.reader.done
             request = queue.popleft()
+            # The client said it sends nothing after this one (Connection: close,
+            # HTTP/1.0): once answered, nothing is left to drain from it.
+            conn.client_closes = not request.keep_alive and not queue and conn.pending is None
             if self.stopping or self.worker.stopping:
                 request.keep_alive = False  # the last answer on it says Connection: close
             if request.error is not None:
@@ -455,6 +460,11 @@ class HTTPServer:
             pass
 
     def _linger(self, conn: Conn) -> None:
+        if conn.client_closes and conn.reader.between_requests:
+            # Nothing of the client's unread in our buffer, and it said it sends
+            # no more: a plain close (a FIN, no reset) loses nothing.
+            self._close(conn)
+            return
         try:
             conn.sock.shutdown(socket.SHUT_WR)
         except OSError:
@@ -612,7 +622,7 @@ class HTTPServer:
         now = int(time.time())
         if now != self._date_second:
             self._date_second = now
-            self._date = formatdate(now, usegmt=True).encode("ascii")
+            self._date = http_date(now)
         return self._date
 
     def send(self, conn: Conn, data: bytes | bytearray | memoryview) -> None:
@@ -725,6 +735,20 @@ class HTTPServer:
         if now - self._logged.get(cause, -LOG_EVERY_SECONDS) >= LOG_EVERY_SECONDS:
             self._logged[cause] = now
             self.log.warning("worker[%d] %s", self.worker.nr, message)
+
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def http_date(seconds: float) -> bytes:
+    """IMF-fixdate (RFC 9110): `Sun, 06 Nov 1994 08:49:37 GMT`, never localised
+    (strftime's %a and %b follow the locale an app may set)."""
+    t = time.gmtime(seconds)
+    return (
+        f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT"
+    ).encode("ascii")
 
 
 def _peer(conn: Conn) -> str:

@@ -8,7 +8,6 @@ counted, timed by --timeout, and counted towards --max-tasks.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import os
@@ -716,6 +715,19 @@ def _client_address(forwarded_for: str, trusted: Callable[[str], bool]) -> str |
 def _trust(allowed: tuple[str, ...]) -> Callable[[str], bool]:
     if "*" in allowed:
         return lambda address: True
+    if not any("/" in item for item in allowed):
+        # Plain addresses (the default): compared as text, without ipaddress.
+        plain = frozenset(item.lower() for item in allowed)
+
+        def trusted_address(address: str) -> bool:
+            address = address.strip("[]").lower()
+            if address.startswith("::ffff:") and "." in address:
+                address = address[7:]  # an IPv4 client of an IPv6 listener
+            return address in plain
+
+        return trusted_address
+    import ipaddress
+
     networks = [ipaddress.ip_network(item, strict=False) for item in allowed]
 
     @lru_cache(maxsize=1024)
