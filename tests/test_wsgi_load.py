@@ -5,6 +5,7 @@ an adaptive count) runs under a load generator (wrk) with zero failed requests."
 from __future__ import annotations
 
 import http.client
+import os
 import re
 import shutil
 import signal
@@ -166,8 +167,6 @@ def test_usr2_and_quit_of_the_old_master_under_load(start: Any, tmp_path: Path) 
     try:
         assert_no_failure(result)
     finally:
-        import os
-
         os.kill(new_pid, signal.SIGQUIT)
         wait_until(lambda: not Path(f"/proc/{new_pid}").exists(), 20)
 
@@ -216,3 +215,62 @@ def test_slowloris_costs_buffers_not_workers(start: Any, tmp_path: Path) -> None
         dripper.join(5)
         for sock in sockets:
             sock.close()
+
+
+@needs_wrk
+def test_kill_9_fails_only_the_requests_in_flight_on_that_worker(
+    start: Any, tmp_path: Path
+) -> None:
+    run, port, _ = serve(start, tmp_path, "--workers", "2", "--spares", "1")
+    run.wait_ready(2)
+    load = Load(port, 6, connections=16)
+    time.sleep(2)
+    victim = run.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    result = load.result()
+    # Each of wrk's connections has one request in flight: those the dead
+    # worker held fail, at most one each, and nothing after.
+    assert result.requests > 100, result.output
+    assert result.failed <= 16, result.output
+    assert result.errors.get("connect", 0) == 0 and result.non_2xx == 0, result.output
+    run.wait_workers(2)
+
+
+def test_config_file_keys_and_drain(start: Any, tmp_path: Path) -> None:
+    site = wsgi_site(tmp_path)
+    conf = tmp_path / "conf.py"
+    conf.write_text(
+        'wsgi = "flask_app:app"\nkeepalive = 1\naccess_log = "text"\n'
+        'listen = ["127.0.0.1:0"]\ndrain = 2\n'
+        "def after_fork(worker):\n    worker.log.info('after_fork of worker %d', worker.nr)\n"
+    )
+    metrics_sock = tmp_path / "m.sock"
+    run = start("-c", str(conf), "--metrics", f"unix:{metrics_sock}", cwd=site)
+    port = listening_port(run)
+    run.wait_ready(1)
+    run.wait_log("after_fork of worker 0")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert b" 200 " in sock.recv(1000)
+        started = time.monotonic()
+        assert sock.recv(1000) == b""  # keepalive = 1 from the file
+        assert time.monotonic() - started < 3
+    run.wait_log(r'"GET / HTTP/1.1" 200 17 ')  # the access log, as text
+
+    def readyz() -> int:
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(str(metrics_sock))
+        s.sendall(b"GET /readyz HTTP/1.0\r\n\r\n")
+        out = s.recv(1000)
+        s.close()
+        return int(out.split()[1])
+
+    assert readyz() == 200
+    run.signal(signal.SIGQUIT)
+    wait_until(lambda: readyz() == 503, 5, "not ready while draining")
+    # Still serving while it drains.
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    c.request("GET", "/")
+    assert c.getresponse().status == 200
+    c.close()
+    assert run.wait_exit(20) == 0
