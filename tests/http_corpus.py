@@ -47,6 +47,13 @@ VALID: list[tuple[str, bytes]] = [
         "Expect 100-continue",
         b"POST / HTTP/1.1\r\n" + H + b"Expect: 100-continue\r\nContent-Length: 2\r\n\r\nok",
     ),
+    ("IPv6 Host", b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n"),
+    ("empty Host", b"GET / HTTP/1.1\r\nHost:\r\n\r\n"),
+    (
+        "quoted chunk extension",
+        b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n"
+        b'3;a="b c"\r\nabc\r\n0\r\n\r\n',
+    ),
 ]
 
 CL = b"Content-Length: "
@@ -213,4 +220,26 @@ INVALID: list[tuple[str, bytes, int]] = [
         b"GET / HTTP/1.1\r\n" + H + b"".join(b"X-%d: a\r\n" % i for i in range(120)) + b"\r\n",
         431,
     ),
+    ("Host with a space", b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
+    ("Host with a path", b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", 400),
+    ("Host with userinfo", b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n", 400),
+    ("Host with a bad port", b"GET / HTTP/1.1\r\nHost: a:8x\r\n\r\n", 400),
+    (
+        "control character in a chunk extension",
+        b"POST / HTTP/1.1\r\n" + H + TE + b"chunked\r\n\r\n3;a\x01b\r\nabc\r\n0\r\n\r\n",
+        400,
+    ),
+    (
+        "bare LF after the last chunk",
+        b"POST / HTTP/1.1\r\n" + H + TE + b"chunked\r\n\r\n3\r\nabc\r\n0\n\r\n",
+        400,
+    ),
+    (
+        "chunk longer than its size",
+        b"POST / HTTP/1.1\r\n" + H + TE + b"chunked\r\n\r\n3\r\nabcd\r\n0\r\n\r\n",
+        400,
+    ),
+    ("Transfer-Encoding identity", b"POST / HTTP/1.1\r\n" + H + TE + b"identity\r\n\r\n", 501),
+    ("space after the version", b"GET / HTTP/1.1 \r\n" + H + b"\r\n", 400),
+    ("tab in the request line", b"GET\t/ HTTP/1.1\r\n" + H + b"\r\n", 400),
 ]

@@ -28,6 +28,7 @@ body read, in memory or, past a threshold, in a temporary file.
 from __future__ import annotations
 
 import io
+import re
 from collections import deque
 from typing import IO, Any
 
@@ -49,6 +50,8 @@ FORBIDDEN_TRAILERS = frozenset(
 # Methods llhttp parses that a WSGI server answers (the others it knows are
 # RTSP, WebDAV extensions and the like: passed on too, as gunicorn does).
 _TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+# uri-host [":" port] (RFC 9110 7.2): an IP literal or a reg-name; empty is allowed.
+_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?\Z")
 # The lengths of the field names on_header looks at (Host, Expect, Content-Length,
 # Transfer-Encoding): any other name is stored without lowering it.
 _FRAMING_LENGTHS = frozenset((4, 6, 14, 17))
@@ -292,6 +295,8 @@ class RequestReader:
             lower = name.lower()
             if lower == b"host":
                 self._hosts += 1
+                if not _HOST.match(value):
+                    raise HTTPError(400, "host", "bad Host")
             elif lower == b"content-length":
                 value = value.strip(b" \t")
                 if not value.isdigit() or self._length is not None:
