@@ -593,3 +593,9 @@ def test_pep_3333_corners(start: Any, tmp_path: Path) -> None:
     request(port, "GET", "/errors")
     run.wait_log("a line for the log")
     assert request(port, "GET", "/")[0] == 404
+
+
+def test_wsgi_needs_a_listener(tmp_path: Path) -> None:
+    site = wsgi_site(tmp_path)
+    out = run_cli("--wsgi", "flask_app:app", cwd=site)
+    assert out.returncode == 1 and "give at least one --listen" in out.stderr

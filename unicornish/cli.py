@@ -278,6 +278,10 @@ def set_up(
         if settings.metrics:
             metrics_sock, metrics_bound = bind_metrics(settings.metrics)
         listeners = setup_listeners(settings.listen)
+        if not listeners and settings.app_option.name != "app":
+            raise StartupError(
+                f"{settings.app_option.flag_name} serves HTTP: give at least one --listen address"
+            )
     except (StartupError, UsageError):
         if control_sock is not None and settings.control:
             control_sock.close()
