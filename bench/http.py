@@ -308,6 +308,19 @@ def switches(pid: int) -> int:
     return 0
 
 
+def pss_mib(pid: int) -> float:
+    """Proportional set size: shared pages split between the processes sharing
+    them (RSS counts what a worker shares with its master whole, in each)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
 def rss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -339,6 +352,7 @@ def measure(peers: list[str], quick: bool, log: Callable[[str], None]) -> Table:
             rps: dict[str, object] = {}
             p99: dict[str, object] = {}
             rss: dict[str, object] = {}
+            pss: dict[str, object] = {}
             for peer in peers:
                 try:
                     server = start(peer, app, workers, tmp)
@@ -358,6 +372,7 @@ def measure(peers: list[str], quick: bool, log: Callable[[str], None]) -> Table:
                     if workers == 1 and not close:
                         pids = server.worker_pids()
                         rss[peer] = round(sum(rss_mib(p) for p in pids) / len(pids), 1)
+                        pss[peer] = round(sum(pss_mib(p) for p in pids) / len(pids), 1)
                     log(f"{name}: {peer} {rps[peer]} req/s, p99 {p99[peer]} ms")
                 finally:
                     server.stop()
@@ -365,6 +380,7 @@ def measure(peers: list[str], quick: bool, log: Callable[[str], None]) -> Table:
             table.add(name + ": p99", "ms", p99)
             if rss:
                 table.add(name + ": RSS per worker", "MiB", rss)
+                table.add(name + ": PSS per worker", "MiB", pss)
 
         # Slowloris: the share of keep-alive throughput left with 1000 of them.
         share: dict[str, object] = {}

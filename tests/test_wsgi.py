@@ -422,6 +422,9 @@ def test_a_factory_and_the_status_of_connections(start: Any, tmp_path: Path) -> 
     out = run_cli("status", "--control", str(control), "--json")
     worker = json.loads(out.stdout)["workers"][0]
     assert worker["connections"] == 3 and worker["tasks"] == 3
+    table = run_cli("status", "--control", str(control)).stdout.splitlines()
+    assert table[1].split()[:6] == ["NR", "PID", "AGE", "STATE", "TASKS", "CONNS"]
+    assert table[2].split()[4:6] == ["3", "3"]
     for c in held:
         c.close()
 

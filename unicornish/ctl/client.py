@@ -320,22 +320,37 @@ def format_table(status: dict[str, Any], source: str) -> str:
     ]
     if source:
         lines.append(source)
-    header = ("NR", "PID", "AGE", "STATE", "TASKS", "TASK_AGE", "RSS", "USS", "CPU")
+    header: tuple[str, ...] = (
+        "NR",
+        "PID",
+        "AGE",
+        "STATE",
+        "TASKS",
+        "TASK_AGE",
+        "RSS",
+        "USS",
+        "CPU",
+    )
+    # HTTP workers (--wsgi) with open client connections: a column for them.
+    conns = any(w.get("connections") for w in status["workers"])
+    if conns:
+        header = header[:5] + ("CONNS",) + header[5:]
     rows = [header]
     for w in status["workers"]:
-        rows.append(
-            (
-                str(w["nr"]),
-                str(w["pid"]),
-                _seconds(w.get("age")),
-                _plain(w.get("state")),
-                _plain(w.get("tasks")),
-                _seconds(w.get("task_age")),
-                _mib(w.get("rss")),
-                _mib(w.get("uss")),
-                "-" if w.get("cpu") is None else f"{w['cpu']:.1f}%",
-            )
+        row: tuple[str, ...] = (
+            str(w["nr"]),
+            str(w["pid"]),
+            _seconds(w.get("age")),
+            _plain(w.get("state")),
+            _plain(w.get("tasks")),
+            _seconds(w.get("task_age")),
+            _mib(w.get("rss")),
+            _mib(w.get("uss")),
+            "-" if w.get("cpu") is None else f"{w['cpu']:.1f}%",
         )
+        if conns:
+            row = row[:5] + (_plain(w.get("connections")),) + row[5:]
+        rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     left = {3}  # STATE reads better left-aligned
     for row in rows:
