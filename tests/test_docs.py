@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from unicornish import protocol
 from unicornish.config import OPTIONS, Settings
+from unicornish.ctl import commands
 from unicornish.protocol import HANDLED_SIGNALS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,11 +94,36 @@ def test_every_master_signal_is_in_the_signal_table(path: Path) -> None:
         assert signal.Signals(signum).name[3:] in names, signum
 
 
-def test_every_control_command_and_status_field_is_in_the_reference() -> None:
+def test_the_reference_protocol_table_is_the_declared_commands() -> None:
+    """Row by row, as ctl/commands.py declares them (reference_rows())."""
+    rows = [tuple(row) for row in table_rows(REFERENCE.read_text(), "| JSON request |")]
+    expected = commands.reference_rows()
+    table = "\n".join("| " + " | ".join(row) + " |" for row in expected)
+    assert rows == expected, f"docs/reference.md's protocol table should read:\n{table}"
+
+
+@pytest.mark.parametrize("path", USER_DOCS, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_ctl_synopsis_and_request_table_lists_the_declared_commands(path: Path) -> None:
+    """Wherever the docs show `ctl`'s synopsis, or a table of requests and their
+    words, it has every command, as declared (README's once lacked metrics and refork)."""
+    text = path.read_text()
+    for line in text.splitlines():
+        if "unicornish ctl [--control PATH] COMMAND [ARG]" in line and "#" in line:
+            assert line.split("#", 1)[1].strip() == commands.SYNOPSIS, line
+        if line.strip().startswith("COMMAND:"):
+            assert line.split(":", 1)[1].strip() == commands.SYNOPSIS, line
+    if "| JSON request |" in text:
+        rows = [tuple(row[:2]) for row in table_rows(text, "| JSON request |")]
+        assert rows == [row[:2] for row in commands.reference_rows()], path.name
+
+
+def test_the_reference_shows_the_ctl_synopsis() -> None:
+    text = section(REFERENCE.read_text(), "## `unicornish status` and `unicornish ctl`")
+    assert f"COMMAND: {commands.SYNOPSIS}" in text
+
+
+def test_every_status_field_is_in_the_reference() -> None:
     text = REFERENCE.read_text()
-    requests = " ".join(row[0] for row in table_rows(text, "| JSON request |"))
-    for command in protocol.COMMANDS:
-        assert f'"command": "{command}"' in requests, command
     fields = " ".join(row[0] for row in table_rows(text, "| field |"))
     for name in ("pid", "uptime", "app", "workers_wanted", "workers_running"):
         assert f"`master.{name}`" in fields, name

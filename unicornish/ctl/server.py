@@ -9,24 +9,8 @@ per wake-up and nothing more.
 
 Protocol: one request per line, one JSON reply per line, in order, on a
 connection that stays open until the client closes it (or is silent for
-CLIENT_TIMEOUT). A request is a JSON object, or the same words `unicornish
-ctl` takes, for `socat`/`nc -U` users:
-
-    {"command": "status"}                      status
-    {"command": "scale", "workers": 7}         scale 7
-    {"command": "ttin"} / {"command": "ttou"}  ttin / ttou
-    {"command": "reload"}                      reload
-    {"command": "reopen"}                      reopen
-    {"command": "stop"}                        stop
-    {"command": "stop", "quick": true}         stop --quick
-    {"command": "upgrade"}                     upgrade
-    {"command": "metrics"}                     metrics
-    {"command": "refork"}                      refork
-
-Replies: {"ok": true, ...} or {"ok": false, "error": "..."}. Commands run
-the same code as the signals (scale = TTIN/TTOU, reload = HUP, reopen = USR1,
-stop = QUIT/TERM, upgrade = USR2); `metrics` replies with the text that
---metrics serves at /metrics, in {"ok": true, "text": "..."}.
+CLIENT_TIMEOUT). The requests, their replies and what each runs on the master
+are declared once, in ctl/commands.py.
 """
 
 from __future__ import annotations
@@ -40,19 +24,15 @@ import stat
 import struct
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Any
 
+from unicornish.ctl import commands as table
+from unicornish.ctl.commands import MAX_LINE, Commands, RequestError, error, parse_request
 from unicornish.errors import StartupError
 from unicornish.host.sockets import accept_some
 from unicornish.master.children import WorkerProc
 from unicornish.master.eventloop import Clients, EventLoop
 from unicornish.metrics.procstats import StatsReader
-from unicornish.protocol import (
-    MAX_LINE,
-    RequestError,
-    describe_request,
-    parse_request,
-)
 from unicornish.scoreboard import BUSY
 
 # A client that sends nothing (or reads nothing) for this long is dropped.
@@ -68,34 +48,6 @@ ACCEPT_PAUSE = 1.0
 RECV_SIZE = 65536
 
 _PEERCRED = struct.Struct("3i")
-
-
-class Commands(Protocol):
-    """What the control socket asks of the master: the same code as the signals."""
-
-    @property
-    def stopping(self) -> str | None: ...
-
-    @property
-    def wanted(self) -> int: ...
-
-    def status(self) -> dict[str, Any]: ...
-
-    def stop(self, quick: bool, why: str) -> None: ...
-
-    def scale(self, wanted: int, why: str) -> None: ...
-
-    def step(self, delta: int, why: str) -> None: ...
-
-    def reload(self, why: str) -> str | None: ...
-
-    def reopen_logs(self) -> str | None: ...
-
-    def upgrade(self, why: str) -> tuple[int | None, str | None]: ...
-
-    def metrics_text(self) -> str: ...
-
-    def refork(self) -> str | None: ...
 
 
 # -- creating the socket ------------------------------------------------------
@@ -194,10 +146,6 @@ def collect_status(
 
 def encode(reply: dict[str, Any]) -> bytes:
     return (json.dumps(reply, separators=(", ", ": ")) + "\n").encode()
-
-
-def error(message: str) -> dict[str, Any]:
-    return {"ok": False, "error": message}
 
 
 # -- the server -----------------------------------------------------------------
@@ -425,60 +373,24 @@ class ControlServer:
         except RequestError as exc:
             client.outbuf += encode(error(str(exc)))
             return
-        if command != "status":
+        declared = table.BY_NAME[command]
+        if declared.logged:
             self.log.info(
                 "control: %s from pid=%d uid=%d",
-                describe_request(command, params),
+                declared.describe(params),
                 client.pid,
                 client.uid,
             )
         try:
-            reply = self.run(command, params)
+            reply = table.run(command, params, self.commands)
         except Exception as exc:  # noqa: BLE001 - a bug in one command must not take the master down
             self.log.exception("control: %s failed", command)
             reply = error(f"internal error: {type(exc).__name__}: {exc}")
         client.outbuf += encode(reply)
-        if command == "stop" and reply.get("ok"):
+        if declared.last and reply.get("ok"):
             client.closing = True
         # Send at once: `stop` must be answered before the master exits.
         self._send(client)
-
-    def run(self, command: str, params: dict[str, Any]) -> dict[str, Any]:
-        m = self.commands
-        if command == "status":
-            return {"ok": True, **m.status()}
-        if command == "stop":
-            m.stop(quick=params["quick"], why="control stop")
-            return {"ok": True, "stopping": m.stopping}
-        if command == "metrics":  # read-only, like status: answered while stopping too
-            try:
-                return {"ok": True, "text": m.metrics_text()}
-            except StartupError as exc:  # prometheus_client is not installed
-                return error(str(exc).replace("--metrics needs", "metrics need"))
-        if m.stopping:
-            return error("master is stopping")
-        if command == "scale":
-            m.scale(params.get("workers", m.wanted), f"control {describe_request(command, params)}")
-            return {"ok": True, "workers_wanted": m.wanted}
-        if command in ("ttin", "ttou"):
-            # As the signals: one more or one fewer (with MIN:MAX, the bounds move too).
-            m.step(1 if command == "ttin" else -1, f"control {command}")
-            return {"ok": True, "workers_wanted": m.wanted}
-        if command == "reload":
-            failure = m.reload(why="control reload")
-            return error(failure) if failure else {"ok": True, "workers_wanted": m.wanted}
-        if command == "reopen":
-            failure = m.reopen_logs()
-            return error(failure) if failure else {"ok": True}
-        if command == "upgrade":
-            pid, refusal = m.upgrade(why="control upgrade")
-            if pid is None:
-                return error(refusal or "upgrade failed; see the master's log")
-            return {"ok": True, "new_master_pid": pid}
-        if command == "refork":
-            failure = m.refork()
-            return error(failure) if failure else {"ok": True}
-        return error(f"unknown command {command!r}")
 
     # -- USR2 and exit -----------------------------------------------------------------
 
