@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -400,30 +401,100 @@ def test_wrong_paths_and_methods(start, app_file):
     assert http(port, "", raw=b"GARBAGE\r\n\r\n")[0] == 400
 
 
-def test_past_the_client_limit_connections_wait_in_the_backlog(start, app_file):
+def client_fds(pid: int) -> int:
+    return sum(1 for fd in os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_past_the_client_limit_the_one_waiting_longest_gives_its_slot_up(start, app_file):
+    """With 64 connections open and silent, a probe is answered at once: the
+    connection that waited longest for its request is closed to make room
+    (they used to keep every new connection waiting in the backlog for up to 5 s)."""
     run, port = ready_metrics(start, app_file)
-    silent = []
-    waiting = socket.socket()
+    before = client_fds(run.pid)
+    silent: list[socket.socket] = []
     try:
         for _ in range(64):
             silent.append(socket.create_connection(("127.0.0.1", port)))
-        wait_until(lambda: run.count("64 connections open") == 1, 10, "the limit reached")
-        # The 65th is not accepted (nor reset) while 64 are open...
-        waiting.settimeout(10)
-        waiting.connect(("127.0.0.1", port))
-        waiting.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
-        waiting.settimeout(0.5)
+        wait_until(lambda: client_fds(run.pid) >= before + 64, 10, "64 clients accepted")
+        for _ in range(3):
+            began = time.monotonic()
+            assert http(port, "/healthz", timeout=2) == (200, "ok\n")
+            assert time.monotonic() - began < 0.5
+        run.wait_log("metrics: 64 connections open; closing the one that waited longest", 1, 5)
+        # The first one connected gave its slot up, with nothing sent; the probe
+        # was done at once, so the next probes found a free slot.
+        silent[0].settimeout(5)
+        assert silent[0].recv(100) == b""
+        silent[1].settimeout(0.2)
         with pytest.raises(TimeoutError):
-            waiting.recv(100)
-        # ...and is answered as soon as one of them is done.
-        silent.pop().close()
-        waiting.settimeout(5)
-        assert waiting.recv(100).startswith(b"HTTP/1.1 200 OK")
+            silent[1].recv(100)  # still waiting for its request, still served
+        silent[1].sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+        silent[1].settimeout(5)
+        assert silent[1].recv(100).startswith(b"HTTP/1.1 200 OK")
     finally:
-        waiting.close()
         for s in silent:
             s.close()
     wait_until(lambda: _answer(port, "/healthz") == (200, "ok\n"), 10, "/healthz 200 again")
+
+
+class Slowloris:
+    """`count` connections that each send one more byte of a request head every
+    `every` seconds, and connect again when the master closes them."""
+
+    HEAD = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 4000
+
+    def __init__(self, port: int, count: int, every: float) -> None:
+        self.port, self.count, self.every = port, count, every
+        self.socks: list[tuple[socket.socket, int]] = []
+        self.reconnects = 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def connect(self) -> tuple[socket.socket, int]:
+        sock = socket.socket()
+        sock.setblocking(False)
+        sock.connect_ex(("127.0.0.1", self.port))
+        return sock, 0
+
+    def run(self) -> None:
+        self.socks = [self.connect() for _ in range(self.count)]
+        while not self.done.is_set():
+            for i, (sock, sent) in enumerate(self.socks):
+                try:
+                    sock.send(self.HEAD[sent : sent + 1])
+                    self.socks[i] = (sock, sent + 1)
+                except BlockingIOError:
+                    pass  # still connecting
+                except OSError:  # closed by the master: come back
+                    sock.close()
+                    self.socks[i] = self.connect()
+                    self.reconnects += 1
+            self.done.wait(self.every)
+
+    def __enter__(self) -> Slowloris:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join(10)
+        for sock, _sent in self.socks:
+            sock.close()
+
+
+def test_slow_clients_do_not_starve_the_probes(start, app_file):
+    """300 connections sending their request head a byte every 2 s once made
+    /healthz wait 12 s (64 slots, 5 s each): a liveness probe would restart a
+    healthy pod. Every probe is answered within 100 ms."""
+    run, port = ready_metrics(start, app_file)
+    with Slowloris(port, 300, 2.0):
+        run.wait_log("metrics: 64 connections open", 1, 10)
+        for path, expected in [("/healthz", 200), ("/readyz", 200), ("/metrics", 200)] * 5:
+            began = time.monotonic()
+            status, _body = http(port, path, timeout=5)
+            took = time.monotonic() - began
+            assert status == expected and took < 0.1, (path, status, took)
+    assert http(port, "/healthz") == (200, "ok\n")
 
 
 # -- the idle master -----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import socket
+import struct
 import sys
 import time
 from typing import Any, NamedTuple, NoReturn
@@ -86,9 +87,8 @@ def request(path: str, payload: dict[str, Any], timeout: float = REPLY_TIMEOUT) 
     deadline = time.monotonic() + timeout
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
-        sock.settimeout(timeout)
         try:
-            sock.connect(path)
+            _connect(sock, path, timeout)
         except FileNotFoundError:
             raise NoAnswer(f"not running: no control socket at {path}") from None
         except ConnectionRefusedError:
@@ -103,10 +103,11 @@ def request(path: str, payload: dict[str, Any], timeout: float = REPLY_TIMEOUT) 
         except OSError as exc:
             why = exc.strerror or exc
             raise NoAnswer(f"not running: cannot connect to {path}: {why}") from None
+        sock.settimeout(max(0.001, deadline - time.monotonic()))
         try:
             sock.sendall((json.dumps(payload) + "\n").encode())
         except (BrokenPipeError, ConnectionResetError):
-            pass  # refused at once (another user, too many clients): its reply waits below
+            pass  # refused at once (another user): its reply waits below
         except OSError as exc:
             raise NoAnswer(f"the master at {path} hung up: {exc.strerror or exc}") from None
         data = bytearray()
@@ -136,6 +137,24 @@ def request(path: str, payload: dict[str, Any], timeout: float = REPLY_TIMEOUT) 
     if not isinstance(reply, dict):
         raise NoAnswer(f"{path} answered something that is not a JSON object", EXIT_UNKNOWN)
     return reply
+
+
+def _connect(sock: socket.socket, path: str, timeout: float) -> None:
+    """connect(), waiting up to `timeout` for room in the master's backlog: with
+    hundreds of clients at once the backlog fills, and a blocking connect() on a
+    unix socket sleeps until the master accepts one (SO_SNDTIMEO bounds the
+    sleep), where a non-blocking one would fail at once with EAGAIN."""
+    sock.settimeout(None)
+    seconds = max(timeout, 0.001)
+    sock.setsockopt(
+        socket.SOL_SOCKET,
+        socket.SO_SNDTIMEO,
+        struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000)),
+    )
+    try:
+        sock.connect(path)
+    except BlockingIOError:  # still no room when SO_SNDTIMEO ran out
+        raise TimeoutError from None
 
 
 # -- what psutil sees from a pid file ----------------------------------------------
