@@ -23,15 +23,14 @@ import stat
 import struct
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from unicornish.ctl import commands as table
 from unicornish.ctl.commands import MAX_LINE, Commands, RequestError, error, parse_request
 from unicornish.errors import StartupError
 from unicornish.host.clientserver import Client, ClientServer, Limits, Loop, SocketFile
-from unicornish.master.children import WorkerProc
 from unicornish.metrics.procstats import StatsReader
-from unicornish.scoreboard import BUSY
+from unicornish.scoreboard import BUSY, Scoreboard
 
 # Connections waiting for the master to accept them: 500 `status` calls at
 # once wait their turn here instead of being refused (the client waits too).
@@ -103,8 +102,17 @@ def bind(path: str) -> socket.socket:
 # -- status -------------------------------------------------------------------
 
 
+class Child(Protocol):
+    """What `status` shows of a worker (master/children.py's WorkerProc)."""
+
+    nr: int
+    pid: int
+    board: Scoreboard
+    spawned_at: float
+
+
 def collect_status(
-    master: dict[str, Any], procs: Iterable[WorkerProc], stats: StatsReader
+    master: dict[str, Any], procs: Iterable[Child], stats: StatsReader
 ) -> dict[str, Any]:
     """The JSON of `status`: the master's own figures, then one entry per worker."""
     now = time.monotonic()
