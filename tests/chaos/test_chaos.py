@@ -27,14 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import loop_app
-from reliability import (
-    log_tracebacks,
-    snapshot,
-    wait_for,
-    worker_children,
-    zombies,
-)
+from helpers import NotifyListener, free_port, loop_app, worker_children
+from reliability import log_tracebacks, snapshot, wait_for, zombies
 
 # Says which worker took the connection first, so that a lost request can be
 # matched against the SIGKILLs the test sent.
@@ -238,12 +232,6 @@ def back_to_configured(run: Any, configured: int) -> None:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class ControlClient:
     """`status` requests on the control socket in a loop (and some garbage)."""
 
@@ -278,33 +266,6 @@ class ControlClient:
     def finish(self) -> None:
         self.stop.set()
         self.thread.join(30)
-
-
-class NotifyListener:
-    """Plays systemd: a datagram socket at NOTIFY_SOCKET, keeping what arrives."""
-
-    def __init__(self, path: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(path)
-        self.sock.settimeout(0.2)
-        self.messages: list[str] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.thread.start()
-
-    def _loop(self) -> None:
-        while not self.stop.is_set():
-            try:
-                self.messages.append(self.sock.recv(65536).decode(errors="replace"))
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-
-    def finish(self) -> None:
-        self.stop.set()
-        self.thread.join(5)
-        self.sock.close()
 
 
 SCENARIOS = {
@@ -343,8 +304,8 @@ def test_chaos(
     notify = control = None
     if spec.get("control"):
         args += ["--control", str(tmp_path / "ctl.sock")]
-        notify = NotifyListener(str(tmp_path / "notify.sock"))
-        on_teardown(notify.finish)
+        notify = NotifyListener(tmp_path / "notify.sock")
+        on_teardown(notify.close)
         env = {"NOTIFY_SOCKET": str(tmp_path / "notify.sock")}
     run = start(*args, env=env)
     run.wait_ready(configured, timeout=20)
@@ -423,10 +384,10 @@ def test_chaos(
         "rss_after": after["rss"],
     }
     if control is not None and notify is not None:
-        notify.finish()
+        notify.close()
         assert control.errors == [], control.errors[:5]
         assert control.ok > seconds * 5, control.ok
-        said = "\n".join(notify.messages)
+        said = "\n".join("\n".join(lines) for _pid, lines in notify.snapshot())
         for word in ("READY=1", "RELOADING=1", "STATUS="):
             assert word in said, said[-500:]
         assert "cannot notify" not in log
