@@ -21,6 +21,7 @@ from helpers import (
     MIB,
     Run,
     assert_inside,
+    loop_app,
     set_cpu_quota,
     set_memory_limit,
     set_one_cpu,
@@ -31,11 +32,7 @@ from unicornish.host import cgroups
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="making cgroups needs root")
 
-APP = """
-import time
-def worker_start(worker):
-    time.sleep(0.05)
-"""
+APP = loop_app()
 
 
 # -- setting limits in either hierarchy -------------------------------------------------

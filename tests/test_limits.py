@@ -8,9 +8,9 @@ import signal
 import time
 
 import psutil
-from helpers import gone, let_pass, run_cli, wait_until
+from helpers import gone, let_pass, loop_app, run_cli, wait_until
 
-SLEEPY = "import time\ndef worker_start(worker):\n    time.sleep(0.05)\n"
+SLEEPY = loop_app()
 
 
 def test_absurd_worker_counts_are_refused_at_the_edge(tmp_path):
