@@ -237,7 +237,9 @@ class Settings:
     """Every option, declared once on its field (options.option), in --help's order.
 
     An option's name is its field's name: `--graceful-timeout` on the command
-    line, `graceful_timeout` in the config file.
+    line, `graceful_timeout` in the config file. Adding one is one field here,
+    `name: type = option(default, converter, help, metavar, value=..., doc=...)`,
+    plus its behaviour; `make docs` then writes the reference's table.
     """
 
     app: str | None = option(
