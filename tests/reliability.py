@@ -80,17 +80,6 @@ def log_tracebacks(text: str) -> list[str]:
     ]
 
 
-def wait_for(predicate: Any, timeout: float, what: str, step: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(step)
-
-
 # -- running the master some other way ------------------------------------------------
 
 

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import NotifyListener, free_port, loop_app, worker_children
-from reliability import log_tracebacks, snapshot, wait_for, zombies
+from helpers import NotifyListener, free_port, loop_app, wait_until, worker_children
+from reliability import log_tracebacks, snapshot, zombies
 
 # Says which worker took the connection first, so that a lost request can be
 # matched against the SIGKILLs the test sent.
@@ -215,7 +215,9 @@ def settle(run: Any, configured: int, timeout: float = 25.0) -> int:
         streak = streak + 1 if converged() else 0
         return streak >= 12
 
-    wait_for(stable, timeout, f"the worker count to settle; log tail:\n{run.log()[-2000:]}", 0.1)
+    wait_until(
+        stable, timeout, f"the worker count to settle; log tail:\n{run.log()[-2000:]}", step=0.1
+    )
     return wanted_from_log(run.log(), configured)
 
 
@@ -223,8 +225,10 @@ def back_to_configured(run: Any, configured: int) -> None:
     """HUP: the count goes back to the configured one and every worker is new and ready."""
     done = run.count(r"reload done")
     run.signal(signal.SIGHUP)
-    wait_for(lambda: run.count(r"reload done") > done, 25, f"reload done:\n{run.log()[-2000:]}")
-    wait_for(
+    wait_until(
+        lambda: run.count(r"reload done") > done, 25, f"reload done:\n{run.log()[-2000:]}", 0.02
+    )
+    wait_until(
         lambda: len(worker_children(run.pid)) == configured and not zombies(run.pid),
         25,
         f"{configured} workers and no zombie after HUP",
@@ -341,8 +345,11 @@ def test_chaos(
     if control is not None:
         control.finish()
     # A control client that just hung up may take the master one turn to close.
-    wait_for(
-        lambda: snapshot(run.pid)["fd_targets"] == before["fd_targets"], 5, "the fds to settle"
+    wait_until(
+        lambda: snapshot(run.pid)["fd_targets"] == before["fd_targets"],
+        5,
+        "the fds to settle",
+        0.02,
     )
     after = snapshot(run.pid)
     log = run.log()

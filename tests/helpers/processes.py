@@ -28,10 +28,17 @@ EXAMPLES = ROOT / "examples"
 PY = sys.executable
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> object:
-    """Poll a condition with a deadline (never a bare sleep)."""
+def wait_until(
+    predicate: Callable[[], object],
+    timeout: float = 10.0,
+    what: str = "",
+    step: float | None = None,
+) -> Any:
+    """Poll a condition with a deadline (never a bare sleep): every 10 ms at
+    first, then less often, up to every 0.1 s; every `step` seconds when given
+    (a predicate that counts its looks needs them evenly spaced)."""
     deadline = time.monotonic() + timeout
-    delay = 0.01
+    delay = step or 0.01
     while True:
         value = predicate()
         if value:
@@ -39,7 +46,8 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
         time.sleep(delay)
-        delay = min(delay * 1.5, 0.1)
+        if step is None:
+            delay = min(delay * 1.5, 0.1)
 
 
 def let_pass(seconds: float) -> None:
