@@ -21,7 +21,7 @@ from typing import Any
 
 from unicornish import app as app_module
 from unicornish.app import AppError
-from unicornish.config import Settings, build_settings
+from unicornish.config import OPTIONS, Settings, build_settings
 from unicornish.errors import StartupError
 from unicornish.host import log, pid1, pidfile, privileges
 from unicornish.host.systemd import Notifier, monotonic_usec
@@ -98,12 +98,9 @@ def apply_settings(old: Settings, new: Settings, logger: logging.Logger) -> None
             pidfile.remove_if_ours(old.pid, os.getpid())
         if new.pid:
             pidfile.write_logged(new.pid, logger)
-    if new.listen != old.listen:
-        logger.warning("listen addresses changed: they take effect on USR2 (re-exec)")
-    if new.control != old.control:
-        logger.warning("control socket changed: it takes effect on USR2 (re-exec)")
-    if new.metrics != old.metrics:
-        logger.warning("metrics address changed: it takes effect on USR2 (re-exec)")
+    for option in OPTIONS:
+        if option.applied_by == "USR2" and getattr(new, option.name) != getattr(old, option.name):
+            logger.warning("%s", option.hup_warning)
     if new.subreaper and not old.subreaper:
         pid1.become_subreaper(logger)
 
