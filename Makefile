@@ -55,8 +55,9 @@ check: lint typecheck test
 unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
 
-# The options table of docs/reference.md, written from the declarations in
-# unicornish/config.py (tests/test_docs.py fails until it is).
+# The options and control protocol tables of docs/reference.md, written from
+# the declarations in unicornish/config.py and unicornish/ctl/commands.py
+# (tests/test_docs.py fails until it is).
 docs: $(STAMP)
 	$(PY) docs/options_table.py
 

@@ -159,11 +159,11 @@ def markdown_table(options: Iterable[Option]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def replace_table(document: str, table: str) -> str:
+def replace_table(document: str, table: str, header: str = "| option |") -> str:
     """`document` with its options table (the first whose header starts with
-    `| option |`) replaced by `table`."""
+    `header`) replaced by `table`."""
     lines = document.splitlines(keepends=True)
-    start = next(i for i, line in enumerate(lines) if line.startswith("| option |"))
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
     end = start
     while end < len(lines) and lines[end].startswith("|"):
         end += 1

@@ -397,6 +397,16 @@ def reference_rows() -> list[tuple[str, str, str, str]]:
     return rows
 
 
+TABLE_HEADER = "| JSON request | words | what it does | reply on success |"
+
+
+def markdown_table() -> str:
+    """docs/reference.md's protocol table (`make docs` writes it there)."""
+    lines = [TABLE_HEADER, "|---|---|---|---|"]
+    lines.extend("| " + " | ".join(row) + " |" for row in reference_rows())
+    return "\n".join(lines) + "\n"
+
+
 def help_lines(indent: str = "  ") -> list[str]:
     """`ctl --help`'s list: one line per command."""
     width = max(len(c.synopsis) for c in COMMANDS) + 2
