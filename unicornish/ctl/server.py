@@ -2,10 +2,10 @@
 
 A unix stream socket, created with mode 0600, whose peers are checked with
 SO_PEERCRED: only root and the master's own uid may talk to it; anyone else
-is refused and logged. Everything is non-blocking and driven by the master's
-selector: a client is a buffer in, a buffer out and a deadline, so a slow,
-silent, malformed or oversized client costs the master one bounded recv()
-per wake-up and nothing more.
+is refused and logged. It is served by the bounded client server
+(host/clientserver.py) in the master's loop: a client is a buffer in, a
+buffer out and a deadline, so a slow, silent, malformed or oversized client
+costs the master one bounded recv() per wake-up and nothing more.
 
 Protocol: one request per line, one JSON reply per line, in order, on a
 connection that stays open until the client closes it (or is silent for
@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from unicornish.ctl import commands as table
 from unicornish.ctl.commands import MAX_LINE, Commands, RequestError, error, parse_request
 from unicornish.errors import StartupError
-from unicornish.host.clientserver import Client, ClientServer, Limits, Loop, SocketFile
+from unicornish.host.clientserver import Client, ClientServer, Limits, Loop, SocketPath
 from unicornish.metrics.procstats import StatsReader
 from unicornish.scoreboard import BUSY, Scoreboard
 
@@ -48,6 +48,8 @@ def _answers(path: str) -> bool:
         probe.connect(path)
     except (ConnectionRefusedError, FileNotFoundError):
         return False
+    except BlockingIOError:
+        return True  # EAGAIN: a master listens there, its backlog full
     except PermissionError:
         raise StartupError(
             f"control socket {path} exists and is not ours (permission denied)"
@@ -174,7 +176,7 @@ class ControlServer:
         self.commands = commands
         self.log = log
         self.uid = os.geteuid()
-        self.file = SocketFile(path)
+        self.file = SocketPath(path)
         self.server = ClientServer(loop, log, sock, LIMITS, self, self.file)
 
     def install(self) -> None:

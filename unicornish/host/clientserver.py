@@ -129,7 +129,7 @@ class Conversation(Protocol):
         ...
 
 
-class SocketFile:
+class SocketPath:
     """A unix listener's file: whether it is still ours (the same inode), moved
     aside for a new master (USR2) and back, removed when we exit."""
 
@@ -142,7 +142,7 @@ class SocketFile:
             self.inode = None
 
     @classmethod
-    def of(cls, sock: socket.socket) -> SocketFile | None:
+    def of(cls, sock: socket.socket) -> SocketPath | None:
         if sock.family != socket.AF_UNIX:
             return None
         name = sock.getsockname()
@@ -180,14 +180,14 @@ class ClientServer:
         sock: socket.socket,
         limits: Limits,
         conversation: Conversation,
-        file: SocketFile | None = None,
+        file: SocketPath | None = None,
     ) -> None:
         self.loop = loop
         self.log = log
         self.sock = sock
         self.limits = limits
         self.conversation = conversation
-        self.file = file if file is not None else SocketFile.of(sock)
+        self.file = file if file is not None else SocketPath.of(sock)
         self.by_fd: dict[int, Client] = {}
         self.accepting = False
         self.paused_until: float | None = None
