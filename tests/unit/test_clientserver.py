@@ -62,11 +62,15 @@ def serve(loop: EventLoop, conversation: Echo, **limits: float) -> ClientServer:
     return server
 
 
-def turn(loop: EventLoop, until: Callable[[], bool], seconds: float = 2.0) -> None:
-    """Run the loop until `until()` holds (or `seconds` pass)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and not until():
-        loop.wait(min(deadline, time.monotonic() + 0.05))
+def turn(
+    loop: EventLoop, server: ClientServer, until: Callable[[], bool], seconds: float = 2.0
+) -> None:
+    """Run the loop as the master does (the server's tick says when to wake)
+    until `until()` holds, or `seconds` pass."""
+    give_up = time.monotonic() + seconds
+    while time.monotonic() < give_up and not until():
+        wake = server.tick(time.monotonic())
+        loop.wait(min(give_up, wake if wake is not None else give_up))
 
 
 def readable(sock: socket.socket) -> bool:
@@ -83,17 +87,17 @@ def test_when_full_the_client_waiting_longest_gives_its_slot_up(loop):
     server = serve(loop, Echo(), max_clients=2)
     first, second = connect(server), connect(server)
     try:
-        turn(loop, lambda: len(server) == 2)
+        turn(loop, server, lambda: len(server) == 2)
         second.sendall(b"hello\n")  # answered: it waits for its next request from now
-        turn(loop, lambda: readable(second))
+        turn(loop, server, lambda: readable(second))
         assert second.recv(100) == b"hello\n"
         third = connect(server)
         third.sendall(b"hi\n")
-        turn(loop, lambda: readable(third) and readable(first))
+        turn(loop, server, lambda: readable(third) and readable(first))
         assert first.recv(100) == b""  # the one silent since it connected
         assert third.recv(100) == b"hi\n"
         second.sendall(b"again\n")
-        turn(loop, lambda: readable(second))
+        turn(loop, server, lambda: readable(second))
         assert second.recv(100) == b"again\n"
         third.close()
     finally:
@@ -109,13 +113,13 @@ def test_while_every_client_is_owed_a_reply_new_ones_wait_in_the_backlog(loop):
     try:
         for sock in readers:
             sock.sendall(b"go\n")
-        turn(loop, lambda: all(c.outbuf for c in server.clients) and len(server) == 2)
+        turn(loop, server, lambda: all(c.outbuf for c in server.clients) and len(server) == 2)
         waiting = connect(server)  # the kernel completes it; the master does not accept
         waiting.sendall(b"hi\n")
-        turn(loop, lambda: not server.accepting)
+        turn(loop, server, lambda: not server.accepting)
         assert not server.accepting and len(server) == 2
         readers.pop().close()  # one done: the waiting one gets its slot
-        turn(loop, lambda: readable(waiting))
+        turn(loop, server, lambda: readable(waiting))
         assert waiting.recv(100) == b"x" * 100
         waiting.close()
     finally:
@@ -130,10 +134,10 @@ def test_deadlines_are_the_servers_tick(loop):
     assert server.tick(time.monotonic()) is None  # nobody connected: no timer
     sock = connect(server)
     try:
-        turn(loop, lambda: len(server) == 1)
+        turn(loop, server, lambda: len(server) == 1)
         deadline = server.tick(time.monotonic())
         assert deadline is not None and deadline <= time.monotonic() + 0.2
-        turn(loop, lambda: time.monotonic() >= deadline)
+        turn(loop, server, lambda: time.monotonic() >= deadline)
         assert server.tick(time.monotonic()) is None and conversation.timeouts == 1
         assert sock.recv(100) == b""
     finally:
@@ -146,9 +150,28 @@ def test_a_last_reply_closes_the_connection(loop):
     sock = connect(server)
     try:
         sock.sendall(b"bye\n")
-        turn(loop, lambda: readable(sock) and len(server) == 0)
+        turn(loop, server, lambda: readable(sock) and len(server) == 0)
         assert sock.recv(100) == b"bye\n"
         assert sock.recv(100) == b""
     finally:
         sock.close()
+        server.close_all(unlink=False)
+
+
+def test_a_client_that_has_only_just_connected_keeps_its_slot_for_its_grace(loop):
+    server = serve(loop, Echo(), max_clients=1, grace=0.3)
+    first = connect(server)
+    try:
+        turn(loop, server, lambda: len(server) == 1)
+        accepted = time.monotonic()
+        second = connect(server)  # waits in the backlog: `first` may be about to speak
+        second.sendall(b"hi\n")
+        turn(loop, server, lambda: not server.accepting)
+        assert not readable(first)
+        turn(loop, server, lambda: readable(second))  # the tick listens again after the grace
+        assert time.monotonic() - accepted >= 0.3
+        assert first.recv(100) == b"" and second.recv(100) == b"hi\n"
+        second.close()
+    finally:
+        first.close()
         server.close_all(unlink=False)

@@ -156,8 +156,16 @@ CLIENT_TIMEOUT = 5.0
 MAX_CLIENTS = 64
 # Requests answered per client per wake-up; the rest wait for the next turn.
 LINES_PER_WAKE = 8
+# Past the limit, a client silent this long gives its slot up: hundreds of
+# `status` calls at once each have the time to send their request.
+GRACE = 1.0
 LIMITS = Limits(
-    "control", max_request=MAX_LINE, timeout=CLIENT_TIMEOUT, idle=True, max_clients=MAX_CLIENTS
+    "control",
+    max_request=MAX_LINE,
+    timeout=CLIENT_TIMEOUT,
+    idle=True,
+    max_clients=MAX_CLIENTS,
+    grace=GRACE,
 )
 
 

@@ -14,10 +14,12 @@ connected: an idle master asks for no wake-up). No threads, no fixed ticks.
 What a client may cost, whatever it sends or does not:
 - one slot of Limits.max_clients. When every slot is taken, a new connection
   takes the slot of the client that has waited longest for its request (one
-  that is silent, or sends its head a byte at a time): a probe that sends
-  its request at once is answered at once, whatever a few hundred slow
-  clients do (issue 23 item 6). Only while every client is being answered
-  do new connections wait in the kernel's backlog, until one is done;
+  that is silent, or sends its head a byte at a time), once that one has
+  waited Limits.grace: a probe that sends its request at once is answered
+  at once, whatever a few hundred slow clients do (issue 23 item 6). While
+  every client is being answered, or has only just connected, new
+  connections wait in the kernel's backlog, until one is done or has waited
+  its grace;
 - a request of at most Limits.max_request bytes (the Conversation refuses
   more, and the server stops reading);
 - Limits.timeout: from accept to the last byte of the reply, or, for a
@@ -66,6 +68,9 @@ class Limits:
     # False: `timeout` counts from accept, for the one request and its reply.
     idle: bool = False
     max_clients: int = 64
+    # A client gives its slot up only after waiting this long for its request:
+    # one that has just connected may not have had the time to send it.
+    grace: float = 0.0
     accepts_per_wake: int = 16
     accept_pause: float = 1.0
     # After a last reply with bytes still coming that we will not read: read and
@@ -192,7 +197,7 @@ class ClientServer:
         self.accepting = False
         self.paused_until: float | None = None
         self.handed_over = False  # USR2: a new master accepts on our socket now
-        self.full_logged_at = -1e9
+        self.full_logged_at: dict[str, float] = {}
 
     def install(self) -> None:
         self._listen()
@@ -212,11 +217,7 @@ class ClientServer:
 
     def _listen(self) -> None:
         """Accept while there is a slot, or a client that can give its slot up."""
-        want = (
-            not self.handed_over
-            and self.paused_until is None
-            and (len(self.by_fd) < self.limits.max_clients or self._longest_waiting() is not None)
-        )
+        want = not self.handed_over and self.paused_until is None and self._room(quiet=True)
         if want and not self.accepting:
             self.loop.add_reader(self.sock, self._on_accept)
         elif not want and self.accepting:
@@ -245,25 +246,29 @@ class ClientServer:
             self.paused_until = time.monotonic() + self.limits.accept_pause
         self._listen()
 
-    def _room(self) -> bool:
+    def _room(self, quiet: bool = False) -> bool:
         """Whether the next connection gets a slot: a free one, or one given up (_admit)."""
         if len(self.by_fd) < self.limits.max_clients or self._longest_waiting() is not None:
             return True
-        self._full("the next ones wait")
+        if not quiet:
+            self._full("the next ones wait")
         return False
 
     def _full(self, what: str) -> None:
         now = time.monotonic()
-        if now - self.full_logged_at >= self.limits.timeout:
-            self.full_logged_at = now
+        if now - self.full_logged_at.get(what, -1e9) >= self.limits.timeout:
+            self.full_logged_at[what] = now
             self.log.warning(
                 "%s: %d connections open; %s", self.limits.name, self.limits.max_clients, what
             )
 
     def _longest_waiting(self) -> Client | None:
-        """The client waiting longest for its request, with nothing owed to it."""
+        """The client waiting longest for its request, past its grace, and owed nothing."""
         waiting = [c for c in self.by_fd.values() if self._waiting(c)]
-        return min(waiting, key=lambda c: c.since) if waiting else None
+        if not waiting:
+            return None
+        longest = min(waiting, key=lambda c: c.since)
+        return longest if time.monotonic() - longest.since >= self.limits.grace else None
 
     def _waiting(self, client: Client) -> bool:
         return not (
@@ -296,10 +301,17 @@ class ClientServer:
                 self.close(client)
         if self.paused_until is not None and now >= self.paused_until:
             self.paused_until = None
+        if not self.accepting:
             self._listen()
         deadlines = [c.deadline for c in self.by_fd.values()]
         if self.paused_until is not None:
             deadlines.append(self.paused_until)
+        elif not self.accepting and not self.handed_over:
+            # Full of clients that have only just connected: listen again when
+            # the first of them has waited its grace.
+            waiting = [c.since for c in self.by_fd.values() if self._waiting(c)]
+            if waiting:
+                deadlines.append(min(waiting) + self.limits.grace)
         return min(deadlines) if deadlines else None
 
     def _on_event(self, client: Client) -> None:
