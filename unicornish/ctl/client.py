@@ -412,10 +412,8 @@ def _word(param: commands.Param) -> Any:
     def convert(text: str) -> Any:
         try:
             return param.from_word(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"must be a whole number >= 0, got {text[: commands.SHOWN]!r}"
-            ) from None
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
     return convert
 

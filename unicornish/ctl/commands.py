@@ -110,7 +110,7 @@ def whole_number_word(text: str) -> int | str:
     the digits: the master refuses those in the words it refuses any N too large).
     Raises ValueError: argparse makes it a usage error."""
     if not (text.isascii() and text.isdigit()):
-        raise ValueError(text)
+        raise ValueError(f"must be a whole number >= 0, got {text[:SHOWN]!r}")
     return int(text) if len(text) <= 18 else text
 
 
@@ -124,7 +124,8 @@ class Param:
     help: str
     check: Callable[[Any], Any]  # the value (JSON or word) -> what the master gets
     default: Any = None  # what `check` is given when the request leaves it out
-    # What `ctl` makes of the word (a flag is True when given); ValueError = usage error.
+    # What `ctl` makes of the word (a flag is True when given); its ValueError's
+    # text is the usage error.
     from_word: Callable[[str], Any] = str
 
     @property
