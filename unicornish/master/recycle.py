@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import psutil
 
@@ -33,19 +34,13 @@ MEMORY_CHECK_INTERVAL = 3.0
 MIB = 1024 * 1024
 
 
+@dataclass(eq=False)
 class MemoryLimit:
-    def __init__(
-        self,
-        table: WorkerTable,
-        stopper: Stopper,
-        log: logging.Logger,
-        view: View,
-    ) -> None:
-        self.table = table
-        self.stopper = stopper
-        self.log = log
-        self.view = view
-        self.next_check: float | None = None
+    table: WorkerTable
+    stopper: Stopper
+    log: logging.Logger
+    view: View
+    next_check: float | None = field(default=None, init=False)
 
     def tick(self, now: float) -> float | None:
         limit = self.view.settings.max_memory

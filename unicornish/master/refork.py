@@ -48,8 +48,9 @@ class Reforker:
     ) -> None:
         self.loop = loop
         self.log = log
+        # Its molds (the promoted worker, the mold, the one it replaces) are
+        # children.molds; a promoted worker changes kind there.
         self.children = children
-        # children.molds: the promoted worker, the mold, the one it replaces
         self.table = children.workers
         self.stopper = stopper
         self.address = address

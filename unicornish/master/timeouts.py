@@ -9,6 +9,7 @@ stack), then SIGKILL of its process group TRACEBACK_GRACE later.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 
 from unicornish.master.children import Stopper, WorkerProc, WorkerTable
 from unicornish.master.state import View
@@ -18,22 +19,16 @@ from unicornish.protocol import TRACEBACK_SIGNAL
 TRACEBACK_GRACE = 0.2
 
 
+@dataclass(eq=False)
 class Timeouts:
-    def __init__(
-        self,
-        table: WorkerTable,
-        stopper: Stopper,
-        log: logging.Logger,
-        view: View,
-    ) -> None:
-        self.table = table
-        self.stopper = stopper
-        self.log = log
-        self.view = view
-        # No task can pass its timeout before this (see tick): until then a turn
-        # costs nothing, whatever the number of workers.
-        self.next_scan: float | None = None
-        self.scanned_with: float | None = None
+    table: WorkerTable
+    stopper: Stopper
+    log: logging.Logger
+    view: View
+    # No task can pass its timeout before this (see tick): until then a turn
+    # costs nothing, whatever the number of workers.
+    next_scan: float | None = field(default=None, init=False)
+    scanned_with: float | None = field(default=None, init=False)
 
     def tick(self, now: float) -> float | None:
         """kill_stuck_workers; the next time a task could pass its timeout.

@@ -100,7 +100,7 @@ def build(
 
     # The pool, its spares and how they are forked.
     report_r, report_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    loop.close_in_child(lambda: os.close(report_r))
+    loop.close_in_child(functools.partial(os.close, report_r))
     create_time = psutil.Process(pid).create_time()
     address = mold.new_address(pid)
     spawner = Spawner(loop, log, pid, create_time, listeners, report_w, address)
