@@ -26,10 +26,11 @@ from collections.abc import Callable
 from unicornish.host import linux
 from unicornish.master.children import MOLD, Children, Stopper, WorkerProc
 from unicornish.master.eventloop import EventLoop
+from unicornish.master.moldlink import MoldLink
 from unicornish.master.spawner import Release
 from unicornish.master.state import View
 from unicornish.protocol import PROMOTE_SIGNAL
-from unicornish.worker.mold import MoldLink, peer_pid
+from unicornish.worker.mold import peer_pid
 
 # Failed promotions in a row after which reforking stops until a HUP.
 MAX_FAILURES = 3

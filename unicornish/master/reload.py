@@ -27,11 +27,11 @@ from unicornish.host import log, pid1, pidfile, privileges
 from unicornish.host.systemd import Notifier, monotonic_usec
 from unicornish.master.autoscale import count_after_reload
 from unicornish.master.children import Stopper, WorkerProc, WorkerTable
+from unicornish.master.moldlink import MoldLink
 from unicornish.master.pool import Pool
 from unicornish.master.spawner import Release
 from unicornish.master.state import RollingReload, State
 from unicornish.worker.kinds import kind_module
-from unicornish.worker.mold import MoldLink
 
 
 class ReloadError(Exception):

@@ -36,6 +36,7 @@ from unicornish.master.autoscale import Autoscaler
 from unicornish.master.children import Children, Stopper
 from unicornish.master.deaths import Deaths
 from unicornish.master.eventloop import EventLoop
+from unicornish.master.moldlink import new_address
 from unicornish.master.pool import Pool
 from unicornish.master.readiness import Readiness
 from unicornish.master.reaping import Reaper
@@ -51,7 +52,6 @@ from unicornish.master.upgrade import Upgrade
 from unicornish.metrics.appmetrics import AppMetrics
 from unicornish.metrics.families import MasterCollector, Metrics, Tallies
 from unicornish.scoreboard import Scoreboard
-from unicornish.worker import mold
 
 Duty = Callable[[float], "float | None"]
 
@@ -102,7 +102,7 @@ def build(
     report_r, report_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     loop.close_in_child(functools.partial(os.close, report_r))
     create_time = psutil.Process(pid).create_time()
-    address = mold.new_address(pid)
+    address = new_address(pid)
     spawner = Spawner(loop, log, pid, create_time, listeners, report_w, address)
     pool = Pool(children, spawner, stopper, log, state)
     loop.add_reader(report_r, functools.partial(pool.read_reports, report_r))
