@@ -58,13 +58,14 @@ Duty = Callable[[float], "float | None"]
 
 @dataclass
 class Parts:
+    """What the loop, its signal table and the control socket's commands use."""
+
     state: State
     loop: EventLoop
     notifier: Notifier
     children: Children
     stopper: Stopper
     pool: Pool
-    spares: Spares
     autoscale: Autoscaler
     readiness: Readiness
     upgrade: Upgrade
@@ -235,7 +236,6 @@ def build(
         children,
         stopper,
         pool,
-        spares,
         autoscale,
         readiness,
         upgrade,
