@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import signal
+import types
 from pathlib import Path
 
 import pytest
@@ -144,13 +145,14 @@ def test_make_run_transcript_has_the_masters_lines_in_order() -> None:
 
 def test_every_master_metric_is_in_the_metrics_table() -> None:
     pytest.importorskip("prometheus_client")
-    from unicornish.master.children import WorkerTable
+    from unicornish.master.children import Children
     from unicornish.master.deaths import Deaths
     from unicornish.metrics.families import MasterCollector, Metrics, Tallies
 
     tallies = Tallies()
     no = lambda *args: 0  # noqa: E731
-    collector = MasterCollector(WorkerTable(), no, no, no, [], tallies, "x")
+    count = types.SimpleNamespace(wanted=0)
+    collector = MasterCollector(Children(), count, no, [], tallies, "x")
     text = Metrics([collector, Deaths()], tallies).text()
     served = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
     rows = table_rows(section(README.read_text(), "## Metrics"), "| metric | type |")

@@ -27,6 +27,7 @@ from unicornish.host import listeners as listeners_module
 from unicornish.host import pidfile
 from unicornish.host.listeners import FD_ENV, SYSTEMD_FD_ENV
 from unicornish.host.systemd import Notifier, monotonic_usec
+from unicornish.master.state import View
 from unicornish.protocol import HANDLED_SIGNALS, METRICS_FD_ENV
 
 __all__ = ["FD_ENV", "OLD_MASTER_ENV", "Upgrade"]
@@ -81,7 +82,7 @@ class Upgrade:
         log: logging.Logger,
         notifier: Notifier,
         listeners: list[socket.socket],
-        pid_path: Callable[[], str | None],
+        view: View,
         status_line: Callable[[], str],
         set_title: Callable[[bool], None],
         before_exec: Callable[[], None],
@@ -89,7 +90,7 @@ class Upgrade:
         self.log = log
         self.notifier = notifier
         self.listeners = listeners
-        self.pid_path = pid_path
+        self.view = view
         self.status_line = status_line
         self.set_title = set_title
         self.before_exec = before_exec
@@ -137,7 +138,7 @@ class Upgrade:
             self.log.warning("%s ignored: %s", why, reason)
             self.on_result("refused")
             return None, reason
-        path = self.pid_path()
+        path = self.view.settings.pid
         if path and pidfile.read_pid(path) == self.my_pid:
             try:
                 os.rename(path, path + ".oldbin")
@@ -205,7 +206,7 @@ class Upgrade:
         return pid
 
     def _restore_pid_file(self) -> None:
-        path = self.pid_path()
+        path = self.view.settings.pid
         if not path:
             return
         old = path + ".oldbin"
