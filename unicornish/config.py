@@ -345,7 +345,7 @@ OPTIONS: tuple[Option, ...] = (
         "metrics",
         optional_text,
         "serve Prometheus metrics, /healthz and /readyz over HTTP at HOST:PORT, PORT or "
-        "unix:/path (needs unicornish[metrics]; default none)",
+        "unix:/path (default none)",
         "ADDR",
     ),
     Option(

@@ -9,19 +9,14 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 
 import pytest
 
 from unicornish.metrics import appmetrics
-from unicornish.metrics.appmetrics import (
-    MAX_SERIES,
-    AppMetrics,
-    Arena,
-    MetricsError,
-    Registry,
-)
-
-prometheus_client = pytest.importorskip("prometheus_client")
+from unicornish.metrics.appcollector import AppMetrics
+from unicornish.metrics.appmetrics import MAX_SERIES, Arena, MetricsError, Registry
+from unicornish.metrics.exposition import write
 
 
 @pytest.fixture
@@ -62,16 +57,24 @@ def in_child(arena: Arena, work: Callable[[Registry], None]) -> None:
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
-def exposition(*collectors: object) -> str:
-    registry = prometheus_client.CollectorRegistry()
-    for collector in collectors:
-        registry.register(collector)
-    return prometheus_client.generate_latest(registry).decode()
+def sources(arenas: list[Arena]) -> Callable[[], list[SimpleNamespace]]:
+    """The live workers AppMetrics reads: one per arena in `arenas` (read at each
+    call, so a test may remove one), in slot k for the k-th."""
+    return lambda: [
+        SimpleNamespace(nr=k, pid=1000 + k, spawned_at=0.0, arena=arena, label=f"worker[{k}]")
+        for k, arena in enumerate(arenas)
+    ]
+
+
+def exposition(collector: AppMetrics, openmetrics: bool = False) -> str:
+    return write(collector.own_families(), openmetrics).body.decode()
 
 
 def samples(collector: AppMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample, as prometheus_client's parser (the test oracle) reads our text."""
+    parser = pytest.importorskip("prometheus_client.parser")
     found = {}
-    for family in collector.collect():
+    for family in parser.text_string_to_metric_families(exposition(collector)):
         for sample in family.samples:
             found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return found
@@ -208,7 +211,7 @@ def test_a_forked_writer_is_summed_with_another(arenas):
 
     in_child(one, work(1000))
     in_child(two, work(234))
-    found = samples(AppMetrics(lambda: [one, two]))
+    found = samples(AppMetrics(sources([one, two])))
     assert found[("jobs_total", (("kind", "a"),))] == 1234
     assert found[("jobs_total", (("kind", "b"),))] == 0  # preallocated
     assert found[("up", ())] == 2
@@ -229,7 +232,7 @@ def test_counters_and_histograms_stay_monotonic_when_a_worker_is_retired(arenas)
 
     for arena in live:
         in_child(arena, work)
-    collector = AppMetrics(lambda: list(live))
+    collector = AppMetrics(sources(live))
     before = samples(collector)
     dead = live.pop(0)
     collector.retire(dead)
@@ -267,7 +270,7 @@ def test_what_a_preloading_master_declared_and_counted_is_replayed_after_fork(ar
         jobs.labels(kind="a").inc()  # the app's module-level object, after fork
         os._exit(0)
     os.waitpid(pid, 0)
-    assert samples(AppMetrics(lambda: [arena]))[("jobs_total", (("kind", "a"),))] == 4
+    assert samples(AppMetrics(sources([arena])))[("jobs_total", (("kind", "a"),))] == 4
     assert jobs.labels(kind="a").get() == 3  # the master's own buffer is untouched
 
 
@@ -282,7 +285,7 @@ def test_a_scribbled_arena_never_breaks_the_collector(arenas):
     arena.lengths[0] = used + len(bad)
     arena.lengths[1] = 10**9  # a length far past the arena
     arena.generation[0] += 1
-    found = samples(AppMetrics(lambda: [arena]))
+    found = samples(AppMetrics(sources([arena])))
     assert found == {("good_total", ()): 1.0}
 
 
@@ -290,7 +293,7 @@ def test_a_name_declared_with_two_shapes_shows_the_first_only(arenas):
     one, two = arenas(), arenas()
     in_child(one, lambda r: r.counter("x", "X").inc())
     in_child(two, lambda r: r.gauge("x", "X").set(7))
-    text = exposition(AppMetrics(lambda: [one, two]))
+    text = exposition(AppMetrics(sources([one, two])))
     assert [line for line in text.splitlines() if line.startswith("# TYPE")] == [
         "# TYPE x_total counter"
     ]
@@ -300,7 +303,7 @@ def test_exposition_is_valid_prometheus_text(arenas):
     arena = arenas()
     requests = {"code": [200]}
     in_child(arena, lambda r: r.counter("req", "Requests", labels=requests).labels(200).inc())
-    text = exposition(AppMetrics(lambda: [arena]))
+    text = exposition(AppMetrics(sources([arena])))
     assert 'req_total{code="200"} 1.0\n' in text
     from prometheus_client.parser import text_string_to_metric_families
 

@@ -45,7 +45,7 @@ from unicornish.master.spares import Spares
 from unicornish.master.spawner import Release, Spawner
 from unicornish.master.timeouts import Timeouts
 from unicornish.master.upgrade import Upgrade
-from unicornish.metrics.appmetrics import AppMetrics
+from unicornish.metrics.appcollector import AppMetrics
 from unicornish.metrics.families import MasterCollector, Metrics, Tallies
 from unicornish.metrics.procstats import StatsReader
 from unicornish.protocol import (
@@ -97,14 +97,10 @@ class Master:
             self.stop_others,
             lambda: self.settings,
         )
-        # Metrics for the master's endpoint (collect() objects): the apps' own,
-        # summed over workers and kept across their deaths, and deaths by cause.
+        # Metrics for the master's endpoint (own_families() objects): the apps'
+        # own, summed over workers and kept across their deaths, and deaths by cause.
         # Spares are left out (they have not served); a mold counts what it did as a worker.
-        self.app_metrics = AppMetrics(
-            lambda: [
-                w.arena for t in (table, self.reforker.molds) for w in t if w.arena is not None
-            ]
-        )
+        self.app_metrics = AppMetrics(lambda: [*table, *self.reforker.molds], self.log)
         self.deaths = Deaths()  # reads the cgroup's OOM-kill count now, at start
         self.stats = StatsReader()  # per-worker figures for `status`
         self.build_workers(settings, app, identity, cli_values)
@@ -210,8 +206,7 @@ class Master:
 
     def build_metrics(self, sock: socket.socket | None) -> None:
         """Counts kept as things happen, the collectors, and with --metrics the
-        HTTP endpoint (prometheus_client is imported only then, or on the first
-        `ctl metrics`)."""
+        HTTP endpoint."""
         tallies = Tallies()
         # Workers forked from now on record task durations only if they can be read.
         Scoreboard.record_durations = sock is not None or self.control is not None
@@ -598,7 +593,7 @@ class Master:
         w.board.close()
         if w.arena is not None:
             # Its counters and histograms live on in the totals; the arena goes.
-            self.app_metrics.retire(w.arena)
+            self.app_metrics.retire(w.arena, f"{w.label} pid={w.pid}")
             w.arena = None
 
     def metrics_text(self) -> str:
