@@ -16,8 +16,6 @@ from pathlib import Path
 import pytest
 from conftest import Run, run_cli, wait_until
 
-pytest.importorskip("prometheus_client")
-
 # The master is found up the stack (Master.run called us); gc.get_objects() would
 # miss it under --preload, where gc.freeze() moves everything out of its sight.
 SCRAPING_CONFIG = """

@@ -18,7 +18,6 @@ from test_cgroups_live import MIB, assert_inside, groups, set_memory_limit  # no
 from unicornish.host import cgroups
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="making cgroups needs root")
-pytest.importorskip("prometheus_client")
 
 # worker[0] eats memory once the flag file appears (and removes it first, so that
 # its replacement does not do it again); each MiB is written, so it really costs.

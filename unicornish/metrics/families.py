@@ -182,14 +182,10 @@ def accept_queue(sock: socket.socket) -> tuple[int, int] | None:
 
 
 def listener_name(sock: socket.socket) -> str:
-    """Its address as a label value: a unix socket's path may hold bytes that
-    are not UTF-8 (os.fsdecode() makes them lone surrogates, which no scrape
-    can carry): they are shown as \\xNN."""
     try:
-        name = sockets_module.socket_address(sock)
+        return sockets_module.socket_address(sock)
     except OSError:
         return f"fd={sock.fileno()}"
-    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 # -- the master's collector ------------------------------------------------------------------
