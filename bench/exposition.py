@@ -49,7 +49,9 @@ def build(workers: int, series: int) -> tuple[AppMetrics, Deaths, list[Arena]]:
             latency.labels(kind=kind).observe(0.02 * nr)
         arenas.append(arena)
     procs = [
-        SimpleNamespace(nr=nr, pid=nr, spawned_at=0.0, arena=arena, label=f"worker[{nr}]")
+        SimpleNamespace(
+            nr=nr, pid=nr, generation=0, spawned_at=0.0, arena=arena, label=f"worker[{nr}]"
+        )
         for nr, arena in enumerate(arenas)
     ]
     return AppMetrics(lambda: procs), Deaths(lambda: 0), arenas

@@ -58,11 +58,22 @@ def in_child(arena: Arena, work: Callable[[Registry], None]) -> None:
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
-def sources(arenas: list[Arena]) -> Callable[[], list[SimpleNamespace]]:
+def sources(
+    arenas: list[Arena], generations: dict[int, int] | None = None
+) -> Callable[[], list[SimpleNamespace]]:
     """The live workers AppMetrics reads: one per arena in `arenas` (read at each
-    call, so a test may remove one), in slot k for the k-th."""
+    call, so a test may remove one), in slot k for the k-th, of generation 0
+    unless `generations` (slot -> generation, read at each call) says otherwise."""
+    gens = generations if generations is not None else {}
     return lambda: [
-        SimpleNamespace(nr=k, pid=1000 + k, spawned_at=0.0, arena=arena, label=f"worker[{k}]")
+        SimpleNamespace(
+            nr=k,
+            pid=1000 + k,
+            generation=gens.get(k, 0),
+            spawned_at=0.0,
+            arena=arena,
+            label=f"worker[{k}]",
+        )
         for k, arena in enumerate(arenas)
     ]
 
@@ -460,6 +471,30 @@ def test_what_is_served_first_stays_while_anything_still_has_it(arenas):
     live.insert(0, arenas())
     declaring(live[0], "gauge", "x_total", 5)  # slot 0 again, as before
     assert types_served(collector) == ["# TYPE x_total counter"]  # no flip back
+
+
+def test_a_newer_generation_may_change_a_type_once_for_good(arenas, caplog):
+    # A HUP (a new generation) whose app makes x a gauge: served from the first
+    # new worker on, while old workers and the kept totals still have the counter.
+    zero, one = arenas(), arenas()
+    declaring(zero, "counter", "x")
+    declaring(one, "counter", "x")
+    live, generations = [zero, one], {0: 1, 1: 1}
+    collector = AppMetrics(sources(live, generations))
+    assert types_served(collector) == ["# TYPE x_total counter"]
+    collector.retire(live[0], "worker[0] pid=1000", 1)
+    live[0] = arenas()
+    generations[0] = 2
+    declaring(live[0], "gauge", "x", 3)
+    assert types_served(collector) == ["# TYPE x gauge"]
+    collector.retire(live[1], "worker[1] pid=1001", 1)
+    live[1] = arenas()
+    generations[1] = 2
+    declaring(live[1], "gauge", "x", 4)
+    assert types_served(collector) == ["# TYPE x gauge"]
+    assert exposition(collector).splitlines()[-1] == "x 7.0"
+    refused = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert len(refused) == 1 and refused[0].startswith("app metrics: counter x[]"), refused
 
 
 def test_exposition_is_valid_prometheus_text(arenas):

@@ -593,7 +593,7 @@ class Master:
         w.board.close()
         if w.arena is not None:
             # Its counters and histograms live on in the totals; the arena goes.
-            self.app_metrics.retire(w.arena, f"{w.label} pid={w.pid}")
+            self.app_metrics.retire(w.arena, f"{w.label} pid={w.pid}", w.generation)
             w.arena = None
 
     def metrics_text(self) -> str:

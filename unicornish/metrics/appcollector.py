@@ -14,11 +14,13 @@ write anything into it: what the master reads there is untrusted input.
   fail are left out of that series (logged, at most once a minute).
 * Workers may declare one name differently (other type, labels or buckets,
   as after a HUP without --preload), or names whose samples clash (`counter
-  x` in one, `gauge x_total` in another). Exactly one of them is served: the
-  one served before, as long as a worker or the kept totals still have it;
-  else the lowest slot's (the oldest worker of a slot first), then the
-  reaped workers' totals. So what is served does not flip as workers come
-  and go. Each one left out is logged once.
+  x` in one, `gauge x_total` in another). Exactly one of them is served:
+  the newest generation's (a HUP or a refork starts one: the app may have
+  changed on purpose); within a generation, the one served before, as long
+  as a worker or the kept totals still have it; else the lowest slot's (the
+  oldest worker of a slot first), then the reaped workers' totals. So what
+  is served does not flip as workers of one generation come and go. Each
+  one left out is logged once.
 
 Each series left out counts in unicornish_metrics_dropped_series_total
 (families.Exposition writes it, from `dropped`), at each scrape.
@@ -50,6 +52,7 @@ class Source(Protocol):
 
     nr: int
     pid: int
+    generation: int
     spawned_at: float
     arena: Arena | None
 
@@ -61,6 +64,16 @@ class Source(Protocol):
 class Totals:
     help: str
     series: dict[LabelValues, list[float]]
+    generation: int = 0  # the newest generation whose values are in it
+
+
+@dataclass
+class Candidate:
+    """A shape some source declared, as the first (most preferred) one has it."""
+
+    help: str
+    who: str
+    generation: int
 
 
 def bad_values(kind: str, values: Sequence[float]) -> bool:
@@ -94,6 +107,7 @@ def _add(totals: Totals, labelvalues: LabelValues, values: list[float]) -> None:
 @dataclass
 class _Read:
     who: str
+    generation: int
     decls: list[Decl]
     values: list[float]
 
@@ -138,7 +152,7 @@ class AppMetrics:
             "its part of that series is left out",
         )
 
-    def retire(self, arena: Arena, who: str = "a reaped worker") -> None:
+    def retire(self, arena: Arena, who: str = "a reaped worker", generation: int = 0) -> None:
         """Fold a reaped worker's final counters and histograms into the retired
         totals (its gauges die with it), then unmap its arena."""
         try:
@@ -149,7 +163,8 @@ class AppMetrics:
                     continue
                 totals = self.retired.get(decl.shape)
                 if totals is None:
-                    totals = self.retired[decl.shape] = Totals(decl.help, {})
+                    totals = self.retired[decl.shape] = Totals(decl.help, {}, generation)
+                totals.generation = max(totals.generation, generation)
                 for labelvalues, chunk in _series(decl, values):
                     if bad_values(decl.kind, chunk):
                         self._bad_value(decl, labelvalues, who)
@@ -159,10 +174,11 @@ class AppMetrics:
             arena.close()
 
     def _read_live(self) -> list[_Read]:
-        """The live arenas that pass the checks, lowest slot (then oldest) first."""
+        """The live arenas that pass the checks: the newest generation, then the
+        lowest slot, then the oldest worker first."""
         found: list[_Read] = []
         live = [s for s in self.sources() if s.arena is not None]
-        for source in sorted(live, key=lambda s: (s.nr, s.spawned_at, s.pid)):
+        for source in sorted(live, key=lambda s: (-s.generation, s.nr, s.spawned_at, s.pid)):
             arena = source.arena
             assert arena is not None
             who = f"{source.label} pid={source.pid}"
@@ -170,19 +186,29 @@ class AppMetrics:
             if arena.bad:
                 self.dropped[BAD_ARENA] += max(1, arena.checked.series)
             elif decls:
-                found.append(_Read(who, decls, arena.snapshot()))
+                found.append(_Read(who, source.generation, decls, arena.snapshot()))
         return found
 
     # -- which declaration of a name is served ---------------------------------------------
 
-    def _choose(self, candidates: dict[Shape, tuple[str, str]]) -> list[Shape]:
-        """The shapes to serve, none of whose exposed names clash: those served
-        before and still present first, then the others in `candidates`' order."""
-        before = [shape for shape in self.served if shape in candidates]
-        kept = set(before)
+    def _choose(self, candidates: dict[Shape, Candidate]) -> list[Shape]:
+        """The shapes to serve, none of whose exposed names clash: the newest
+        generation's first; within one, those served before and still present,
+        then the others in `candidates`' order."""
+        before = {shape: k for k, shape in enumerate(self.served) if shape in candidates}
+        position = {shape: k for k, shape in enumerate(candidates)}
+        ranked = sorted(
+            candidates,
+            key=lambda shape: (
+                -candidates[shape].generation,
+                0 if shape in before else 1,
+                before.get(shape, 0),
+                position[shape],
+            ),
+        )
         taken: dict[str, Shape] = {}
         chosen: list[Shape] = []
-        for shape in [*before, *(s for s in candidates if s not in kept)]:
+        for shape in ranked:
             names = exposed_names(shape[0], shape[1])
             clash = next((taken[n] for n in names if n in taken), None)
             if clash is None:
@@ -196,7 +222,7 @@ class AppMetrics:
                     shape[1],
                     shape[0],
                     list(shape[2]),
-                    candidates[shape][1],
+                    candidates[shape].who,
                     clash[1],
                     clash[0],
                     list(clash[2]),
@@ -209,13 +235,18 @@ class AppMetrics:
     def families(self) -> dict[Shape, Totals]:
         """Live workers summed, then the retired totals; one shape per name."""
         read = self._read_live()
-        candidates: dict[Shape, tuple[str, str]] = {}  # shape -> (help, who), in order
+        candidates: dict[Shape, Candidate] = {}  # in the order of preference
         for one in read:
             for decl in one.decls:
-                candidates.setdefault(decl.shape, (decl.help, one.who))
+                if decl.shape not in candidates:
+                    candidates[decl.shape] = Candidate(decl.help, one.who, one.generation)
         for shape, retired in self.retired.items():
-            candidates.setdefault(shape, (retired.help, "a reaped worker"))
-        found = {shape: Totals(candidates[shape][0], {}) for shape in self._choose(candidates)}
+            if shape not in candidates:
+                candidates[shape] = Candidate(retired.help, "a reaped worker", retired.generation)
+            else:
+                candidate = candidates[shape]
+                candidate.generation = max(candidate.generation, retired.generation)
+        found = {shape: Totals(candidates[shape].help, {}) for shape in self._choose(candidates)}
         for one in read:
             for decl in one.decls:
                 totals = found.get(decl.shape)
