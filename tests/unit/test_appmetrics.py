@@ -401,6 +401,18 @@ def test_a_scribbled_arena_costs_its_own_series_only(arenas, bad_record: bytes, 
     assert [f.name for f in parser.text_string_to_metric_families(openmetrics)] == ["good"]
 
 
+def test_workers_of_one_app_are_summed_slot_by_slot_and_a_short_one_cuts_only_itself(arenas):
+    workers = [arenas() for _ in range(3)]
+    for k, arena in enumerate(workers):
+        registry = Registry()
+        registry.bind(arena)
+        registry.counter("a", "A").inc(k + 1)
+        registry.counter("b", "B").inc(10 * (k + 1))
+    workers[2].lengths[1] = 1  # the app says it uses one value slot: `b` is past it
+    found = samples(AppMetrics(sources(workers)))
+    assert found == {("a_total", ()): 6.0, ("b_total", ()): 30.0}
+
+
 def test_values_no_counter_or_histogram_can_have_cost_that_workers_part_only(arenas, caplog):
     one, two = arenas(), arenas()
     for arena in (one, two):

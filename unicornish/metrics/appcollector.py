@@ -12,6 +12,10 @@ write anything into it: what the master reads there is untrusted input.
   number >= 0, a NaN sum. The sums are checked (one test per series served);
   only a sum that fails is taken apart, and the workers whose values made it
   fail are left out of that series (logged, at most once a minute).
+* Workers of one app declare the same records: their value slots are summed
+  slot by slot first (zip and sum: C loops), and the series read once from
+  the sums, instead of once per worker (73 -> 13 ms for 256 workers of 350
+  series each, bench/exposition.py).
 * Workers may declare one name differently (other type, labels or buckets,
   as after a HUP without --preload), or names whose samples clash (`counter
   x` in one, `gauge x_total` in another). Exactly one of them is served:
@@ -110,6 +114,23 @@ class _Read:
     generation: int
     decls: list[Decl]
     values: list[float]
+    records: bytes  # what its declarations were parsed from (Arena.parsed)
+
+
+def _sum_alike(read: list[_Read]) -> Iterator[tuple[list[Decl], list[float]]]:
+    """(declarations, values) with the values of workers whose declarations are
+    the same records added up slot by slot, in the order `read` has them."""
+    # The number of slots too: an app may write any length into its arena, and
+    # one shorter list must not cut the others' short.
+    alike: dict[tuple[bytes, int], list[_Read]] = {}
+    for one in read:
+        alike.setdefault((one.records, len(one.values)), []).append(one)
+    for group in alike.values():
+        if len(group) == 1:
+            yield group[0].decls, group[0].values
+        else:
+            columns = zip(*(one.values for one in group), strict=True)
+            yield group[0].decls, list(map(sum, columns))
 
 
 class AppMetrics:
@@ -186,7 +207,7 @@ class AppMetrics:
             if arena.bad:
                 self.dropped[BAD_ARENA] += max(1, arena.checked.series)
             elif decls:
-                found.append(_Read(who, source.generation, decls, arena.snapshot()))
+                found.append(_Read(who, source.generation, decls, arena.snapshot(), arena.parsed))
         return found
 
     # -- which declaration of a name is served ---------------------------------------------
@@ -236,7 +257,11 @@ class AppMetrics:
         """Live workers summed, then the retired totals; one shape per name."""
         read = self._read_live()
         candidates: dict[Shape, Candidate] = {}  # in the order of preference
+        seen: set[bytes] = set()
         for one in read:
+            if one.records in seen:
+                continue  # the same declarations as a worker before it
+            seen.add(one.records)
             for decl in one.decls:
                 if decl.shape not in candidates:
                     candidates[decl.shape] = Candidate(decl.help, one.who, one.generation)
@@ -247,11 +272,11 @@ class AppMetrics:
                 candidate = candidates[shape]
                 candidate.generation = max(candidate.generation, retired.generation)
         found = {shape: Totals(candidates[shape].help, {}) for shape in self._choose(candidates)}
-        for one in read:
-            for decl in one.decls:
+        for decls, values in _sum_alike(read):
+            for decl in decls:
                 totals = found.get(decl.shape)
                 if totals is not None:
-                    for labelvalues, chunk in _series(decl, one.values):
+                    for labelvalues, chunk in _series(decl, values):
                         _add(totals, labelvalues, chunk)
         for shape, retired in self.retired.items():
             totals = found.get(shape)

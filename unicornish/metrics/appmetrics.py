@@ -57,6 +57,7 @@ import mmap
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, cast
 
 MAX_SERIES = 512
@@ -109,6 +110,7 @@ class Arena:
         "values",
         "seen_generation",
         "parsed_to",
+        "parsed",
         "decls",
         "checked",
         "bad",
@@ -129,6 +131,7 @@ class Arena:
         # The master's parse cache: the generation it parsed, up to where, and what.
         self.seen_generation = 0
         self.parsed_to = 0
+        self.parsed = b""  # the records parsed: workers of one app have the same
         self.decls: list[Decl] = []
         self.checked = Schema()
         self.bad = ""  # why its declarations were refused: none is read from then on
@@ -174,6 +177,7 @@ class Arena:
                 self.decls = []
                 return []
             self.parsed_to += complete
+            self.parsed += chunk[:complete]
         self.seen_generation = generation
         return self.decls
 
@@ -218,8 +222,9 @@ class Decl:
     def end(self) -> int:
         return self.offset + self.width * len(self.series)
 
-    @property
+    @cached_property
     def shape(self) -> tuple[str, str, tuple[str, ...], tuple[float, ...]]:
+        # Cached: a scrape asks every worker's every declaration for it.
         return (self.name, self.kind, self.labelnames, self.buckets)
 
     def record(self) -> bytes:
