@@ -314,7 +314,9 @@ class AppMetrics:
             _add(again, labelvalues, retired.series[labelvalues])
         values = again.series.get(labelvalues)
         if values is None or bad_values(kind, values):
-            del totals.series[labelvalues]  # e.g. +Inf and -Inf summed: nothing to serve
+            # Good parts, bad sum (counts past the float range): nothing to serve.
+            del totals.series[labelvalues]
+            self.dropped[BAD_VALUE] += values is not None
         else:
             totals.series[labelvalues] = values
 
