@@ -144,7 +144,6 @@ def test_make_run_transcript_has_the_masters_lines_in_order() -> None:
 
 
 def test_every_master_metric_is_in_the_metrics_table() -> None:
-    pytest.importorskip("prometheus_client")
     from unicornish.master.children import Children
     from unicornish.master.deaths import Deaths
     from unicornish.metrics.families import MasterCollector, Metrics, Tallies

@@ -399,15 +399,14 @@ class Settings:
     metrics: str | None = option(
         None,
         optional_text,
-        "serve Prometheus metrics, /healthz and /readyz over HTTP at HOST:PORT, PORT or "
-        "unix:/path; needs unicornish[metrics]",
+        "serve Prometheus metrics, /healthz and /readyz over HTTP at HOST:PORT, PORT or unix:/path",
         "ADDR",
         applied_by="USR2",
         usr2_note="metrics address changed: it takes effect on USR2 (re-exec)",
         default_text="none",
         value="`HOST:PORT`, `[V6]:PORT`, `PORT`, `*:PORT`, `unix:/path`, `unix:/path:MODE`",
         doc="serve Prometheus metrics (`/metrics`), `/healthz` and `/readyz` over HTTP "
-        "from the master's loop; needs `pip install 'unicornish[metrics]'`; see README's "
+        "from the master's loop; see README's "
         "[Metrics](../README.md#metrics)",
     )
     max_tasks: int | None = option(

@@ -314,10 +314,6 @@ class Children:
         which have not served yet."""
         return [*self.workers, *self.molds]
 
-    def arenas(self) -> list[Arena]:
-        """The app metrics of those that served."""
-        return [w.arena for w in self.served() if w.arena is not None]
-
     def live_workers(self) -> list[WorkerProc]:
         return self.workers.live()
 

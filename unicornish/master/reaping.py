@@ -24,7 +24,7 @@ from unicornish.master.reload import Reloader
 from unicornish.master.spares import Spares
 from unicornish.master.state import View
 from unicornish.master.upgrade import Upgrade
-from unicornish.metrics.appmetrics import AppMetrics
+from unicornish.metrics.appcollector import AppMetrics
 from unicornish.metrics.families import Tallies
 from unicornish.protocol import EXIT_BOOT_FAILED, describe_status
 
@@ -141,5 +141,5 @@ class Reaper:
         self.tallies.worker_reaped(w.nr, board.task_count(), board.task_durations())
         board.close()
         if w.arena is not None:
-            self.app_metrics.retire(w.arena)
+            self.app_metrics.retire(w.arena, f"{w.label} pid={w.pid}", w.generation)
             w.arena = None

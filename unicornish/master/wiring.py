@@ -49,7 +49,7 @@ from unicornish.master.spawner import Release, Spawner
 from unicornish.master.state import State
 from unicornish.master.timeouts import Timeouts
 from unicornish.master.upgrade import Upgrade
-from unicornish.metrics.appmetrics import AppMetrics
+from unicornish.metrics.appcollector import AppMetrics
 from unicornish.metrics.families import MasterCollector, Metrics, Tallies
 from unicornish.scoreboard import Scoreboard
 
@@ -170,7 +170,7 @@ def build(
     upgrade.on_result = functools.partial(tallies.count, "upgrades")
     # The apps' own metrics, summed over workers and kept across their deaths,
     # and deaths by cause.
-    app_metrics = AppMetrics(children.arenas)
+    app_metrics = AppMetrics(children.served, log)
     deaths = Deaths()  # reads the cgroup's OOM-kill count now, at start
     collector = MasterCollector(children, state, pool.held_back, listeners, tallies, __version__)
     metrics = Metrics([collector, app_metrics, deaths], tallies)

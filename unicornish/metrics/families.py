@@ -1,20 +1,12 @@
 """The master's own figures for Prometheus, and the exposition of every collector.
 
-The contract with other sources of metrics (app metrics, deaths by cause) is
-prometheus_client's custom-collector protocol: any object with
-`collect() -> Iterable[Metric]`. `Exposition` renders every registered
-collector from a private CollectorRegistry (never the global one, never its
-HTTP server or threads), in the Prometheus text format 0.0.4, or OpenMetrics
-1.0 when the scraper's Accept header asks for it. The master's own families
-(`MasterCollector`, with a few samples per worker) are written by
-unicornish.metrics.exposition instead, ahead of the others: prometheus_client's
-writers cost the master too much per scrape with hundreds of workers (see
-that module).
-
-prometheus_client is an optional extra (`pip install 'unicornish[metrics]'`)
-and costs the master ~70 ms and ~6 MiB RSS to import: this module imports it
-only inside the functions that need it, which run only with --metrics (or
-on a `ctl metrics`), so an idle master without --metrics does not grow.
+The contract with every source of metrics (the master's figures, app metrics,
+deaths by cause) is one method, `own_families() -> Iterable[Family]`, the
+families unicornish.metrics.exposition writes. `Exposition` renders them all,
+in the Prometheus text format 0.0.4, or OpenMetrics 1.0 when the scraper's
+Accept header asks for it. No prometheus_client: it wrote the apps' metrics
+and the deaths until 0.x, and its writers cost more per scrape than ours
+(bench/exposition.py), and a package to install for --metrics.
 
 What is counted where it happens (`Tallies`, fed by small callbacks), and
 what is read at scrape time only: scoreboard states and task counts (shared
@@ -24,16 +16,17 @@ TCP listeners (TCP_INFO). Nothing here runs between scrapes.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import struct
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import Any, Protocol
 
 import psutil
 
-from unicornish.errors import StartupError
+from unicornish.host import log as log_module
 from unicornish.host import sockets as sockets_module
 from unicornish.metrics.exposition import (
     COUNTER,
@@ -45,14 +38,12 @@ from unicornish.metrics.exposition import (
     label_text,
     write,
 )
+from unicornish.metrics.throttle import Throttled
 from unicornish.protocol import TASK_DURATION_BUCKETS
 from unicornish.scoreboard import BOOTING, BUSY, DURATION_SLOTS, IDLE, Scoreboard
 
-if TYPE_CHECKING:
-    from prometheus_client.metrics_core import Metric
-
-INSTALL_HINT = "pip install 'unicornish[metrics]'"
 OPENMETRICS = "application/openmetrics-text"
+OPENMETRICS_1_0_0 = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 TEXT_0_0_4 = "text/plain; version=0.0.4; charset=utf-8"
 
 RELOAD_RESULTS = ("done", "failed")
@@ -93,63 +84,64 @@ class Count(Protocol):
 
 
 class Collector(Protocol):
-    def collect(self) -> Iterable[Metric]: ...
-
-
-class OwnCollector(Protocol):
-    """A collector of the master's own, written by unicornish.metrics.exposition."""
+    """A source of metric families, written by unicornish.metrics.exposition.
+    One may also have `dropped`: {reason: series it left out so far}."""
 
     def own_families(self) -> Iterable[Family]: ...
 
 
-def load_client() -> None:
-    """Import prometheus_client now (at start, before the master is ready):
-    raises StartupError, with how to install it, when it is missing."""
-    try:
-        import prometheus_client.exposition  # noqa: F401
-        import prometheus_client.openmetrics.exposition  # noqa: F401
-        import prometheus_client.registry  # noqa: F401
-    except ImportError as exc:
-        raise StartupError(
-            f"--metrics needs the prometheus_client package ({exc}); {INSTALL_HINT}"
-        ) from None
+UNWRITABLE = "unwritable"
+DROP_REASONS = (UNWRITABLE, "bad_arena", "bad_value")
 
 
 class Exposition:
-    """The master's own collectors, written here, then a private registry of
-    prometheus_client collectors, and their rendering."""
+    """Every collector's families, rendered in the format a scraper asks for."""
 
-    def __init__(self, collectors: Iterable[Collector | OwnCollector] = ()) -> None:
-        load_client()
-        from prometheus_client.registry import CollectorRegistry
+    def __init__(
+        self, collectors: Iterable[Collector] = (), log: logging.Logger | None = None
+    ) -> None:
+        self.collectors: list[Collector] = list(collectors)
+        self.unwritable = 0  # series left out so far, their text not encodable
+        self.throttled = Throttled(log or log_module.get_logger())
 
-        self.own: list[OwnCollector] = []
-        # auto_describe=False: registering calls nothing of the collector, and two
-        # collectors may share no name check at start (each owns its prefix).
-        self.registry = CollectorRegistry(auto_describe=False)
-        for collector in collectors:
-            self.register(collector)
-
-    def register(self, collector: Collector | OwnCollector) -> None:
-        if hasattr(collector, "own_families"):
-            self.own.append(cast("OwnCollector", collector))
-        else:
-            self.registry.register(collector)
+    def register(self, collector: Collector) -> None:
+        self.collectors.append(collector)
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
-        """(body, content type) for a scraper that sent this Accept header."""
+        """(body, content type) for a scraper that sent this Accept header.
+        A series whose text cannot be written is left out, logged and counted:
+        never the whole scrape."""
         openmetrics = OPENMETRICS in accept
-        own = write((f for c in self.own for f in c.own_families()), openmetrics).encode()
+        written = write((f for c in self.collectors for f in c.own_families()), openmetrics)
+        if written.example:
+            self.unwritable += written.dropped
+            self.throttled.warn(
+                UNWRITABLE,
+                f"metrics: {written.dropped} series left out of a scrape: their text cannot "
+                f"be written (not valid UTF-8), in {written.example} first",
+            )
+        tail = write([self.dropped_family()], openmetrics).body
         if openmetrics:
-            from prometheus_client.openmetrics import exposition as om
+            return written.body + tail + EOF.encode(), OPENMETRICS_1_0_0
+        return written.body + tail, TEXT_0_0_4
 
-            rest = om.generate_latest(self.registry)
-            if not rest.endswith(EOF.encode()):  # a later prometheus_client, other rules
-                rest += EOF.encode()
-            return own + rest, om.CONTENT_TYPE_LATEST
-        from prometheus_client import exposition
-
-        return own + exposition.generate_latest(self.registry), TEXT_0_0_4
+    def dropped_family(self) -> Family:
+        """Written last, so that it counts what this very scrape left out."""
+        counts = dict.fromkeys(DROP_REASONS, 0)
+        counts[UNWRITABLE] = self.unwritable
+        for collector in self.collectors:
+            for reason, n in getattr(collector, "dropped", {}).items():
+                counts[reason] = counts.get(reason, 0) + n
+        family = Family(
+            "unicornish_metrics_dropped_series",
+            COUNTER,
+            "Series left out of scrapes (each scrape counts them again), by reason: text "
+            "that cannot be written, a worker's app metrics memory that breaks a rule, "
+            "a value no counter or histogram can have",
+        )
+        for reason, n in counts.items():
+            family.add(n, _REASON, (reason,))
+        return family
 
 
 # -- what the master counts as it goes --------------------------------------------------
@@ -298,6 +290,7 @@ class MemoryReader:
 _NR = ("nr",)
 _LISTENER = ("listener",)
 _RESULT = ("result",)
+_REASON = ("reason",)
 
 
 class MasterCollector:
@@ -436,26 +429,19 @@ class Metrics:
 
     def __init__(
         self,
-        collectors: list[Collector | OwnCollector],
+        collectors: list[Collector],
         tallies: Tallies,
         server: Any = None,
     ) -> None:
-        self.collectors = collectors
         self.tallies = tallies
-        self.server = server  # metrics_http.MetricsServer, or None without --metrics
-        self.exposition: Exposition | None = None
+        self.server = server  # endpoint.MetricsServer, or None without --metrics
+        self.exposition = Exposition(collectors)
 
-    def add_collector(self, collector: Collector | OwnCollector) -> None:
-        """Another source of metrics (anything with collect() -> Iterable[Metric])."""
-        self.collectors.append(collector)
-        if self.exposition is not None:
-            self.exposition.register(collector)
+    def add_collector(self, collector: Collector) -> None:
+        """Another source of metrics (anything with own_families())."""
+        self.exposition.register(collector)
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
-        """prometheus_client is imported on first use without --metrics (`ctl
-        metrics`); StartupError says how to install it when it is missing."""
-        if self.exposition is None:
-            self.exposition = Exposition(self.collectors)
         return self.exposition.render(accept)
 
     def text(self) -> str:
