@@ -53,9 +53,31 @@ def test_no_link_leaves_the_repository(path: Path) -> None:
         resolved = (path.parent / target).resolve()
         assert resolved.is_relative_to(ROOT), f"{path.name} links outside: {target}"
         assert resolved.exists(), f"{path.name} links to a missing file: {target}"
+    # An anchor names a heading of its page (the README's sections moved to docs/).
+    for target, anchor in re.findall(r"\]\(([^)#\s]*)#([^)\s]+)\)", text):
+        page = (path.parent / target).resolve() if target else path
+        if page.suffix == ".md" and page.exists():
+            assert anchor in anchors(page.read_text()), f"{path.name} links to a missing heading: {target}#{anchor}"
 
 
-@pytest.mark.parametrize("path", [README, REFERENCE], ids=["README", "reference"])
+def anchors(text: str) -> set[str]:
+    """The anchors GitHub gives a page's headings."""
+    found = set()
+    for heading in re.findall(r"^#+ (.+)$", text, re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        found.add(slug)
+    return found
+
+
+def test_every_page_is_one_click_from_the_readme() -> None:
+    """Each page under docs/ is linked from README's "Where to go next"."""
+    links = set(re.findall(r"\]\((docs/[^)#\s]+)", section(README.read_text(), "## Where to go next")))
+    pages = {f"docs/{page.name}" for page in (ROOT / "docs").glob("*.md")}
+    assert pages <= links, sorted(pages - links)
+    assert {"docs/wsgi.md", "docs/asgi.md"} <= links
+
+
+@pytest.mark.parametrize("path", [REFERENCE], ids=["reference"])
 def test_every_option_is_in_the_options_table(path: Path) -> None:
     rows = table_rows(path.read_text(), "| option |")
     documented = {row[0].split("`")[1] for row in rows}
@@ -142,7 +164,7 @@ def test_every_master_metric_is_in_the_metrics_table() -> None:
     collector = MasterCollector(WorkerTable(), no, no, no, [], tallies, "x")
     text = Metrics([collector, Deaths()], tallies).text()
     served = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
-    rows = table_rows(section(README.read_text(), "## Metrics"), "| metric | type |")
+    rows = table_rows((ROOT / "docs" / "metrics.md").read_text(), "| metric | type |")
     documented = {re.sub(r"\{.*", "", row[0].strip("`")): row[1] for row in rows}
     assert served and served <= set(documented), sorted(served - set(documented))
     for line in text.splitlines():
