@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -30,10 +31,16 @@ def test_spawns_n_workers_with_titles(start, app_file):
     assert "spawning 3 missing workers:" in log
     for nr, pid in pids.items():
         assert f"worker[{nr}] spawned pid={pid}" in log
-    # Lines start with an ISO-8601 timestamp in brackets.
+    # Lines start with an ISO-8601 timestamp and the writer's pid in brackets
+    # (two masters share a log during a USR2): the master's for its lines, each
+    # worker's for the lines it writes itself.
     for line in log.splitlines():
         if line.startswith("["):
-            assert line[1:20].count("-") == 2 and line[11] == "T" and line[20] == "]", line
+            assert re.match(r"\[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d #\d+\] ", line), line
+    assert re.search(rf"^\[\S+ #{run.pid}\] master process ready pid={run.pid}$", log, re.M)
+    for nr, pid in pids.items():
+        assert re.search(rf"^\[\S+ #{run.pid}\] worker\[{nr}\] spawned pid={pid}$", log, re.M)
+        assert re.search(rf"^\[\S+ #{pid}\] worker\[{nr}\] ready$", log, re.M), nr
 
 
 def test_zero_workers_allowed(start, app_file):

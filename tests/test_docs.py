@@ -131,6 +131,9 @@ def test_every_control_command_and_status_field_is_in_the_reference() -> None:
 def test_make_run_transcript_has_the_masters_lines_in_order() -> None:
     text = README.read_text()
     block = text[text.index("    $ make run\n") :].split("\n\n", 1)[0]
+    # Log lines show the writer's pid, as the master writes them.
+    stamped = [line for line in block.splitlines() if re.match(r"\s*(\^C)?\[", line)]
+    assert stamped and all(re.match(r"\s*(\^C)?\[\S+ #\d+\] ", line) for line in stamped), block
     lines = [re.sub(r"^\s*(\^C)?(\[[^]]+\] )?", "", line) for line in block.splitlines()]
     expected = [
         ".venv/bin/unicornish --app examples/testapp.py --workers 2",

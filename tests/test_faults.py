@@ -292,7 +292,7 @@ def test_worker_printing_megabytes(start, app_file):
     with open(run.log_path, "rb") as handle:
         for line in handle:
             if b"reaped pid=" in line or b"master exited" in line:
-                assert re.match(rb"^\[\d{4}-\d\d-\d\dT[\d:]{8}\] \w", line), line[:200]
+                assert re.match(rb"^\[\d{4}-\d\d-\d\dT[\d:]{8} #\d+\] \w", line), line[:200]
 
 
 def test_master_is_not_blocked_by_a_stalled_log_pipe(tmp_path, app_file):
@@ -711,7 +711,7 @@ def test_wall_clock_jumps_do_not_trigger_or_delay_timeouts(start, app_file, tmp_
     offset.write_text("-5h\n")
     run.signal(signal.SIGUSR1)
     run.wait_log("reopened log files", 2, 5)
-    stamps = re.findall(r"^\[(\S+)\] reopened log files", run.log(), re.M)
+    stamps = re.findall(r"^\[(\S+) #\d+\] reopened log files", run.log(), re.M)
     assert len(stamps) == 2 and stamps[0][:13] != stamps[1][:13], stamps  # the jump happened
     # No task ran 2 s, so nobody is killed, whatever the wall clock says.
     wait_until(lambda: psutil.Process(run.pid).cpu_times(), 1, "master alive")
