@@ -57,7 +57,9 @@ def test_no_link_leaves_the_repository(path: Path) -> None:
     for target, anchor in re.findall(r"\]\(([^)#\s]*)#([^)\s]+)\)", text):
         page = (path.parent / target).resolve() if target else path
         if page.suffix == ".md" and page.exists():
-            assert anchor in anchors(page.read_text()), f"{path.name} links to a missing heading: {target}#{anchor}"
+            assert anchor in anchors(page.read_text()), (
+                f"{path.name} links to a missing heading: {target}#{anchor}"
+            )
 
 
 def anchors(text: str) -> set[str]:
@@ -71,7 +73,9 @@ def anchors(text: str) -> set[str]:
 
 def test_every_page_is_one_click_from_the_readme() -> None:
     """Each page under docs/ is linked from README's "Where to go next"."""
-    links = set(re.findall(r"\]\((docs/[^)#\s]+)", section(README.read_text(), "## Where to go next")))
+    links = set(
+        re.findall(r"\]\((docs/[^)#\s]+)", section(README.read_text(), "## Where to go next"))
+    )
     pages = {f"docs/{page.name}" for page in (ROOT / "docs").glob("*.md")}
     assert pages <= links, sorted(pages - links)
     assert {"docs/wsgi.md", "docs/asgi.md"} <= links
