@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import BIN, ROOT, alive, loop_app, wait_until
+from conftest import BIN, ROOT, alive, fill, loop_app, wait_until
 from reliability import (
     PrefixedRun,
     ScratchUser,
@@ -389,38 +389,6 @@ def test_task_raising_on_every_call_then_fixed(start, app_file, tmp_path):
 
 
 # -- the log file -----------------------------------------------------------------------
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A real 512 KiB filesystem (tmpfs), to fill up."""
-    mount = tmp_path / "fs"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], capture_output=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        # Lazy: a master that is still being cleaned up may hold the log open.
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
-
-
-def fill(directory: Path) -> Path:
-    filler = directory / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for size in (65536, 4096, 1):
-            while True:
-                try:
-                    os.write(fd, b"\0" * size)
-                except OSError:
-                    break
-    finally:
-        os.close(fd)
-    return filler
 
 
 def test_log_disk_full_then_freed(small_fs, start, app_file):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import loop_app, wait_until
+from conftest import fill, loop_app, wait_until
 
 
 def read(path: Path) -> str:
@@ -166,3 +166,18 @@ def test_what_counts_as_a_live_master(name, args, expected):
     from unicornish.host.pidfile import looks_like_master
 
     assert looks_like_master(name, args) is expected
+
+
+def test_a_full_disk_leaves_no_temporary_file(small_fs, start, app_file):
+    """The pid file's directory is a real filesystem with no space left: the
+    master logs that it cannot write it, runs on, and leaves nothing behind
+    (the temporary file is created, then its write fails)."""
+    app = app_file(loop_app())
+    pid_path = small_fs / "app.pid"
+    fill(small_fs)
+    run = start("--app", str(app), "--pid", str(pid_path))
+    run.wait_log(f"cannot write pid file {pid_path}: No space left on device", 1, 10)
+    run.wait_ready(1)
+    assert sorted(p.name for p in small_fs.iterdir()) == ["filler"]
+    run.signal(signal.SIGQUIT)
+    assert run.wait_exit(10) == 0
