@@ -256,7 +256,12 @@ class Master:
             lambda: None if self.is_stopping() else self.settings.give_up_after,
             lambda: self.pool.wanted,
             grace_from,
-            lambda: self.stop(quick=True, why="--give-up-after", exit_code=1),
+            lambda: self.stop(
+                quick=True,
+                why=f"no worker stayed up for {self.settings.give_up_after:g}s, giving up",
+                exit_code=1,
+                received=False,
+            ),
             time.monotonic(),
         )
         # In this order: a duty may change what a later one sees (a reload, the
@@ -486,9 +491,11 @@ class Master:
             return "master is stopping"
         return self.reforker.by_hand()
 
-    def stop(self, quick: bool, why: str, exit_code: int | None = None) -> None:
+    def stop(
+        self, quick: bool, why: str, exit_code: int | None = None, received: bool = True
+    ) -> None:
         """INT, TERM, QUIT, `ctl stop`, --give-up-after (see shutdown.py)."""
-        self.shutdown.stop(quick, why, exit_code)
+        self.shutdown.stop(quick, why, exit_code, received)
 
     def not_ready_reason(self) -> str | None:
         """Why this master should get no traffic now (None: it should); for
@@ -585,7 +592,7 @@ class Master:
             reason = f"{w.label} could not boot (exit {code}); see the log"
             if self.readiness.boot_failed(reason):
                 # -D, not ready yet: leave nothing running; the launcher exits 1.
-                self.stop(quick=True, why="-D start failed", exit_code=1)
+                self.stop(quick=True, why="-D start failed", exit_code=1, received=False)
                 return
         if w.stopping or w.timed_out or self.is_stopping():  # a drain still replaces workers
             return

@@ -55,14 +55,20 @@ class Shutdown:
         """The drain's end; once it has come, the graceful stop begins."""
         return self.drain.tick(now)
 
-    def stop(self, quick: bool, why: str, exit_code: int | None = None) -> None:
+    def stop(
+        self, quick: bool, why: str, exit_code: int | None = None, received: bool = True
+    ) -> None:
+        """`why`: the signal or command received (`INT`, `control stop`), or with
+        `received=False` what happened (`no worker stayed up for 30s, giving up`)."""
+        said = f"{why} received" if received else why
         if exit_code is not None:
             self.exit_code = exit_code
         if self.state == "quick" or (self.state == "graceful" and not quick):
+            self.log.info("%s: already stopping (%s)", said, self.state)
             return
         if self.state == "draining":
             skipped = "" if quick else " during the drain (rest of it skipped)"
-            self.stop_workers(quick, f"{why} received{skipped}")
+            self.stop_workers(quick, f"{said}{skipped}")
             return
         settings = self.settings()
         drain, grace = settings.drain, settings.graceful_timeout
@@ -71,14 +77,12 @@ class Shutdown:
             self.state = "draining"
             self.stop_by = now + drain + grace
             self.log.info(
-                "%s received: draining for %gs (not ready, still serving), then graceful stop",
-                why,
-                drain,
+                "%s: draining for %gs (not ready, still serving), then graceful stop", said, drain
             )
             self.log.info("%s", describe_plan(drain, grace))
             self.notifier.send("STOPPING=1")
             return
-        self.stop_workers(quick, f"{why} received")
+        self.stop_workers(quick, said)
 
     def stop_workers(self, quick: bool, why: str) -> None:
         """The stop proper: QUIT (graceful) or TERM (quick) to every worker, SIGKILL
