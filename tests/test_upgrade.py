@@ -25,7 +25,8 @@ def read_pid(path: Path) -> int | None:
 
 
 def title(pid: int) -> str:
-    return " ".join(psutil.Process(pid).cmdline())
+    # setproctitle pads the old argv area: psutil sees trailing empty arguments.
+    return " ".join(psutil.Process(pid).cmdline()).rstrip()
 
 
 def worker_children(pid: int) -> list[int]:
@@ -89,8 +90,10 @@ def test_usr2_then_quit_old_loses_no_request(start, tmp_path):
         # Both masters serve; the pid files say who is who.
         wait_until(lambda: read_pid(pid_file) == new, 5, "the new master's pid file")
         assert read_pid(Path(f"{pid_file}.oldbin")) == run.pid
-        assert title(run.pid).startswith("unicornish master (old) app.py"), title(run.pid)
-        assert title(new).startswith("unicornish master app.py"), title(new)
+        # The app as given and the first listen address: `ps | grep` finds both.
+        address = tcp_target(run.log())
+        assert title(run.pid) == f"unicornish master (old) {app} {address}", title(run.pid)
+        assert title(new) == f"unicornish master {app} {address}", title(new)
         assert marker.read_text() == f"{run.pid}\n"  # before_exec ran in the old master
         hammer.wait_version("2")
         # A second USR2 while the new master runs is refused.
@@ -152,7 +155,7 @@ def test_failed_usr2_restores_pid_file_and_keeps_serving(start, tmp_path):
         assert "SyntaxError" in run.log()  # the new master said why, in the same log
         assert read_pid(pid_file) == run.pid
         assert not Path(f"{pid_file}.oldbin").exists()
-        assert title(run.pid).startswith("unicornish master app.py"), title(run.pid)
+        assert title(run.pid).startswith(f"unicornish master {app} "), title(run.pid)
         hammer.wait_answers(50)
         assert hammer.versions_since(0) == {"1"}
         # Fixed, the next USR2 goes through.

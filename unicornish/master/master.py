@@ -190,7 +190,7 @@ class Master:
             listeners,
             lambda: self.settings.pid,
             lambda: self.readiness.status_line(),
-            lambda old: proctitle.set_master_title(self.release.app_name, old=old),
+            lambda old: proctitle.set_master_title(self.settings.app_spec, listeners, old=old),
             self.run_before_exec,
         )
         self.readiness = Readiness(
@@ -357,7 +357,7 @@ class Master:
             self.control.install()
         if self.metrics.server is not None:
             self.metrics.server.install()
-        proctitle.set_master_title(self.release.app_name)
+        proctitle.set_master_title(self.settings.app_spec, self.listeners)
         for warning in self.startup_warnings:
             self.log.warning("%s", warning)
         if self.notifier.error:
@@ -521,8 +521,8 @@ class Master:
         adaptive = self.autoscale.describe()
         if adaptive and self.autoscale.policy != before:
             self.log.info("%s", adaptive)
-        if new.app_name != old.app_name:
-            proctitle.set_master_title(new.app_name, old=self.upgrade_.is_old)
+        if new.settings.app_spec != old.settings.app_spec:
+            proctitle.set_master_title(new.settings.app_spec, self.listeners, self.upgrade_.is_old)
         self.readiness.announced = False
 
     # -- reaping -----------------------------------------------------------------------
