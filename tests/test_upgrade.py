@@ -6,6 +6,7 @@ not one request may fail.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 
 import psutil
-from conftest import alive, gone, wait_until
+from conftest import alive, gone, loop_app, run_cli, wait_until
 from http_client import Hammer, get, tcp_target, write_http_app
 
 
@@ -275,3 +276,54 @@ def test_master_fds_do_not_grow_over_usr2_quit_cycles(start, tmp_path):
     assert get(f"unix:{sock}")["master_pid"] == master
     stop_master(master)
     assert not sock.exists()
+
+
+def test_usr2_hands_the_scaled_count_to_the_new_master_and_hup_goes_back(start, app_file):
+    """TTIN met a load: the new master must not start with half the workers."""
+    app = app_file(loop_app())
+    run = start("--app", str(app), "--workers", "2")
+    run.wait_ready(2)
+    for n in (3, 4):
+        run.signal(signal.SIGTTIN)
+        run.wait_workers(n)
+    run.signal(signal.SIGUSR2)
+    new = new_master(run)
+    wait_master_up(run, new, 4)
+    run.wait_log(rf"workers: 4 wanted \(4:4\), as old master pid={run.pid} had them")
+    assert "USR2: handing the worker count to the new master: 4" in run.log()
+    stop_master(run.pid)
+    # HUP keeps its meaning: back to the configured count.
+    os.kill(new, signal.SIGHUP)
+    wait_until(lambda: len(worker_children(new)) == 2, 10, "the configured 2 workers")
+    stop_master(new)
+
+
+IDLE_APP = """
+import time
+def worker_start(worker):
+    with worker.idle():  # idle workers: the adaptive count stays at MIN
+        time.sleep(0.05)
+"""
+
+
+def test_usr2_hands_the_moved_adaptive_bounds_to_the_new_master(start, app_file, tmp_path):
+    app = app_file(IDLE_APP)
+    control = tmp_path / "ctl.sock"
+    run = start("--app", str(app), "--workers", "2:8", "--control", str(control))
+    run.wait_ready(2)
+    run.signal(signal.SIGTTIN)  # MIN and MAX move together: 3:9
+    run.wait_log(r"TTIN: 3 workers wanted \(workers 3:9\)")
+    run.signal(signal.SIGUSR2)
+    new = new_master(run)
+    wait_master_up(run, new, 3)
+
+    def status() -> dict:
+        result = run_cli("status", "--json", "--control", str(control))
+        return json.loads(result.stdout)["master"] if result.returncode == 0 else {}
+
+    wait_until(lambda: status().get("pid") == new, 10, "the new master's control socket")
+    master = status()
+    assert (master["workers_min"], master["workers_max"]) == (3, 9), master
+    assert master["workers_wanted"] == 3
+    stop_master(run.pid)
+    stop_master(new)

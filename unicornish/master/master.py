@@ -30,7 +30,7 @@ from unicornish.host import listeners as listeners_module
 from unicornish.host import titles as proctitle
 from unicornish.host.privileges import Identity, chown_for_workers
 from unicornish.host.systemd import Notifier, Watchdog
-from unicornish.master.autoscale import Autoscaler
+from unicornish.master.autoscale import Autoscaler, handover
 from unicornish.master.children import Stopper, WorkerProc, WorkerTable
 from unicornish.master.deaths import OOM, OOM_SUFFIX, Deaths
 from unicornish.master.drain import describe_plan
@@ -44,7 +44,7 @@ from unicornish.master.shutdown import Shutdown
 from unicornish.master.spares import Spares
 from unicornish.master.spawner import Release, Spawner
 from unicornish.master.timeouts import Timeouts
-from unicornish.master.upgrade import Upgrade
+from unicornish.master.upgrade import Upgrade, handed_count
 from unicornish.metrics.appmetrics import AppMetrics
 from unicornish.metrics.families import MasterCollector, Metrics, Tallies
 from unicornish.metrics.procstats import StatsReader
@@ -108,6 +108,19 @@ class Master:
         self.deaths = Deaths()  # reads the cgroup's OOM-kill count now, at start
         self.stats = StatsReader()  # per-worker figures for `status`
         self.build_workers(settings, app, identity, cli_values)
+        handed = handed_count(self.log)  # USR2: the count the old master had
+        if handed is not None:
+            wanted, bounds, old_pid = handed
+            self.pool.scale(self.autoscale.take_over(wanted, bounds, settings))
+            low, high = self.autoscale.bounds()
+            self.log.info(
+                "workers: %d wanted (%d:%d), as old master pid=%d had them; HUP goes back "
+                "to the configured count",
+                self.pool.wanted,
+                low,
+                high,
+                old_pid,
+            )
         self.build_operations(settings, ready_fd, control_sock)
         self.build_metrics(metrics_sock)
         self.duties = self.build_duties()
@@ -203,6 +216,9 @@ class Master:
             ready_fd,
         )
         loop.close_in_child(self.readiness.close_in_child)
+        self.upgrade_.hand_over = lambda: handover(
+            self.settings, self.autoscale.policy, self.pool.wanted
+        )
         self.control: ControlServer | None = None
         if control_sock is not None and settings.control:
             self.control = ControlServer(loop, self.log, self, control_sock, settings.control)
