@@ -4,15 +4,20 @@ the lines the master prints, and no link leaves the repository."""
 
 from __future__ import annotations
 
+import ast
+import inspect
 import re
 import signal
+import textwrap
 from pathlib import Path
 
 import pytest
 
 from unicornish import protocol
 from unicornish.config import OPTIONS, Settings
+from unicornish.master import readiness
 from unicornish.protocol import HANDLED_SIGNALS
+from unicornish.worker.process import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -178,3 +183,87 @@ def test_every_master_metric_is_in_the_metrics_table() -> None:
         if line.startswith("# TYPE "):
             _, _, name, kind = line.split()
             assert documented[name] == kind, name  # the text format: an info is a gauge
+
+
+# -- what the docs quote from the code: readiness reasons, the worker's attributes --------
+
+
+def reason_patterns() -> list[re.Pattern[str]]:
+    """Every reason not_ready_reason() can give (what /readyz, `status` and
+    `status --ready` show), read from its own strings: a number or a K/N
+    placeholder stands for each value it formats in."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(readiness.not_ready_reason)))
+    patterns = []
+    for node in ast.walk(tree):
+        value = node.value if isinstance(node, ast.Return) else None
+        if isinstance(value, ast.Constant) and isinstance(value.value, str):
+            patterns.append(re.escape(value.value))
+        elif isinstance(value, ast.JoinedStr):
+            patterns.append(
+                "".join(
+                    re.escape(part.value) if isinstance(part, ast.Constant) else r"(?:\d+|[A-Z])"
+                    for part in value.values
+                )
+            )
+    assert len(patterns) >= 5, patterns
+    return [re.compile(pattern + r"\Z") for pattern in patterns]
+
+
+# Where the docs list the reasons, and the other words quoted there.
+READINESS_PLACES = [
+    (
+        "docs/metrics.md",
+        "| `GET /readyz` |",
+        {"GET /readyz", "ready", "not ready: REASON", "status"},
+    ),
+    ("docs/reference.md", "| `master.not_ready` |", {"--drain", "master.not_ready"}),
+    ("docs/control.md", "`not_ready` says why", {"--drain", "scale 0", "not_ready"}),
+]
+
+
+@pytest.mark.parametrize("page, start, others", READINESS_PLACES, ids=lambda v: str(v)[:20])
+def test_readiness_reasons_are_the_ones_served(page: str, start: str, others: set[str]) -> None:
+    text = (ROOT / page).read_text()
+    place = text[text.index(start) :].split("\n\n", 1)[0]
+    if start.startswith("|"):
+        place = place.split("\n", 1)[0]  # one table row
+    quoted = set(re.findall(r"`([^`]+)`", place)) - others
+    patterns = reason_patterns()
+    for pattern in patterns:
+        assert any(pattern.match(word) for word in quoted), f"{page} omits {pattern.pattern}"
+    for word in quoted:
+        assert any(p.match(word) for p in patterns), f"{page}: {word!r} is not a reason served"
+
+
+# Public names of Worker that worker kinds use (the kind seam), not the app's API.
+FOR_KINDS = {
+    "board", "become_mold", "check_master", "drain_wake", "forget", "install_signals",
+    "kind", "quitting", "refork_at", "report", "run", "sibling", "stopping", "task_done",
+    "task_start", "task_started", "wait_for_slot", "wake_fd", "app_name",
+}  # fmt: skip
+
+
+def worker_api() -> set[str]:
+    """The `worker` an app gets: Worker's public attributes and methods."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(Worker)))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            if isinstance(node.value, ast.Name) and node.value.id == "self":
+                names.add(node.attr)
+    return {name for name in names if not name.startswith("_")} - FOR_KINDS
+
+
+def test_every_worker_attribute_is_documented_and_no_other() -> None:
+    api = worker_api()
+    assert {"nr", "accept", "idle", "app", "max_tasks", "metrics"} <= api
+    rows = table_rows(REFERENCE.read_text(), "| attribute or method |")
+    in_reference = {re.sub(r"\(.*", "", row[0].strip("`")) for row in rows}
+    assert in_reference == api, (sorted(api - in_reference), sorted(in_reference - api))
+    app_page = (ROOT / "docs" / "app.md").read_text()
+    listed = app_page[app_page.index("`worker` has") :].split("\n\n", 2)[1]
+    bullets = re.findall(r"^- (.+?):", listed, re.M)
+    in_app_page = {re.sub(r"\(.*", "", n.strip("`")) for b in bullets for n in b.split(", ")}
+    assert in_app_page == api, (sorted(api - in_app_page), sorted(in_app_page - api))
