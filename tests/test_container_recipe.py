@@ -22,6 +22,7 @@ from typing import Any
 import psutil
 import pytest
 import yaml
+from helpers import free_port
 
 from unicornish.cli import build_parser
 from unicornish.config import OPTIONS_BY_NAME, Settings
@@ -306,12 +307,6 @@ def replay_run(root: Path, venv: Path, rest: str) -> None:
             timeout=300,
         )
         assert done.returncode == 0, done.stderr[-3000:]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def readyz(port: int) -> int | None:

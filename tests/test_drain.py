@@ -17,17 +17,25 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
 import pytest
-from conftest import Run, loop_app, run_cli, wait_until
+from helpers import (
+    MIB,
+    Group,
+    Groups,
+    NotifyListener,
+    free_port,
+    http,
+    loop_app,
+    run_cli,
+    set_cpu_quota,
+    set_memory_limit,
+    unshare_or_skip,
+    wait_until,
+)
 from http_client import Hammer, copy_http_app, get, tcp_target
-from test_cgroups_live import MIB, Group, Groups, set_cpu_quota, set_memory_limit
-from test_metrics import free_port, http
-from test_pid1 import _unshare
-from test_systemd import NotifyListener
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="cgroups and pid namespaces need root")
 
@@ -40,17 +48,7 @@ WORKER_MEMORY = "200"  # floor(512 / 200) = 2: memory and CPUs agree on 2 worker
 
 
 def unshare() -> list[str]:
-    return [_unshare(), "--pid", "--fork", "--mount-proc"]
-
-
-@pytest.fixture
-def groups(start: Callable[..., Run]) -> Iterator[Groups]:
-    # Depends on `start`, so this teardown (kill, rmdir) runs before start's.
-    made = Groups(start)
-    try:
-        yield made
-    finally:
-        made.cleanup()
+    return [unshare_or_skip(), "--pid", "--fork", "--mount-proc"]
 
 
 class Container:

@@ -17,16 +17,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import BIN, ROOT, alive, fill, loop_app, wait_until
-from reliability import (
-    PrefixedRun,
-    ScratchUser,
-    log_tracebacks,
-    scratch_user,
-    shared_dir,
-    worker_children,
-    zombies,
-)
+from helpers import BIN, ROOT, alive, fill, loop_app, wait_until, worker_children
+from reliability import PrefixedRun, ScratchUser, log_tracebacks, scratch_user, shared_dir, zombies
 
 
 def respawns_after_kill(run, nr: int = 0, timeout: float = 10.0) -> int:

@@ -17,29 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import gone, loop_app, run_cli, wait_until
+from helpers import free_port, gone, http, loop_app, run_cli, samples, wait_until
 
 needs_prometheus = pytest.mark.skipif(
     shutil.which("prometheus") is None or shutil.which("promtool") is None,
     reason="prometheus and promtool are not installed (make check installs them)",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def http(port: int, path: str, raw: bytes | None = None, timeout: float = 10.0) -> tuple[int, str]:
-    """(status, body) of one request; `raw` replaces the whole request."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(raw or f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
-        data = bytearray()
-        while chunk := s.recv(65536):
-            data += chunk
-    head, _, body = bytes(data).partition(b"\r\n\r\n")
-    return int(head.split()[1]), body.decode()
 
 
 def sample(text: str, name: str) -> float | None:
@@ -238,16 +221,6 @@ def worker_start(worker):
         time.sleep(0.001)
     JOBS.inc()
 """
-
-
-def samples(text: str) -> dict[str, float]:
-    """Every sample of a scrape, as {'name{labels}': value}."""
-    found = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, value = line.rsplit(" ", 1)
-            found[key] = float(value)
-    return found
 
 
 def test_task_durations_count_every_task_across_a_sigkill(start, app_file, tmp_path: Path):

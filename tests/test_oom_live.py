@@ -12,8 +12,7 @@ import os
 import signal
 
 import pytest
-from test_appmetrics_live import SCRAPING_CONFIG, scrape
-from test_cgroups_live import MIB, assert_inside, groups, set_memory_limit  # noqa: F401
+from helpers import MIB, SCRAPING_CONFIG, assert_inside, scrape, set_memory_limit
 
 from unicornish.host import cgroups
 

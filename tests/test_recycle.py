@@ -7,7 +7,7 @@ import signal
 import time
 
 import psutil
-from conftest import slow_task_app, wait_until
+from helpers import slow_task_app, wait_until
 
 
 def test_max_tasks_recycles_a_worker_gracefully_with_jitter(start, app_file):

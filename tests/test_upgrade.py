@@ -8,21 +8,22 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import time
 from pathlib import Path
 
 import psutil
-from conftest import alive, gone, loop_app, run_cli, wait_until
+from helpers import (
+    BROKEN_APP,
+    loop_app,
+    new_master,
+    read_pid,
+    run_cli,
+    stop_master,
+    wait_until,
+    worker_children,
+)
 from http_client import Hammer, get, tcp_target, write_http_app
-
-
-def read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
 
 
 def title(pid: int) -> str:
@@ -30,39 +31,9 @@ def title(pid: int) -> str:
     return " ".join(psutil.Process(pid).cmdline()).rstrip()
 
 
-def worker_children(pid: int) -> list[int]:
-    found = []
-    try:
-        children = psutil.Process(pid).children()
-    except psutil.NoSuchProcess:
-        return []
-    for child in children:
-        try:
-            if child.status() != psutil.STATUS_ZOMBIE and child.name().startswith("worker["):
-                found.append(child.pid)
-        except psutil.NoSuchProcess:
-            continue
-    return found
-
-
-def new_master(run, nth: int = 1, timeout: float = 10.0) -> int:
-    """The pid of the nth new master this log has seen started by USR2."""
-    log = run.wait_log(r"USR2: started new master pid=\d+", nth, timeout)
-    pid = int(re.findall(r"USR2: started new master pid=(\d+)", log)[nth - 1])
-    run.seen.add(pid)
-    return pid
-
-
 def wait_master_up(run, pid: int, workers: int) -> None:
     run.wait_log(rf"master process ready pid={pid}\b")
     wait_until(lambda: len(worker_children(pid)) == workers, 10, f"{workers} workers of {pid}")
-
-
-def stop_master(pid: int) -> None:
-    """QUIT a master that is not our child and wait until it is gone."""
-    if alive(pid):
-        os.kill(pid, signal.SIGQUIT)
-    wait_until(lambda: gone(pid), 10, f"master {pid} to exit")
 
 
 def test_usr2_then_quit_old_loses_no_request(start, tmp_path):
@@ -135,9 +106,6 @@ def test_hup_loses_no_request(start, tmp_path):
     assert hammer.masters_since(0) == {run.pid}
     run.signal(signal.SIGQUIT)
     assert run.wait_exit() == 0
-
-
-BROKEN_APP = "def worker_start(worker)\n    pass\n"
 
 
 def test_failed_usr2_restores_pid_file_and_keeps_serving(start, tmp_path):

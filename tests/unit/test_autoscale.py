@@ -24,6 +24,8 @@ from unicornish.master.autoscale import (
     policy_of,
 )
 from unicornish.master.children import WorkerTable
+from unicornish.master.spawner import Release
+from unicornish.master.state import State
 from unicornish.protocol import MAX_WORKERS
 
 P = Policy(low=2, high=8, idle=1, scale_down_after=30.0)
@@ -232,18 +234,13 @@ def settings_for(workers: str, **extra: object):
     return settings
 
 
-def make_scaler(workers: str = "2:8") -> tuple[Autoscaler, list[int]]:
-    wanted = [settings_for(workers).workers]
+def make_scaler(workers: str = "2:8") -> tuple[Autoscaler, State]:
+    settings = settings_for(workers)
+    state = State(Release(settings, None, None, "app.py"), settings.workers)
     scaler = Autoscaler(
-        WorkerTable(),
-        logging.getLogger("test"),
-        settings_for(workers),
-        lambda: wanted[0],
-        lambda n: wanted.__setitem__(0, n),
-        lambda: False,
-        lambda: False,
+        WorkerTable(), logging.getLogger("test"), state, lambda n: setattr(state, "wanted", n)
     )
-    return scaler, wanted
+    return scaler, state
 
 
 def test_min_max_settings_start_with_k_idle_workers():
@@ -279,9 +276,9 @@ def test_ttin_stops_at_max_workers():
 
 
 def test_scale_n_fixes_the_count_until_hup():
-    scaler, wanted = make_scaler("2:8")
+    scaler, state = make_scaler("2:8")
     assert scaler.fix() is True
-    wanted[0] = 5
+    state.wanted = 5
     assert scaler.bounds() == (5, 5) and scaler.tick(0.0) is None
     scaler.configure(settings_for("1:4"))  # HUP
     assert scaler.bounds() == (1, 4) and scaler.adaptive

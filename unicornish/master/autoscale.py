@@ -38,6 +38,7 @@ from dataclasses import dataclass, replace
 
 from unicornish.config import Settings
 from unicornish.master.children import WorkerTable
+from unicornish.master.state import View
 from unicornish.protocol import MAX_WORKERS
 from unicornish.scoreboard import BOOTING, IDLE
 
@@ -213,21 +214,16 @@ class Autoscaler:
         self,
         table: WorkerTable,
         log: logging.Logger,
-        settings: Settings,
-        wanted: Callable[[], int],
+        view: View,
         scale: Callable[[int], None],
-        is_stopping: Callable[[], bool],
-        is_reloading: Callable[[], bool],
     ) -> None:
         self.table = table
         self.log = log
-        self.wanted = wanted
+        self.view = view
         self.scale = scale
-        self.is_stopping = is_stopping
-        self.is_reloading = is_reloading
         self.policy: Policy | None = None
         self.memory = Memory()
-        self.configure(settings)
+        self.configure(view.settings)
 
     @property
     def adaptive(self) -> bool:
@@ -251,7 +247,7 @@ class Autoscaler:
     def bounds(self) -> tuple[int, int]:
         """For status: a fixed count is its own MIN and MAX."""
         if self.policy is None:
-            wanted = self.wanted()
+            wanted = self.view.wanted
             return wanted, wanted
         return self.policy.low, self.policy.high
 
@@ -294,7 +290,7 @@ class Autoscaler:
         return was
 
     def idle_count(self) -> int:
-        wanted = self.wanted()
+        wanted = self.view.wanted
         return sum(1 for w in self.table.live() if 0 <= w.nr < wanted and w.board.state[0] == IDLE)
 
     def look(self, wanted: int) -> Seen:
@@ -313,14 +309,14 @@ class Autoscaler:
 
     def tick(self, now: float) -> float | None:
         policy = self.policy
-        if policy is None or not policy.adaptive or self.is_stopping():
+        if policy is None or not policy.adaptive or self.view.stopping_workers:
             return None
-        if self.is_reloading():
-            # The count holds while a HUP rolls out (old and new workers side by
+        if self.view.rolling is not None:
+            # The count holds while a HUP (or a refork) rolls out (old and new workers side by
             # side would be miscounted); look again once it is done.
             self.memory = Memory()
             return now + LOOK
-        wanted = self.wanted()
+        wanted = self.view.wanted
         decision = decide(policy, wanted, self.look(wanted), self.memory, now)
         self.memory = decision.memory
         if decision.wanted != wanted:

@@ -28,6 +28,7 @@ from unicornish.host import pidfile
 from unicornish.host.listeners import FD_ENV, SYSTEMD_FD_ENV
 from unicornish.host.systemd import Notifier, monotonic_usec
 from unicornish.master.autoscale import parse_handover
+from unicornish.master.state import View
 from unicornish.protocol import HANDLED_SIGNALS, METRICS_FD_ENV
 
 __all__ = ["COUNT_ENV", "FD_ENV", "OLD_MASTER_ENV", "Upgrade", "handed_count"]
@@ -103,7 +104,7 @@ class Upgrade:
         log: logging.Logger,
         notifier: Notifier,
         listeners: list[socket.socket],
-        pid_path: Callable[[], str | None],
+        view: View,
         status_line: Callable[[], str],
         set_title: Callable[[bool], None],
         before_exec: Callable[[], None],
@@ -111,7 +112,7 @@ class Upgrade:
         self.log = log
         self.notifier = notifier
         self.listeners = listeners
-        self.pid_path = pid_path
+        self.view = view
         self.status_line = status_line
         self.set_title = set_title
         self.before_exec = before_exec
@@ -161,7 +162,7 @@ class Upgrade:
             self.log.warning("%s ignored: %s", why, reason)
             self.on_result("refused")
             return None, reason
-        path = self.pid_path()
+        path = self.view.settings.pid
         if path and pidfile.read_pid(path) == self.my_pid:
             try:
                 os.rename(path, path + ".oldbin")
@@ -235,7 +236,7 @@ class Upgrade:
         return pid
 
     def _restore_pid_file(self) -> None:
-        path = self.pid_path()
+        path = self.view.settings.pid
         if not path:
             return
         old = path + ".oldbin"

@@ -28,14 +28,13 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import psutil
 
 from unicornish.errors import StartupError
 from unicornish.host import sockets as sockets_module
-from unicornish.master.children import WorkerProc, WorkerTable
 from unicornish.metrics.exposition import (
     COUNTER,
     EOF,
@@ -47,7 +46,7 @@ from unicornish.metrics.exposition import (
     write,
 )
 from unicornish.protocol import TASK_DURATION_BUCKETS
-from unicornish.scoreboard import BOOTING, BUSY, DURATION_SLOTS, IDLE
+from unicornish.scoreboard import BOOTING, BUSY, DURATION_SLOTS, IDLE, Scoreboard
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -58,6 +57,39 @@ TEXT_0_0_4 = "text/plain; version=0.0.4; charset=utf-8"
 
 RELOAD_RESULTS = ("done", "failed")
 UPGRADE_RESULTS = ("started", "refused", "failed")
+
+
+# What the figures read of the master (its record of children and its count),
+# as protocols: the master's objects fit them, and this layer stays below it.
+
+
+class Child(Protocol):
+    @property
+    def nr(self) -> int: ...  # -1: a spare
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def board(self) -> Scoreboard: ...
+
+    @property
+    def spawned_at(self) -> float: ...
+
+
+class Children(Protocol):
+    def served(self) -> Iterable[Child]:
+        """Workers and molds, stopping ones included."""
+        ...
+
+    def live_workers(self) -> Sequence[Child]: ...
+
+    def spare_count(self) -> int: ...
+
+
+class Count(Protocol):
+    @property
+    def wanted(self) -> int: ...
 
 
 class Collector(Protocol):
@@ -142,7 +174,7 @@ class Tallies:
     def count(self, what: str, result: str) -> None:
         self.events[(what, result)] = self.events.get((what, result), 0) + 1
 
-    def tasks_by_slot(self, procs: Iterable[WorkerProc]) -> dict[int, int]:
+    def tasks_by_slot(self, procs: Iterable[Child]) -> dict[int, int]:
         """Per slot: the reaped workers' tasks plus the live ones' (stopping included)."""
         totals = dict(self.reaped_tasks)
         for w in procs:
@@ -150,7 +182,7 @@ class Tallies:
                 totals[w.nr] = totals.get(w.nr, 0) + w.board.task_count()
         return totals
 
-    def task_durations(self, procs: Iterable[WorkerProc]) -> list[float]:
+    def task_durations(self, procs: Iterable[Child]) -> list[float]:
         """The reaped workers' buckets and sum plus the live ones' (stopping included)."""
         rows = [w.board.task_durations() for w in procs if w.nr >= 0]
         rows.append(self.reaped_durations)
@@ -274,20 +306,16 @@ class MasterCollector:
 
     def __init__(
         self,
-        table: WorkerTable,
-        wanted: Callable[[], int],
-        spares: Callable[[], int],
+        children: Children,
+        count: Count,
         held_back: Callable[[float], int],
         listeners: list[socket.socket],
         tallies: Tallies,
         version: str,
-        molds: WorkerTable | None = None,
     ) -> None:
-        self.table = table
         # A mold's tasks stay in its slot's count until it is reaped, as a worker's do.
-        self.molds = molds if molds is not None else WorkerTable()
-        self.wanted = wanted
-        self.spares = spares
+        self.children = children
+        self.count = count
         self.held_back = held_back
         self.listeners = listeners
         self.tallies = tallies
@@ -304,17 +332,18 @@ class MasterCollector:
             "When the master started, in seconds since the epoch",
             self.start_time,
         )
-        live = self.table.live()
+        live = self.children.live_workers()
         states = [int(w.board.state[0]) for w in live]
         for name, help_text, value in (
-            ("wanted", "Workers the master keeps (after TTIN/TTOU/scale)", self.wanted()),
+            ("wanted", "Workers the master keeps (after TTIN/TTOU/scale)", self.count.wanted),
             ("running", "Workers running and not asked to stop, booting ones included", len(live)),
             ("busy", "Running workers in a task", states.count(BUSY)),
             ("idle", "Running workers between tasks (waiting in accept())", states.count(IDLE)),
             ("booting", "Running workers before their first task", states.count(BOOTING)),
         ):
             yield _one(f"unicornish_workers_{name}", help_text, value)
-        yield _one("unicornish_spares", "Booted standby processes (--spares)", self.spares())
+        spares = self.children.spare_count()
+        yield _one("unicornish_spares", "Booted standby processes (--spares)", spares)
         yield _one(
             "unicornish_crash_backoff_slots",
             "Worker slots held back by the crash-loop backoff right now",
@@ -326,7 +355,7 @@ class MasterCollector:
             "Tasks completed in a worker slot, by all its workers so far",
         )
         name = tasks.sample_name()
-        for nr, total in sorted(self.tallies.tasks_by_slot([*self.table, *self.molds]).items()):
+        for nr, total in sorted(self.tallies.tasks_by_slot(self.children.served()).items()):
             tasks.add_line(name, label_text(_NR, (str(nr),)), total)
         yield tasks
         durations = Family(
@@ -334,7 +363,7 @@ class MasterCollector:
             HISTOGRAM,
             "Time each task took (worker_start calls; waits in accept() and idle() left out)",
         )
-        figures = self.tallies.task_durations([*self.table, *self.molds])
+        figures = self.tallies.task_durations(self.children.served())
         durations.add_histogram(TASK_DURATION_BUCKETS, figures[:-1], figures[-1])
         yield durations
         for what, results, help_text in (
@@ -348,10 +377,10 @@ class MasterCollector:
         yield from self.memory_metrics(live)
         yield from self.listener_metrics()
 
-    def memory_metrics(self, live: list[WorkerProc]) -> Iterator[Family]:
+    def memory_metrics(self, live: Iterable[Child]) -> Iterator[Family]:
         # One series per slot: during a reload an old and a new worker share an nr,
         # and the newest is the one that stays.
-        newest: dict[int, WorkerProc] = {}
+        newest: dict[int, Child] = {}
         for w in live:
             if w.nr >= 0 and (w.nr not in newest or w.spawned_at > newest[w.nr].spawned_at):
                 newest[w.nr] = w
