@@ -169,6 +169,43 @@ def count_after_reload(settings: Settings, current: int) -> int:
     return policy.clamp(current)
 
 
+def handover(settings: Settings, policy: Policy | None, wanted: int) -> str | None:
+    """USR2: the count the new master should start with, as `N`, or `N,MIN:MAX`
+    when the bounds moved (TTIN/TTOU) or `ctl scale` fixed an adaptive count.
+
+    None when there is nothing to hand over: a fixed count as configured (the
+    new master reads its own configuration, which may be new), or no worker at
+    all (WINCH, `scale 0`: a new master with none could never prove itself ready).
+    """
+    if wanted <= 0:
+        return None
+    moved = policy != policy_of(settings)
+    adaptive = policy is not None and policy.adaptive
+    if not moved and not adaptive and wanted == settings.workers:
+        return None
+    if not moved:
+        return str(wanted)
+    low, high = (policy.low, policy.high) if policy is not None else (wanted, wanted)
+    return f"{wanted},{low}:{high}"
+
+
+def parse_handover(text: str) -> tuple[int, tuple[int, int] | None]:
+    """`N` or `N,MIN:MAX` (handover's form); ValueError when it is anything else."""
+    count, comma, bounds = text.partition(",")
+    numbers = [count, *bounds.split(":")] if comma else [count]
+    if len(numbers) not in (1, 3) or not all(n.isdigit() and len(n) <= 5 for n in numbers):
+        raise ValueError(text)
+    wanted, *rest = (int(n) for n in numbers)
+    if not 0 < wanted <= MAX_WORKERS:
+        raise ValueError(text)
+    if not rest:
+        return wanted, None
+    low, high = rest
+    if not low <= wanted <= high <= MAX_WORKERS:
+        raise ValueError(text)
+    return wanted, (low, high)
+
+
 class Autoscaler:
     """The duty. Its bounds start from the settings and move with TTIN/TTOU;
     `ctl scale N` (and WINCH) fix the count; HUP reads them again."""
@@ -228,6 +265,21 @@ class Autoscaler:
         self.policy = replace(policy, low=low, high=high)
         self.memory = Memory()
         return self.policy.clamp(wanted + delta)
+
+    def take_over(self, wanted: int, bounds: tuple[int, int] | None, settings: Settings) -> int:
+        """USR2, in the new master: start from the old master's count (and bounds,
+        when they had moved); the count to want. A HUP configures them again."""
+        if bounds is not None:
+            low, high = bounds
+            if low == high:
+                self.fix()
+            else:
+                base = self.policy or Policy(
+                    low, high, settings.idle_workers, settings.scale_down_after
+                )
+                self.policy = replace(base, low=low, high=high)
+                self.memory = Memory()
+        return self.policy.clamp(wanted) if self.policy is not None else wanted
 
     def fix(self) -> bool:
         """An exact count (`ctl scale N`, WINCH): MIN = MAX = N until the next HUP.

@@ -139,7 +139,7 @@ class Master:
             control.install()
         if server is not None:
             server.install()
-        proctitle.set_master_title(self.release.app_name)
+        proctitle.set_master_title(self.settings.app_spec, self.listeners)
         for warning in self.startup_warnings:
             self.log.warning("%s", warning)
         if self.parts.notifier.error:

@@ -21,6 +21,7 @@ from unicornish.master.readiness import Readiness
 from unicornish.master.recycle import GiveUp
 from unicornish.master.refork import Reforker
 from unicornish.master.reload import Reloader
+from unicornish.master.shutdown import Stop
 from unicornish.master.spares import Spares
 from unicornish.master.state import View
 from unicornish.master.upgrade import Upgrade
@@ -47,7 +48,7 @@ class Reaper:
         readiness: Readiness,
         give_up: GiveUp,
         upgrade: Upgrade,
-        stop: Callable[[bool, str, int | None], None],
+        stop: Stop,
     ) -> None:
         self.log = log
         self.view = view
@@ -102,7 +103,7 @@ class Reaper:
             reason = f"{w.label} could not boot (exit {code}); see the log"
             if self.readiness.boot_failed(reason):
                 # -D, not ready yet: leave nothing running; the launcher exits 1.
-                self.stop(True, "-D start failed", 1)
+                self.stop(True, "-D start failed", 1, received=False)
                 return
         if w.stopping or w.timed_out or view.stopping_workers:  # a drain still replaces workers
             return

@@ -164,6 +164,8 @@ class Reloader:
     def reload(self, why: str) -> str | None:
         """HUP and `ctl reload`; returns why the reload was refused, if it was."""
         if self.state.stopping:  # draining included: no reload on the way out
+            # Every refusal is logged: a HUP that did nothing must say so.
+            self.log.info("%s ignored: master is stopping", why)
             return "master is stopping"
         self.last_at = time.monotonic()
         self.log.info("%s received: reloading config and app", why)

@@ -15,6 +15,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from unicornish.host.systemd import Notifier
 from unicornish.master.children import Stopper, WorkerTable
@@ -23,6 +24,14 @@ from unicornish.master.state import DRAINING, GRACEFUL, QUICK, State
 
 # Quick stop (TERM/INT): how long workers get to exit before SIGKILL, at most.
 QUICK_STOP_WAIT = 5.0
+
+
+class Stop(Protocol):
+    """Shutdown.stop, for those that may call it."""
+
+    def __call__(
+        self, quick: bool, why: str, exit_code: int | None = None, received: bool = True
+    ) -> None: ...
 
 
 class Shutdown:
@@ -51,15 +60,21 @@ class Shutdown:
         """The drain's end; once it has come, the graceful stop begins."""
         return self.drain.tick(now)
 
-    def stop(self, quick: bool, why: str, exit_code: int | None = None) -> None:
+    def stop(
+        self, quick: bool, why: str, exit_code: int | None = None, received: bool = True
+    ) -> None:
+        """`why`: the signal or command received (`INT`, `control stop`), or with
+        `received=False` what happened (`no worker stayed up for 30s, giving up`)."""
+        said = f"{why} received" if received else why
         if exit_code is not None:
             self.exit_code = exit_code
         stopping = self.state.stopping
         if stopping == QUICK or (stopping == GRACEFUL and not quick):
+            self.log.info("%s: already stopping (%s)", said, stopping)
             return
         if stopping == DRAINING:
             skipped = "" if quick else " during the drain (rest of it skipped)"
-            self.stop_workers(quick, f"{why} received{skipped}")
+            self.stop_workers(quick, f"{said}{skipped}")
             return
         settings = self.state.settings
         drain, grace = settings.drain, settings.graceful_timeout
@@ -68,14 +83,12 @@ class Shutdown:
             self.state.stopping = DRAINING
             self.stop_by = now + drain + grace
             self.log.info(
-                "%s received: draining for %gs (not ready, still serving), then graceful stop",
-                why,
-                drain,
+                "%s: draining for %gs (not ready, still serving), then graceful stop", said, drain
             )
             self.log.info("%s", describe_plan(drain, grace))
             self.notifier.send("STOPPING=1")
             return
-        self.stop_workers(quick, f"{why} received")
+        self.stop_workers(quick, said)
 
     def stop_workers(self, quick: bool, why: str) -> None:
         """The stop proper: QUIT (graceful) or TERM (quick) to every worker, SIGKILL

@@ -32,7 +32,7 @@ from unicornish.ctl.server import Commands, ControlServer
 from unicornish.host import titles as proctitle
 from unicornish.host.privileges import Identity
 from unicornish.host.systemd import Notifier, Watchdog
-from unicornish.master.autoscale import Autoscaler
+from unicornish.master.autoscale import Autoscaler, handover
 from unicornish.master.children import Children, Stopper
 from unicornish.master.deaths import Deaths
 from unicornish.master.eventloop import EventLoop
@@ -48,7 +48,7 @@ from unicornish.master.spares import Spares
 from unicornish.master.spawner import Release, Spawner
 from unicornish.master.state import State
 from unicornish.master.timeouts import Timeouts
-from unicornish.master.upgrade import Upgrade
+from unicornish.master.upgrade import Upgrade, handed_count
 from unicornish.metrics.appcollector import AppMetrics
 from unicornish.metrics.families import MasterCollector, Metrics, Tallies
 from unicornish.scoreboard import Scoreboard
@@ -111,13 +111,26 @@ def build(
     pool.spares = spares
     loop.close_in_child(spares.close_in_child)
     autoscale = Autoscaler(children.workers, log, state, pool.scale)
+    handed = handed_count(log)  # USR2: the count the old master had
+    if handed is not None:
+        wanted, bounds, old_pid = handed
+        pool.scale(autoscale.take_over(wanted, bounds, settings))
+        low, high = autoscale.bounds()
+        log.info(
+            "workers: %d wanted (%d:%d), as old master pid=%d had them; HUP goes back "
+            "to the configured count",
+            state.wanted,
+            low,
+            high,
+            old_pid,
+        )
 
     # Readiness (systemd, -D) and USR2.
     readiness = Readiness(children.workers, notifier, log, state, ready_fd)
     loop.close_in_child(readiness.close_in_child)
 
     def set_title(old: bool) -> None:
-        proctitle.set_master_title(state.release.app_name, old=old)
+        proctitle.set_master_title(state.settings.app_spec, listeners, old=old)
 
     def before_exec() -> None:
         for hook in state.release.hooks("before_exec"):
@@ -130,6 +143,7 @@ def build(
         log, notifier, listeners, state, readiness.status_line, set_title, before_exec
     )
     readiness.announce = upgrade.announce_ready
+    upgrade.hand_over = lambda: handover(state.settings, autoscale.policy, state.wanted)
 
     def switched(old: Release, new: Release) -> None:
         """What changes for the master itself with a new release."""
@@ -139,8 +153,8 @@ def build(
         adaptive = autoscale.describe()
         if adaptive and autoscale.policy != before:
             log.info("%s", adaptive)
-        if new.app_name != old.app_name:
-            proctitle.set_master_title(new.app_name, old=upgrade.is_old)
+        if new.settings.app_spec != old.settings.app_spec:
+            proctitle.set_master_title(new.settings.app_spec, listeners, upgrade.is_old)
         readiness.announced = False
 
     reloader = Reloader(state, cli_values, pool, stopper, notifier, log, switched)
@@ -186,7 +200,12 @@ def build(
         children.workers,
         log,
         state,
-        functools.partial(shutdown.stop, True, "--give-up-after", 1),
+        lambda: shutdown.stop(
+            True,
+            f"no worker stayed up for {state.settings.give_up_after:g}s, giving up",
+            1,
+            received=False,
+        ),
         time.monotonic(),
     )
     reaper = Reaper(
