@@ -9,6 +9,7 @@ keeps working.
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -101,3 +102,20 @@ def groups(start: Callable[..., Run]) -> Iterator[Groups]:
         yield made
     finally:
         made.cleanup()
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 512 KiB filesystem (tmpfs), to fill up (helpers.fill)."""
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        # Lazy: a master that is still being cleaned up may hold the log open.
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)

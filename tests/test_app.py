@@ -42,7 +42,8 @@ def test_app_file_name_that_is_not_utf8(start, tmp_path: Path) -> None:
     run = start("--app", app, "--control", str(control), "--pid", str(pid_path))
     workers = run.wait_ready(1)
     shown = "app\ufffd.py"
-    wait_until(lambda: _title(run.pid) == f"unicornish master {shown}", 5, "the master's title")
+    master_title = f"unicornish master {tmp_path}/{shown}"  # the app as given
+    wait_until(lambda: _title(run.pid) == master_title, 5, "the master's title")
     assert _title(workers[0]) == f"unicornish worker[0] {shown}"
     assert "Traceback" not in run.log()
     result = run_cli("status", "--control", str(control), "--json", cwd=tmp_path)

@@ -27,16 +27,47 @@ def test_spawns_n_workers_with_titles(start, app_file):
         assert " ".join(proc.cmdline()).startswith(f"unicornish worker[{nr}] app.py")
     master = psutil.Process(run.pid)
     assert master.name() == "unicornish"
-    assert " ".join(master.cmdline()).startswith("unicornish master app.py")
+    assert " ".join(master.cmdline()).startswith(f"unicornish master {app}")
     log = run.log()
     assert f"master process ready pid={run.pid}" in log
     assert "spawning 3 missing workers:" in log
     for nr, pid in pids.items():
         assert f"worker[{nr}] spawned pid={pid}" in log
-    # Lines start with an ISO-8601 timestamp in brackets.
+    # Lines start with an ISO-8601 timestamp and the writer's pid in brackets
+    # (two masters share a log during a USR2): the master's for its lines, each
+    # worker's for the lines it writes itself.
     for line in log.splitlines():
         if line.startswith("["):
-            assert line[1:20].count("-") == 2 and line[11] == "T" and line[20] == "]", line
+            assert re.match(r"\[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d #\d+\] ", line), line
+    assert re.search(rf"^\[\S+ #{run.pid}\] master process ready pid={run.pid}$", log, re.M)
+    for nr, pid in pids.items():
+        assert re.search(rf"^\[\S+ #{run.pid}\] worker\[{nr}\] spawned pid={pid}$", log, re.M)
+        assert re.search(rf"^\[\S+ #{pid}\] worker\[{nr}\] ready$", log, re.M), nr
+
+
+def test_master_title_names_the_app_as_given_and_the_first_listen_address(start, tmp_path):
+    """`ps ax | grep myproject` finds the master; two masters of one app differ."""
+    package = tmp_path / "myproject"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "tasks.py").write_text(loop_app())
+    sock = tmp_path / "app.sock"
+    by_module = start(
+        "--app", "myproject.tasks", "--listen", f"unix:{sock}", "--listen", "127.0.0.1:0",
+        cwd=tmp_path,
+    )  # fmt: skip
+    by_path = start("--app", "myproject/tasks.py", cwd=tmp_path)
+    by_module.wait_ready(1)
+    by_path.wait_ready(1)
+    # setproctitle pads the old argv area: psutil sees trailing empty arguments.
+    titles = {
+        r.pid: " ".join(psutil.Process(r.pid).cmdline()).rstrip() for r in (by_module, by_path)
+    }
+    assert titles[by_module.pid] == f"unicornish master myproject.tasks unix:{sock}", titles
+    assert titles[by_path.pid] == "unicornish master myproject/tasks.py", titles
+    # Workers keep their short title.
+    for pid in by_path.worker_pids().values():
+        assert " ".join(psutil.Process(pid).cmdline()).rstrip() == "unicornish worker[0] tasks.py"
 
 
 def test_zero_workers_allowed(start, app_file):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import loop_app, one_error_line, run_cli, wait_until
+from helpers import fill, loop_app, one_error_line, run_cli, wait_until
 
 
 def read(path: Path) -> str:
@@ -242,3 +242,18 @@ def test_pid_file_naming_a_live_non_master(start, tmp_path, other_process, whose
     assert f"replacing stale pid file {pid_path} (pid={pid} is not a unicornish master)" in log
     assert "is not running" not in log
     assert psutil.Process(pid).status() != psutil.STATUS_ZOMBIE  # left alone
+
+
+def test_a_full_disk_leaves_no_temporary_file(small_fs, start, app_file):
+    """The pid file's directory is a real filesystem with no space left: the
+    master logs that it cannot write it, runs on, and leaves nothing behind
+    (the temporary file is created, then its write fails)."""
+    app = app_file(loop_app())
+    pid_path = small_fs / "app.pid"
+    fill(small_fs)
+    run = start("--app", str(app), "--pid", str(pid_path))
+    run.wait_log(f"cannot write pid file {pid_path}: No space left on device", 1, 10)
+    run.wait_ready(1)
+    assert sorted(p.name for p in small_fs.iterdir()) == ["filler"]
+    run.signal(signal.SIGQUIT)
+    assert run.wait_exit(10) == 0

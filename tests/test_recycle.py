@@ -84,6 +84,9 @@ def test_give_up_after_exits_1_once_no_worker_stays_up(start, app_file, tmp_path
     assert 1.4 <= time.monotonic() - broke_at < 8
     log = run.log()
     assert "no worker stayed up for 1.5s while 2 were wanted: giving up (--give-up-after)" in log
+    # The stop says what happened, not that an option was "received".
+    assert "no worker stayed up for 1.5s, giving up: quick stop" in log
+    assert " received: quick stop" not in log
     assert "master exited" in log
 
 

@@ -257,12 +257,7 @@ def set_up(
     control_sock = None
     metrics_sock: socket.socket | None = None
     metrics_bound = False
-    if settings.metrics:
-        # Before anything else is set up: one line and exit 1 when it is missing.
-        from unicornish.metrics import families as metrics
-
-        metrics.load_client()
-    elif METRICS_FD_ENV in os.environ:
+    if not settings.metrics and METRICS_FD_ENV in os.environ:
         from unicornish.metrics import endpoint as metrics_http
 
         metrics_http.discard_inherited()

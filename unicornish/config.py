@@ -399,16 +399,14 @@ class Settings:
     metrics: str | None = option(
         None,
         optional_text,
-        "serve Prometheus metrics, /healthz and /readyz over HTTP at HOST:PORT, PORT or "
-        "unix:/path; needs unicornish[metrics]",
+        "serve Prometheus metrics, /healthz and /readyz over HTTP at HOST:PORT, PORT or unix:/path",
         "ADDR",
         applied_by="USR2",
         usr2_note="metrics address changed: it takes effect on USR2 (re-exec)",
         default_text="none",
         value="`HOST:PORT`, `[V6]:PORT`, `PORT`, `*:PORT`, `unix:/path`, `unix:/path:MODE`",
         doc="serve Prometheus metrics (`/metrics`), `/healthz` and `/readyz` over HTTP "
-        "from the master's loop; needs `pip install 'unicornish[metrics]'`; see README's "
-        "[Metrics](../README.md#metrics)",
+        "from the master's loop; see [Metrics](metrics.md)",
     )
     max_tasks: int | None = option(
         None,
@@ -427,8 +425,8 @@ class Settings:
         value="task counts > 0, comma-separated (0 = off)",
         doc="when a worker of the current generation has done N tasks it becomes the "
         "mold, and every worker is replaced, one at a time, by a fork of it; the next "
-        "generation uses N2, and so on; no reforking after the list. See README's "
-        "[Reforking](../README.md#reforking)",
+        "generation uses N2, and so on; no reforking after the list. See "
+        "[Reforking](reforking.md)",
     )
     max_memory: float | None = option(
         None,

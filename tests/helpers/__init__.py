@@ -22,6 +22,7 @@ from .cgroups import (
     set_memory_limit,
     set_one_cpu,
 )
+from .disk import fill
 from .metrics import (
     SCRAPING_CONFIG,
     ctl,
@@ -74,6 +75,7 @@ __all__ = [
     "cpu_seconds",
     "ctl",
     "ctl_metrics",
+    "fill",
     "free_port",
     "gone",
     "http",

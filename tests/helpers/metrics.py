@@ -54,7 +54,7 @@ def _master():
     raise RuntimeError("no Master up the stack")
 
 def before_fork(worker):
-    text = _master().metrics.text()
+    text = _master().metrics_text()
     _scrapes[0] += 1
     path = os.path.join(os.path.dirname(__file__), f"scrape-{_scrapes[0]}.txt")
     with open(path + ".tmp", "w") as handle:

@@ -28,6 +28,7 @@ from typing import Any, NamedTuple, NoReturn
 
 import psutil
 
+from unicornish.app import describe
 from unicornish.ctl import commands
 from unicornish.ctl.commands import MAX_LINE
 from unicornish.errors import UsageError
@@ -242,7 +243,8 @@ def _sid(pid: int) -> int | None:
 
 
 def _app_from_title(proc: psutil.Process) -> str | None:
-    """`unicornish master [(old)] APP` -> APP."""
+    """`unicornish master [(old)] APP [ADDRESS]` -> APP's short name, as the
+    control socket's `app` shows it (the title has the app as given)."""
     try:
         words = " ".join(proc.cmdline()).split()
     except psutil.Error:
@@ -251,7 +253,7 @@ def _app_from_title(proc: psutil.Process) -> str | None:
         rest = words[2:]
         if rest[0] == "(old)":
             rest = rest[1:]
-        return rest[0] if rest else None
+        return describe(rest[0]) if rest else None
     return None
 
 

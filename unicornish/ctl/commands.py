@@ -18,6 +18,7 @@ takes (`scale 7`), for `socat`/`nc -U` users. Replies: {"ok": true, ...} or
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -153,8 +154,9 @@ class Command:
     run: Handler  # (the master, the checked parameters, why for the log) -> reply
     rows: tuple[Row, ...]
     params: tuple[Param, ...] = ()
-    # Read-only ones are answered while the master stops, and not logged when asked.
+    # Answered while the master stops (the read-only ones, reopen, stop).
     while_stopping: bool = False
+    # Logged when asked (all but the read-only ones).
     logged: bool = True
     # A successful reply is the last on its connection (the master is going away).
     last: bool = False
@@ -271,7 +273,13 @@ COMMANDS: tuple[Command, ...] = (
         _reload,
         (Row({}, "as HUP", WANTED),),
     ),
-    Command("reopen", "reopen the log file (as USR1)", _reopen, (Row({}, "as USR1", OK),)),
+    Command(
+        "reopen",
+        "reopen the log file (as USR1)",
+        _reopen,
+        (Row({}, "as USR1", OK),),
+        while_stopping=True,  # as USR1: a stop may outlast a log rotation
+    ),
     Command(
         "stop",
         "graceful stop (as QUIT), or a quick stop (as INT)",
@@ -301,8 +309,7 @@ COMMANDS: tuple[Command, ...] = (
         (
             Row(
                 {},
-                "the text `--metrics` serves at `/metrics` (also without `--metrics`, "
-                "when prometheus_client is installed)",
+                "the text `--metrics` serves at `/metrics` (also without `--metrics`)",
                 '`{"ok": true, "text": "..."}` (`ctl metrics` prints the text itself)',
             ),
         ),
@@ -375,11 +382,12 @@ def parse_request(text: str) -> tuple[str, dict[str, Any]]:
     return name, params
 
 
-def run(name: str, params: Mapping[str, Any], master: Commands) -> Reply:
-    """What the master answers; the commands but the read-only ones and `stop` are
-    refused while it stops."""
+def run(name: str, params: Mapping[str, Any], master: Commands, log: logging.Logger) -> Reply:
+    """What the master answers. While it stops, only the read-only commands,
+    `reopen` and `stop` run; the others are refused, and the refusal logged."""
     command = BY_NAME[name]
     if master.stopping and not command.while_stopping:
+        log.info("control %s ignored: master is stopping", name)
         return error("master is stopping")
     return command.run(master, params, f"control {command.describe(params)}")
 

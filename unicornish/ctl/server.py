@@ -273,7 +273,7 @@ class ControlServer:
         if declared.logged:
             self.log.info("control: %s from pid=%d uid=%d", declared.describe(params), pid, uid)
         try:
-            reply = table.run(command, params, self.commands)
+            reply = table.run(command, params, self.commands, self.log)
         except Exception as exc:  # noqa: BLE001 - a bug in one command must not take the master down
             self.log.exception("control: %s failed", command)
             reply = error(f"internal error: {type(exc).__name__}: {exc}")
