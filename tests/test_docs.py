@@ -162,6 +162,14 @@ def test_every_ctl_synopsis_and_request_table_lists_the_declared_commands(path: 
         assert rows == [row[:2] for row in commands.reference_rows()], path.name
 
 
+def test_the_reference_names_the_commands_answered_while_stopping() -> None:
+    text = " ".join(REFERENCE.read_text().split())
+    found = re.search(r"any command but (.*?) while the master is stopping", text)
+    assert found, "the reference no longer says which commands a stopping master answers"
+    named = set(re.findall(r"`([a-z]+)`", found.group(1)))
+    assert named == {c.name for c in commands.COMMANDS if c.while_stopping}
+
+
 def test_the_reference_shows_the_ctl_synopsis() -> None:
     text = section(REFERENCE.read_text(), "## `unicornish status` and `unicornish ctl`")
     assert f"COMMAND: {commands.SYNOPSIS}" in text
