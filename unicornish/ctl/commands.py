@@ -107,8 +107,8 @@ def flag(name: str) -> Callable[[Any], bool]:
 
 
 def whole_number_word(text: str) -> int | str:
-    """`ctl scale N`'s word: digits, sent as a number (or, past what int() takes, as
-    the digits: the master refuses those in the words it refuses any N too large).
+    """`ctl scale N`'s word: digits, sent as a number; past what int() takes, sent
+    as the digits, which the master refuses as it does any N past MAX_WORKERS.
     Raises ValueError: argparse makes it a usage error."""
     if not (text.isascii() and text.isdigit()):
         raise ValueError(f"must be a whole number >= 0, got {text[:SHOWN]!r}")
