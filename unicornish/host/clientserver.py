@@ -20,8 +20,9 @@ What a client may cost, whatever it sends or does not:
   every client is being answered, or has only just connected, new
   connections wait in the kernel's backlog, until one is done or has waited
   its grace;
-- a request of at most Limits.max_request bytes (the Conversation refuses
-  more, and the server stops reading);
+- a request of at most Limits.max_request bytes: the server reads no more
+  than one byte past it without a complete request, and the Conversation
+  refuses it;
 - Limits.timeout: from accept to the last byte of the reply, or, for a
   connection that stays open for more requests (Limits.idle), of silence;
 - one bounded recv() or send() per wake-up, and at most Limits.accepts_per_wake
@@ -331,8 +332,13 @@ class ClientServer:
             self._listen()
 
     def _recv(self, client: Client) -> bool:
+        # Never more than one byte past a request's limit: enough for the
+        # Conversation to refuse it, whatever the client sends.
+        room = self.limits.max_request + 1 - len(client.inbuf)
+        if room <= 0:
+            return True
         try:
-            data = client.sock.recv(self.limits.recv_size)
+            data = client.sock.recv(min(self.limits.recv_size, room))
         except (BlockingIOError, InterruptedError):
             return True
         except OSError:
