@@ -6,8 +6,8 @@ import logging
 from typing import Any
 
 from unicornish.config import Settings
+from unicornish.host.log import ErrorLog
 from unicornish.master.children import Children, Stopper, WorkerProc, WorkerTable
-from unicornish.master.eventloop import ErrorLog
 from unicornish.master.recycle import GiveUp
 from unicornish.master.spawner import Release
 from unicornish.master.state import State

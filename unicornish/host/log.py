@@ -28,6 +28,7 @@ import socket
 import stat
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 LOGGER_NAME = "unicornish"
@@ -255,4 +256,60 @@ def flush_stdio() -> None:
             if stream is not None:
                 stream.flush()
         except Exception:  # noqa: BLE001 - nothing to flush into
+            pass
+
+
+class Throttled:
+    """Logs a line of one kind (`key`) at most once per `every` seconds, saying
+    how many of that kind it did not log in between: for what may repeat on
+    every scrape, request or turn of a loop (a bad value, a failing duty, a
+    client sending garbage)."""
+
+    def __init__(
+        self,
+        log: logging.Logger,
+        every: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.log = log
+        self.every = every
+        self.clock = clock
+        self.seen: dict[str, tuple[float, int]] = {}  # key -> (logged at, not logged since)
+
+    def due(self, key: str) -> int | None:
+        """None while `key` was logged less than `every` ago (counted), else how
+        many of it were left out since."""
+        now = self.clock()
+        last, unsaid = self.seen.get(key, (-self.every, 0))
+        if now - last < self.every:
+            self.seen[key] = (last, unsaid + 1)
+            return None
+        self.seen[key] = (now, 0)
+        return unsaid
+
+    def warn(self, key: str, message: str) -> bool:
+        """True when the line was logged."""
+        unsaid = self.due(key)
+        if unsaid is None:
+            return False
+        more = f" ({unsaid} more like it since)" if unsaid else ""
+        try:
+            self.log.warning("%s%s", message, more)
+        except Exception:  # noqa: BLE001 - a log that cannot be written must not fail the caller
+            pass
+        return True
+
+
+class ErrorLog(Throttled):
+    """A failing step of a loop, logged with its traceback, the same step at most
+    once per `every` seconds."""
+
+    def failed(self, name: str) -> None:
+        unsaid = self.due(name)
+        if unsaid is None:
+            return
+        more = f" ({unsaid} more since)" if unsaid else ""
+        try:
+            self.log.exception("master loop error in %s%s; carrying on", name, more)
+        except Exception:  # noqa: BLE001 - a log that cannot be written must not end us
             pass

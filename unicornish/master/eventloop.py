@@ -9,7 +9,6 @@ leak into a forked worker registers how to close it in the child.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import select
@@ -127,26 +126,3 @@ class EventLoop:
         must not turn a final wait into a busy loop."""
         self.pause(seconds)
         return self.take_signals()
-
-
-class ErrorLog:
-    """Logs a failing step with its traceback, the same step at most once per
-    `every` seconds (saying how many failures it did not log)."""
-
-    def __init__(self, log: logging.Logger, every: float) -> None:
-        self.log = log
-        self.every = every
-        self.seen: dict[str, tuple[float, int]] = {}
-
-    def failed(self, name: str) -> None:
-        now = time.monotonic()
-        last, suppressed = self.seen.get(name, (-self.every, 0))
-        if now - last < self.every:
-            self.seen[name] = (last, suppressed + 1)
-            return
-        self.seen[name] = (now, 0)
-        more = f" ({suppressed} more since)" if suppressed else ""
-        try:
-            self.log.exception("master loop error in %s%s; carrying on", name, more)
-        except Exception:  # noqa: BLE001 - a log that cannot be written must not end us
-            pass

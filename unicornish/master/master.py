@@ -26,9 +26,9 @@ from unicornish.ctl.server import collect_status
 from unicornish.host import linux, log, pid1, pidfile
 from unicornish.host import listeners as listeners_module
 from unicornish.host import titles as proctitle
+from unicornish.host.log import ErrorLog
 from unicornish.host.privileges import Identity, chown_for_workers
 from unicornish.master.drain import describe_plan
-from unicornish.master.eventloop import ErrorLog
 from unicornish.master.spawner import Release
 from unicornish.master.wiring import build
 from unicornish.metrics.procstats import StatsReader

@@ -39,9 +39,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from unicornish.host import log as log_module
+from unicornish.host.log import Throttled
 from unicornish.metrics.appmetrics import COUNTER, GAUGE, HISTOGRAM, Arena, Decl, exposed_names
 from unicornish.metrics.exposition import Family, escape_label_value, label_text, number
-from unicornish.metrics.throttle import Throttled
 
 Shape = tuple[str, str, tuple[str, ...], tuple[float, ...]]  # name, type, labels, buckets
 LabelValues = tuple[str, ...]

@@ -40,7 +40,7 @@ from unicornish.errors import StartupError, UsageError
 from unicornish.host import sockets as sockets_module
 from unicornish.host.clientserver import Client, ClientServer, Limits, Loop
 from unicornish.host.listeners import same_address
-from unicornish.master.eventloop import ErrorLog
+from unicornish.host.log import ErrorLog
 from unicornish.protocol import METRICS_FD_ENV
 
 # Connections at once (each costs an fd): past this, the one that has waited

@@ -28,6 +28,7 @@ import psutil
 
 from unicornish.host import log as log_module
 from unicornish.host import sockets as sockets_module
+from unicornish.host.log import Throttled
 from unicornish.metrics.exposition import (
     COUNTER,
     EOF,
@@ -38,7 +39,6 @@ from unicornish.metrics.exposition import (
     label_text,
     write,
 )
-from unicornish.metrics.throttle import Throttled
 from unicornish.protocol import TASK_DURATION_BUCKETS
 from unicornish.scoreboard import BOOTING, BUSY, DURATION_SLOTS, IDLE, Scoreboard
 
