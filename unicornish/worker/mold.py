@@ -9,7 +9,8 @@ shared pages), connects to the master's mold socket and forks on request.
 
 The master stays the only supervisor: the mold forks twice and the middle
 process exits at once, so the new worker is reparented to the master (a
-child subreaper), which reaps, signals and times it like any of its own.
+child subreaper), which reaps, signals and times it like any of its own. It runs
+nothing before the master has its pid (the adoption pipe, `MoldLink.fork`).
 Its heartbeat page and metrics arena are the master's memfds, handed over
 with the request (SCM_RIGHTS): a fork from the mold could not share them.
 
@@ -39,9 +40,11 @@ from unicornish.scoreboard import Scoreboard
 from unicornish.worker.process import Worker
 
 # master -> mold: slot, --max-tasks limit, --refork-after mark; with the fds of
-# the heartbeat page, the metrics arena and, for a spare, its slot pipe.
+# the heartbeat page, the metrics arena, the adoption pipe and, for a spare,
+# its slot pipe.
 REQUEST = struct.Struct("=iqq")
-# mold -> master: the new worker's pid, or -errno.
+# mold -> master: the new worker's pid, or -errno. The same on the adoption pipe,
+# master -> new worker: the pid the master recorded.
 REPLY = struct.Struct("=i")
 # The master waits this long for a mold's answer before it gives up on it.
 FORK_WAIT = 2.0
@@ -87,22 +90,42 @@ class MoldLink:
         sock.settimeout(FORK_WAIT)
 
     def fork(self, nr: int, max_tasks: int | None, refork_at: int, fds: list[int]) -> int:
-        """The pid of a new worker forked by the mold; raises MoldError."""
+        """The pid of a new worker forked by the mold; raises MoldError. `fds`:
+        its heartbeat page, its metrics arena and, for a spare, its slot pipe.
+
+        The new worker runs nothing before the master has its pid: the mold
+        may die (or hang) after it forked and before it answered, and the
+        worker, reparented here all the same, would serve outside every
+        record. So it waits on a pipe of the master's own (the adoption pipe),
+        for its pid, written only once the answer came; when none came, the
+        pipe is closed unwritten and the worker exits."""
+        adopt_read, adopt_write = os.pipe2(os.O_CLOEXEC)
         try:
-            socket.send_fds(self.sock, [REQUEST.pack(nr, max_tasks or 0, refork_at)], fds)
-            data = b""
-            while len(data) < REPLY.size:
-                chunk = self.sock.recv(REPLY.size - len(data))
-                if not chunk:
-                    raise MoldError("it closed its socket")
-                data += chunk
-        except TimeoutError:
-            raise MoldError(f"no answer in {FORK_WAIT:g}s") from None
-        except OSError as exc:
-            raise MoldError(exc.strerror or str(exc)) from None
-        (pid,) = REPLY.unpack(data)
-        if pid <= 0:
-            raise MoldError(f"fork failed: {os.strerror(-pid) if pid else 'no pid'}")
+            sent = [fds[0], fds[1], adopt_read, *fds[2:]]
+            try:
+                socket.send_fds(self.sock, [REQUEST.pack(nr, max_tasks or 0, refork_at)], sent)
+                data = b""
+                while len(data) < REPLY.size:
+                    chunk = self.sock.recv(REPLY.size - len(data))
+                    if not chunk:
+                        raise MoldError("it closed its socket")
+                    data += chunk
+            except TimeoutError:
+                raise MoldError(f"no answer in {FORK_WAIT:g}s") from None
+            except OSError as exc:
+                raise MoldError(exc.strerror or str(exc)) from None
+            (pid,) = REPLY.unpack(data)
+            if pid <= 0:
+                raise MoldError(f"fork failed: {os.strerror(-pid) if pid else 'no pid'}")
+            try:
+                os.write(adopt_write, REPLY.pack(pid))
+            except OSError:
+                pass  # it died already (the pipe has no reader): reaped as ours all the same
+        finally:
+            # Closed before anything else is forked here: no other process may
+            # hold the write end, or a worker we never heard of would not see EOF.
+            os.close(adopt_read)
+            os.close(adopt_write)
         self.forks += 1
         return pid
 
@@ -204,7 +227,7 @@ class Mold:
         """One fork request; False when the master closed the socket."""
         assert self.sock is not None
         try:
-            data, fds, _flags, _addr = socket.recv_fds(self.sock, REQUEST.size, 3)
+            data, fds, _flags, _addr = socket.recv_fds(self.sock, REQUEST.size, 4)
         except OSError:
             return False
         if len(data) < REQUEST.size:
@@ -226,8 +249,8 @@ class Mold:
     def fork_worker(self, nr: int, max_tasks: int | None, refork_at: int, fds: list[int]) -> int:
         """Fork twice: the middle process exits at once, and the new worker is
         reparented to the master. Returns its pid, or -errno."""
-        if len(fds) < 2:
-            return -22  # EINVAL: no heartbeat page or arena
+        if len(fds) < 3:
+            return -22  # EINVAL: no heartbeat page, arena or adoption pipe
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_SIGNALS)
         try:
@@ -279,6 +302,14 @@ class Mold:
         if self.sock is not None:
             self.sock.close()
         mold.forget()
+        if not adopted(fds[2]):
+            mold.log.info(
+                "worker[%d] pid=%d exits: the master never learnt its pid "
+                "(the mold died or hung while it forked it)",
+                nr,
+                os.getpid(),
+            )
+            return EXIT_OK
         if not wait_for_master(mold.master_pid):
             mold.log.info("worker[%d] master pid=%d is gone", nr, mold.master_pid)
             return EXIT_OK
@@ -288,7 +319,7 @@ class Mold:
             return EXIT_OK
         board = Scoreboard(fds[0])
         arena = appmetrics.Arena(fds[1])
-        assign_fd = os.dup(fds[2]) if len(fds) > 2 else None
+        assign_fd = os.dup(fds[3]) if len(fds) > 3 else None
         for fd in fds:
             os.close(fd)
         appmetrics.REGISTRY.bind(arena)
@@ -325,6 +356,25 @@ def run_in_child(
     finally:
         log.flush_stdio()
         os._exit(code)
+
+
+def adopted(fd: int) -> bool:
+    """Whether the master has our pid: it writes it on the adoption pipe once
+    the mold's answer came, and closes the pipe unwritten when it never will
+    (EOF here; the kernel closes it too if the master dies)."""
+    # The master holds the pipe no longer than FORK_WAIT after its request:
+    # past that (a master stopped in mid-fork), it has given up on us.
+    deadline = time.monotonic() + FORK_WAIT + REPARENT_WAIT
+    data = b""
+    while len(data) < REPLY.size:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            return False
+        chunk = os.read(fd, REPLY.size - len(data))
+        if not chunk:
+            return False
+        data += chunk
+    return int(REPLY.unpack(data)[0]) == os.getpid()
 
 
 def wait_for_master(master_pid: int) -> bool:
