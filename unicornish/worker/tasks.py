@@ -2,7 +2,9 @@
 
 One call is one task: counted, timed, and watched by --timeout. The app waits
 for its own work (worker.accept() on the listeners, a queue, a sleep) inside
-the call.
+the call. A call that only waited is no task: its accept() returned None, or
+it said so with worker.no_task() (after a wait in worker.idle() that got
+nothing); it is neither counted nor timed.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Callable
 from unicornish.app import App, CompiledApp, load_app
 from unicornish.protocol import EXIT_OK, EXIT_TASK_FAILED, REPORT_WARM, TASK_DURATION_BUCKETS
 from unicornish.scoreboard import BUSY
-from unicornish.worker.process import Worker, next_mark
+from unicornish.worker.process import TURN_TASK, TURN_WAITED, Worker, next_mark
 
 # How often the loop compares os.getppid() with its master: a system call
 # costs as much as the rest of an empty task, so once per millisecond, not per
@@ -41,6 +43,8 @@ def serve(worker: Worker, app: App, ready: Callable[[], None]) -> int:
     smallest = bounds[0]
     bucket_of = bisect.bisect_left  # `le` is inclusive
     started = worker.task_start
+    turn = worker.turn
+    turn[0] = TURN_TASK  # an accept() in after_fork is no turn of ours
     clock = time.monotonic
     getppid = os.getppid
     master_pid = worker.master_pid
@@ -58,10 +62,19 @@ def serve(worker: Worker, app: App, ready: Callable[[], None]) -> int:
         while not worker.stopping:
             beat[0] = started[0] = now
             worker_start(worker)
+            # One clock read per turn: a turn's end is the next one's start.
+            now = clock()
+            if turn[0]:  # a wait in the turn said what it was: seldom set
+                waited = turn[0] == TURN_WAITED
+                turn[0] = TURN_TASK
+                if waited:
+                    if now >= check_parent_at:
+                        check_parent_at = now + _PARENT_CHECK_SECONDS
+                        if getppid() != master_pid:
+                            worker.check_master()
+                    continue
             done += 1
             tasks[0] = done
-            # One clock read per task: a task's end is the next one's start.
-            now = clock()
             if record:
                 took = now - started[0]
                 # Tiny tasks, where this loop's own cost shows most, skip the search.
