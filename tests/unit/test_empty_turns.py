@@ -71,3 +71,42 @@ def test_empty_turns_bring_neither_max_tasks_nor_refork_after_closer():
         assert board.task_count() == 0
     finally:
         board.close()
+
+
+@pytest.mark.parametrize("last", ["work", "nothing"])
+def test_a_stop_asked_for_in_a_turn_ends_the_loop_right_after_it(last: str):
+    # `stopping` set in a turn (as the QUIT handler does) is seen once the turn
+    # is over, counted if it was a task: no further turn runs.
+    board = Scoreboard()
+    worker = Worker(0, os.getppid(), 0.0, [], board, "app")
+    turns = [0]
+
+    def task(w: Worker) -> None:
+        turns[0] += 1
+        if turns[0] == 3:
+            w.stopping = True
+            if last == "nothing":
+                return w.no_task()
+        return None
+
+    try:
+        app = App(spec="app", module=types.ModuleType("app"), entry=task)
+        assert tasks.serve(worker, app, lambda: None) == 0
+        assert turns[0] == 3
+        assert board.task_count() == (3 if last == "work" else 2)
+        assert not worker.alive
+    finally:
+        board.close()
+
+
+def test_no_turn_at_all_when_stopping_before_the_loop():
+    board = Scoreboard()
+    worker = Worker(0, os.getppid(), 0.0, [], board, "app")
+    worker.stopping = True
+    called = []
+    try:
+        app = App(spec="app", module=types.ModuleType("app"), entry=called.append)
+        assert tasks.serve(worker, app, lambda: None) == 0
+        assert called == [] and board.task_count() == 0
+    finally:
+        board.close()

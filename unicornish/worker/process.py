@@ -50,9 +50,13 @@ _ACCEPT_PAUSE_SECONDS = 0.1
 # knows: set by accept() and no_task(), read and reset by the loop after the
 # turn. A turn that only waited is no task: it is not counted, not timed, and
 # does not bring --max-tasks or --refork-after closer.
+# Bits; 0 is by far the most common value, and the loop's only test per turn.
 TURN_TASK = 0  # nothing said: a task, as every turn used to be
-TURN_WAITED = 1  # accept() returned None (and no connection came), or no_task()
+TURN_WAITED = 1  # accept() returned None, or no_task(): a task only with TURN_SERVED
 TURN_SERVED = 2  # accept() returned a connection: a task, whatever came after
+# `stopping` was set: the loop then reads `stopping` itself, so a bit lost to a
+# signal handler running amid a read-modify-write here loses no stop.
+TURN_STOP = 4
 
 
 class Worker:
@@ -84,8 +88,8 @@ class Worker:
         self._master_create_time = master_create_time
         self._board = scoreboard
         self._app_name = app_name
-        # Read by the kind's loop on every turn: a plain attribute, not a property.
-        self.stopping = False
+        self._turn: list[int] = [TURN_TASK]  # TURN_*: a list, read by the loop per turn
+        self._stopping = False
         # The module of this worker's kind (worker/kinds.py).
         self.kind = kind
         self._quit = False  # QUIT (or the master's death), as opposed to a promotion
@@ -100,15 +104,25 @@ class Worker:
         # idle(): the task duration histogram counts work, not waiting. A list
         # because the loop reads it per task (cheaper than an attribute).
         self._task_start: list[float] = [0.0]
-        # TURN_*: a list for the same reason.
-        self._turn: list[int] = [TURN_TASK]
 
     # -- the app's API -------------------------------------------------------
 
     @property
     def alive(self) -> bool:
         """False once a stop was asked for, or the master is gone."""
-        return not self.stopping
+        return not self._stopping
+
+    @property
+    def stopping(self) -> bool:
+        """True once a stop was asked for (or the master is gone, or a promotion)."""
+        return self._stopping
+
+    @stopping.setter
+    def stopping(self, value: bool) -> None:
+        self._stopping = value
+        if value:
+            # The task loop tests one thing per turn (tasks.py): this makes it look.
+            self._turn[0] |= TURN_STOP
 
     @property
     def tasks(self) -> int:
@@ -192,22 +206,21 @@ class Worker:
                 board.state[0] = BUSY
                 board.beat[0] = now = time.monotonic()
                 self._task_start[0] += now - waiting_since
-                self._turn[0] = TURN_SERVED
+                self._turn[0] |= TURN_SERVED
                 return conn, addr
             if not self.stopping:
                 self._check_master()
         board.state[0] = BUSY
         board.beat[0] = now = time.monotonic()
         self._task_start[0] += now - waiting_since
-        if self._turn[0] != TURN_SERVED:
-            self._turn[0] = TURN_WAITED
+        self._turn[0] |= TURN_WAITED
         return None
 
     def no_task(self) -> None:
         """This turn of worker_start only waited (in idle(), say) and got
         nothing: it is not counted as a task, nor timed, nor does it bring
         --max-tasks or --refork-after closer. `return worker.no_task()`."""
-        self._turn[0] = TURN_WAITED
+        self._turn[0] |= TURN_WAITED
 
     def _accept_paused(self, exc: OSError) -> None:
         if not self._accept_failing:
@@ -405,8 +418,8 @@ class Worker:
 
     @property
     def turn(self) -> list[int]:
-        """What the current turn was (TURN_*; one item, mutable, for the task loop,
-        which resets it to TURN_TASK after each turn that set it)."""
+        """What the current turn was (TURN_* bits; one item, mutable, for the task
+        loop, which resets it to TURN_TASK after each turn that set any)."""
         return self._turn
 
     def report(self, event: int) -> None:
