@@ -288,7 +288,7 @@ def test_readiness_reasons_are_the_ones_served(page: str, start: str, others: se
 FOR_KINDS = {
     "board", "become_mold", "check_master", "drain_wake", "forget", "install_signals",
     "kind", "quitting", "refork_at", "report", "run", "sibling", "stopping", "task_done",
-    "task_start", "task_started", "wait_for_slot", "wake_fd", "app_name",
+    "task_start", "task_started", "wait_for_slot", "wake_fd", "app_name", "turn",
 }  # fmt: skip
 
 

@@ -33,22 +33,42 @@ class MoldLink:
         sock.settimeout(FORK_WAIT)
 
     def fork(self, nr: int, max_tasks: int | None, refork_at: int, fds: list[int]) -> int:
-        """The pid of a new worker forked by the mold; raises MoldError."""
+        """The pid of a new worker forked by the mold; raises MoldError. `fds`:
+        its heartbeat page, its metrics arena and, for a spare, its slot pipe.
+
+        The new worker runs nothing before the master has its pid: the mold
+        may die (or hang) after it forked and before it answered, and the
+        worker, reparented here all the same, would serve outside every
+        record. So it waits on a pipe of the master's own (the adoption pipe),
+        for its pid, written only once the answer came; when none came, the
+        pipe is closed unwritten and the worker exits."""
+        adopt_read, adopt_write = os.pipe2(os.O_CLOEXEC)
         try:
-            socket.send_fds(self.sock, [REQUEST.pack(nr, max_tasks or 0, refork_at)], fds)
-            data = b""
-            while len(data) < REPLY.size:
-                chunk = self.sock.recv(REPLY.size - len(data))
-                if not chunk:
-                    raise MoldError("it closed its socket")
-                data += chunk
-        except TimeoutError:
-            raise MoldError(f"no answer in {FORK_WAIT:g}s") from None
-        except OSError as exc:
-            raise MoldError(exc.strerror or str(exc)) from None
-        (pid,) = REPLY.unpack(data)
-        if pid <= 0:
-            raise MoldError(f"fork failed: {os.strerror(-pid) if pid else 'no pid'}")
+            sent = [fds[0], fds[1], adopt_read, *fds[2:]]
+            try:
+                socket.send_fds(self.sock, [REQUEST.pack(nr, max_tasks or 0, refork_at)], sent)
+                data = b""
+                while len(data) < REPLY.size:
+                    chunk = self.sock.recv(REPLY.size - len(data))
+                    if not chunk:
+                        raise MoldError("it closed its socket")
+                    data += chunk
+            except TimeoutError:
+                raise MoldError(f"no answer in {FORK_WAIT:g}s") from None
+            except OSError as exc:
+                raise MoldError(exc.strerror or str(exc)) from None
+            (pid,) = REPLY.unpack(data)
+            if pid <= 0:
+                raise MoldError(f"fork failed: {os.strerror(-pid) if pid else 'no pid'}")
+            try:
+                os.write(adopt_write, REPLY.pack(pid))
+            except OSError:
+                pass  # it died already (the pipe has no reader): reaped as ours all the same
+        finally:
+            # Closed before anything else is forked here: no other process may
+            # hold the write end, or a worker we never heard of would not see EOF.
+            os.close(adopt_read)
+            os.close(adopt_write)
         self.forks += 1
         return pid
 

@@ -9,7 +9,8 @@ shared pages), connects to the master's mold socket and forks on request.
 
 The master stays the only supervisor: the mold forks twice and the middle
 process exits at once, so the new worker is reparented to the master (a
-child subreaper), which reaps, signals and times it like any of its own.
+child subreaper), which reaps, signals and times it like any of its own. It runs
+nothing before the master has its pid (the adoption pipe, `MoldLink.fork`).
 Its heartbeat page and metrics arena are the master's memfds, handed over
 with the request (SCM_RIGHTS): a fork from the mold could not share them.
 
@@ -39,9 +40,11 @@ from unicornish.scoreboard import Scoreboard
 from unicornish.worker.process import Worker
 
 # master -> mold: slot, --max-tasks limit, --refork-after mark; with the fds of
-# the heartbeat page, the metrics arena and, for a spare, its slot pipe.
+# the heartbeat page, the metrics arena, the adoption pipe and, for a spare,
+# its slot pipe.
 REQUEST = struct.Struct("=iqq")
-# mold -> master: the new worker's pid, or -errno.
+# mold -> master: the new worker's pid, or -errno. The same on the adoption pipe,
+# master -> new worker: the pid the master recorded.
 REPLY = struct.Struct("=i")
 # The master waits this long for a mold's answer before it gives up on it.
 FORK_WAIT = 2.0
@@ -155,7 +158,7 @@ class Mold:
         """One fork request; False when the master closed the socket."""
         assert self.sock is not None
         try:
-            data, fds, _flags, _addr = socket.recv_fds(self.sock, REQUEST.size, 3)
+            data, fds, _flags, _addr = socket.recv_fds(self.sock, REQUEST.size, 4)
         except OSError:
             return False
         if len(data) < REQUEST.size:
@@ -177,8 +180,8 @@ class Mold:
     def fork_worker(self, nr: int, max_tasks: int | None, refork_at: int, fds: list[int]) -> int:
         """Fork twice: the middle process exits at once, and the new worker is
         reparented to the master. Returns its pid, or -errno."""
-        if len(fds) < 2:
-            return -22  # EINVAL: no heartbeat page or arena
+        if len(fds) < 3:
+            return -22  # EINVAL: no heartbeat page, arena or adoption pipe
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_SIGNALS)
         try:
@@ -230,6 +233,14 @@ class Mold:
         if self.sock is not None:
             self.sock.close()
         mold.forget()
+        if not adopted(fds[2]):
+            mold.log.info(
+                "worker[%d] pid=%d exits: the master never learnt its pid "
+                "(the mold died or hung while it forked it)",
+                nr,
+                os.getpid(),
+            )
+            return EXIT_OK
         if not wait_for_master(mold.master_pid):
             mold.log.info("worker[%d] master pid=%d is gone", nr, mold.master_pid)
             return EXIT_OK
@@ -239,7 +250,7 @@ class Mold:
             return EXIT_OK
         board = Scoreboard(fds[0])
         arena = appmetrics.Arena(fds[1])
-        assign_fd = os.dup(fds[2]) if len(fds) > 2 else None
+        assign_fd = os.dup(fds[3]) if len(fds) > 3 else None
         for fd in fds:
             os.close(fd)
         appmetrics.REGISTRY.bind(arena)
@@ -276,6 +287,25 @@ def run_in_child(
     finally:
         log.flush_stdio()
         os._exit(code)
+
+
+def adopted(fd: int) -> bool:
+    """Whether the master has our pid: it writes it on the adoption pipe once
+    the mold's answer came, and closes the pipe unwritten when it never will
+    (EOF here; the kernel closes it too if the master dies)."""
+    # The master holds the pipe no longer than FORK_WAIT after its request:
+    # past that (a master stopped in mid-fork), it has given up on us.
+    deadline = time.monotonic() + FORK_WAIT + REPARENT_WAIT
+    data = b""
+    while len(data) < REPLY.size:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            return False
+        chunk = os.read(fd, REPLY.size - len(data))
+        if not chunk:
+            return False
+        data += chunk
+    return int(REPLY.unpack(data)[0]) == os.getpid()
 
 
 def wait_for_master(master_pid: int) -> bool:
