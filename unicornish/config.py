@@ -231,6 +231,40 @@ def user_spec(value: Any) -> str | None:
     return spec
 
 
+def access_log_format(value: Any) -> str:
+    if value not in ("off", "text", "json"):
+        raise ValueError(f"must be 'off', 'text' or 'json', got {value!r}")
+    return str(value)
+
+
+def address_list(value: Any) -> str:
+    """--forwarded-allow-ips: comma-separated IPs or networks, or '*'."""
+    items = [part.strip() for part in text(value).split(",")]
+    if not all(items):
+        raise ValueError(f"must be IP addresses separated by commas, or '*', got {value!r}")
+    return ",".join(items)
+
+
+def root_path(value: Any) -> str:
+    """--root-path: '' or a path starting with '/', without a trailing one."""
+    if not isinstance(value, str) or (value and not value.startswith("/")):
+        raise ValueError(f"must be a path starting with '/', got {value!r}")
+    return value.rstrip("/")
+
+
+def optional_seconds(value: Any) -> float | None:
+    """Seconds >= 0, where 0 (or None) means off."""
+    if value is None or value is False:
+        return None
+    return seconds(value) or None
+
+
+def lifespan_mode(value: Any) -> str:
+    if value not in ("auto", "on", "off"):
+        raise ValueError(f"must be 'auto', 'on' or 'off', got {value!r}")
+    return str(value)
+
+
 @dataclass(frozen=True)
 class Option:
     """One setting: its long option, its parser, and how argparse shows it."""
@@ -258,6 +292,14 @@ OPTIONS: tuple[Option, ...] = (
         "a .py file path or a dotted module name (pkg.tasks) with worker_start(worker)",
         "APP",
         kind="unicornish.worker.tasks",
+    ),
+    Option(
+        "asgi",
+        text,
+        "serve an ASGI app (FastAPI, Starlette...) on the --listen sockets: MODULE:NAME "
+        "(NAME defaults to app; NAME() calls a factory); needs unicornish[asgi]",
+        "MODULE:NAME",
+        kind="unicornish.worker.asgi",
     ),
     Option(
         "workers",
@@ -335,6 +377,84 @@ OPTIONS: tuple[Option, ...] = (
         "ADDR",
         repeatable=True,
     ),
+    # -- HTTP (--wsgi and --asgi) --
+    Option(
+        "keepalive",
+        seconds,
+        "seconds an idle keep-alive connection is kept open; 0 closes it after each "
+        "response (default 5)",
+        "SECONDS",
+    ),
+    Option(
+        "forwarded_allow_ips",
+        address_list,
+        "peers whose X-Forwarded-For / X-Forwarded-Proto are trusted: IPs or networks "
+        "separated by commas, or * (default 127.0.0.1,::1; unix-socket peers always)",
+        "LIST",
+    ),
+    Option(
+        "access_log",
+        access_log_format,
+        "one log line per request: off (default), text or json",
+        "off|text|json",
+    ),
+    Option(
+        "limit_request_line",
+        positive_count,
+        "longest request line in bytes; longer gets 414 (default 8190)",
+        "BYTES",
+    ),
+    Option(
+        "limit_request_fields",
+        positive_count,
+        "most header fields in a request; more gets 431 (default 100)",
+        "N",
+    ),
+    Option(
+        "limit_request_field_size",
+        positive_count,
+        "longest header field line in bytes; longer gets 431 (default 8190)",
+        "BYTES",
+    ),
+    # -- ASGI (--asgi only), under uvicorn's names --
+    Option(
+        "root_path",
+        root_path,
+        "--asgi: the path prefix the app is mounted under behind a proxy (ASGI root_path; "
+        "default none)",
+        "PATH",
+    ),
+    Option(
+        "lifespan",
+        lifespan_mode,
+        "--asgi: run the app's lifespan startup/shutdown: auto (default: if it supports "
+        "it), on (a failure fails the boot) or off",
+        "auto|on|off",
+    ),
+    Option(
+        "limit_concurrency",
+        optional_count,
+        "--asgi: most connections and requests at once per worker; past it, 503 (default off)",
+        "N",
+    ),
+    Option(
+        "ws_max_size",
+        positive_count,
+        "--asgi: largest WebSocket message in bytes (default 16777216)",
+        "BYTES",
+    ),
+    Option(
+        "ws_ping_interval",
+        optional_seconds,
+        "--asgi: seconds between WebSocket pings; 0 sends none (default 20)",
+        "SECONDS",
+    ),
+    Option(
+        "ws_ping_timeout",
+        optional_seconds,
+        "--asgi: seconds to wait for a pong before closing; 0 waits forever (default 20)",
+        "SECONDS",
+    ),
     Option(
         "control",
         optional_text,
@@ -408,6 +528,7 @@ APP_OPTIONS = tuple(option for option in OPTIONS if option.kind)
 @dataclass(frozen=True)
 class Settings:
     app: str | None = None
+    asgi: str | None = None
     workers: int = 1
     # With --workers auto: where the figure came from (re-resolved on HUP).
     workers_auto: str | None = None
@@ -427,6 +548,20 @@ class Settings:
     log_file: str | None = None
     log_format: str = "text"
     listen: tuple[str, ...] = ()
+    # -- HTTP (--wsgi and --asgi) --
+    keepalive: float = 5.0
+    forwarded_allow_ips: str = "127.0.0.1,::1"
+    access_log: str = "off"
+    limit_request_line: int = 8190
+    limit_request_fields: int = 100
+    limit_request_field_size: int = 8190
+    # -- ASGI (--asgi only) --
+    root_path: str = ""
+    lifespan: str = "auto"
+    limit_concurrency: int | None = None
+    ws_max_size: int = 16 * 1024 * 1024
+    ws_ping_interval: float | None = 20.0
+    ws_ping_timeout: float | None = 20.0
     control: str | None = None
     metrics: str | None = None
     max_tasks: int | None = None

@@ -615,6 +615,16 @@ def histogram(
     return REGISTRY.histogram(name, help, labels, buckets)
 
 
+def builtin_metric(
+    kind: str, name: str, help: str, labels: Mapping[str, Sequence[Any]] | None = None
+) -> Metric:
+    """A worker kind's own metric (unicornish_http_*, for --asgi): declared in the
+    worker's arena like an app's, under the prefix an app cannot take."""
+    if not name.startswith(RESERVED_PREFIX) or not _METRIC_NAME.match(name):
+        raise MetricsError(f"a built-in metric is named {RESERVED_PREFIX}*, got {name!r}")
+    return REGISTRY._declare(kind, name, help, labels, ())
+
+
 # -- the master's side: the collector -----------------------------------------------------
 
 Shape = tuple[str, str, tuple[str, ...], tuple[float, ...]]
