@@ -21,8 +21,13 @@ STATE: dict[str, object] = {}
 
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
-    if os.environ.get("FAIL_STARTUP"):
-        raise RuntimeError(os.environ["FAIL_STARTUP"])
+    # A file in the current directory (so that a HUP can bring it in) or the env.
+    reason = os.environ.get("FAIL_STARTUP")
+    if os.path.exists("FAIL_STARTUP"):
+        with open("FAIL_STARTUP") as handle:
+            reason = handle.read().strip()
+    if reason:
+        raise RuntimeError(reason)
     STATE["started"] = time.time()
     yield
     STATE.clear()

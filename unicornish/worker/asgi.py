@@ -47,7 +47,8 @@ EXTRA_HINT = "--asgi needs uvicorn: pip install 'unicornish[asgi]'"
 # While draining: a connection that stayed idle (no new request) this long is closed.
 IDLE_LINGER = 1.0
 # The retirement (1001 to open WebSockets) comes this long before --graceful-timeout
-# ends (at most a tenth of it), so the closing handshake is done before SIGKILL.
+# ends (at most a quarter of it), so the closing handshake is done before SIGKILL
+# even on a loaded host (the master's clock started a little before ours).
 RETIRE_MARGIN = 1.0
 # After the 1001s: how long their handshakes and the app's handlers get.
 CLOSE_WAIT = 0.5
@@ -217,7 +218,7 @@ def _define_server() -> type[Any]:
             worker.board.beat[0] = 0.0
             loop = asyncio.get_running_loop()
             grace = worker.settings.graceful_timeout
-            retire_at = loop.time() + max(0.0, grace - min(RETIRE_MARGIN, grace / 10))
+            retire_at = loop.time() + max(0.0, grace - min(RETIRE_MARGIN, grace / 4))
             for server in self.servers:
                 server.close()
             requests.closing = True

@@ -224,7 +224,7 @@ class Requests:
         took = time.monotonic() - started
         client = scope.get("client")
         peer = f"{client[0]}:{client[1]}" if client else "unix"
-        path = scope.get("root_path", "") + scope["path"]
+        path = scope["path"]  # root_path included, as ASGI has it
         query = scope.get("query_string", b"")
         target = f"{path}?{query.decode('latin-1')}" if query else path
         method = scope["method"]
@@ -260,21 +260,42 @@ class Requests:
         key = id(retire)
         accepted = False
         closed = False
+        closing: asyncio.Future[None] | None = None
         metrics = self.metrics
+
+        def going_away(_retired: object = None) -> None:
+            # The retirement's close, sent through uvicorn so that its protocol does
+            # the closing handshake. Awaited before the app hears of it, and before
+            # the app's return reaches uvicorn (which drops a connection whose app
+            # returned without a close).
+            nonlocal closed, closing
+            if closing is None and accepted and not closed:
+                closed = True
+                closing = asyncio.ensure_future(
+                    send({"type": "websocket.close", "code": GOING_AWAY, "reason": ""})
+                )
+
+        async def closed_by_us() -> Message:
+            going_away()
+            if closing is not None:
+                await asyncio.wait((closing,))
+            return {"type": "websocket.disconnect", "code": GOING_AWAY}
 
         async def incoming() -> Message:
             if retire.done():
-                return {"type": "websocket.disconnect", "code": GOING_AWAY}
+                return await closed_by_us()
             message = asyncio.ensure_future(receive())
             await asyncio.wait((message, retire), return_when=asyncio.FIRST_COMPLETED)
             if message.done():
                 return message.result()
             message.cancel()
-            return {"type": "websocket.disconnect", "code": GOING_AWAY}
+            return await closed_by_us()
 
         async def outgoing(message: Message) -> None:
             nonlocal accepted, closed
             if retire.done():
+                if message["type"] == "websocket.close":
+                    return  # closed already, with 1001
                 raise Retired("the WebSocket was closed (1001): the worker is retiring")
             if message["type"] == "websocket.accept" and not accepted:
                 accepted = True
@@ -285,17 +306,13 @@ class Requests:
                 closed = True
             await send(message)
 
-        async def going_away() -> None:
-            # The retirement's close: sent through uvicorn, so its protocol does
-            # the closing handshake; the app's next receive() says disconnect.
-            if not closed:
-                await send({"type": "websocket.close", "code": GOING_AWAY, "reason": ""})
-
-        retire.add_done_callback(lambda _f: self._spawn(going_away()))
+        retire.add_done_callback(going_away)
         try:
             app = self.inner if scope.get("client") else self.unix_inner
             await app(scope, incoming, outgoing)
         finally:
+            if closing is not None:
+                await asyncio.wait((closing,))
             if self.websockets.pop(key, None) is not None and metrics is not None:
                 metrics.websockets.dec()
 
@@ -304,11 +321,6 @@ class Requests:
         if len(headers) > self.max_fields:
             return True
         return any(len(name) + len(value) > self.max_field for name, value in headers)
-
-    def _spawn(self, coroutine: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coroutine)
-        _background.add(task)
-        task.add_done_callback(_background.discard)
 
     def retire_websockets(self) -> int:
         """Close every open WebSocket with 1001 (going away); how many there were."""
@@ -336,10 +348,6 @@ class Requests:
             if self.startup_failure is None:
                 self.startup_failure = f"{type(exc).__name__}: {last_line(str(exc))}".rstrip(": ")
             raise
-
-
-# Tasks started from callbacks, kept referenced until they finish.
-_background: set[asyncio.Future[None]] = set()
 
 
 def last_line(text: str) -> str:
