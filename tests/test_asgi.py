@@ -359,7 +359,7 @@ def test_a_blocked_event_loop_is_killed_with_its_traceback(start: Any, app_dir: 
     log = run.wait_log(rf"worker\[0\] pid={pid} timed out", timeout=15)
     run.wait_log(rf"reaped pid={pid} worker\[0\] status=killed by SIGKILL", timeout=10)
     assert "in block" in run.log(), log[-2000:]
-    run.wait_ready(2, timeout=20) if False else run.wait_log(r"worker\[0\] ready", 2, 20)
+    run.wait_log(r"worker\[0\] ready", 2, 20)
     assert get(port, "/")[0] == 200
 
 
@@ -396,3 +396,31 @@ def test_refork_from_a_warm_asgi_worker(start: Any, app_dir: Path) -> None:
     with ws_client.connect(f"ws://127.0.0.1:{port}/ws") as ws:
         ws.send("x")
         assert ws.recv(timeout=5).endswith(" x")
+
+
+def test_a_spare_takes_a_dead_workers_slot_and_drain_says_not_ready(
+    start: Any, app_dir: Path
+) -> None:
+    port, metrics = free_port(), free_port()
+    run = start_asgi(
+        start, app_dir, port, "--spares", "1", "--drain", "3", "--metrics", f"127.0.0.1:{metrics}"
+    )
+    pid = run.wait_ready(1, timeout=20)[0]
+    run.wait_log(r"spare spawned pid=\d+", timeout=10)
+    wait_until(lambda: get(metrics, "/readyz")[0] == 200, 10, "ready")
+    os_kill(pid, signal.SIGKILL)
+    run.wait_log(r"worker\[0\] spawning\.\. \(a spare takes the slot\)", timeout=10)
+    wait_until(lambda: _answers(port), 10, "the spare to serve")
+    assert json.loads(get(port, "/info")[1])["pid"] != pid
+    run.signal(signal.SIGQUIT)
+    # Draining: not ready, while the worker still serves.
+    wait_until(lambda: get(metrics, "/readyz")[0] == 503, 5, "not ready")
+    assert get(port, "/")[0] == 200
+    assert run.wait_exit(15) == 0
+
+
+def _answers(port: int) -> bool:
+    try:
+        return get(port, "/")[0] == 200
+    except OSError:
+        return False

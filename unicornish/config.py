@@ -245,11 +245,13 @@ def address_list(value: Any) -> str:
     return ",".join(items)
 
 
-def root_path(value: Any) -> str:
-    """--root-path: '' or a path starting with '/', without a trailing one."""
-    if not isinstance(value, str) or (value and not value.startswith("/")):
+def root_path(value: Any) -> str | None:
+    """--root-path: a path starting with '/' (its trailing '/' dropped); '' or None: none."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not value.startswith("/"):
         raise ValueError(f"must be a path starting with '/', got {value!r}")
-    return value.rstrip("/")
+    return value.rstrip("/") or None
 
 
 def optional_seconds(value: Any) -> float | None:
@@ -556,7 +558,7 @@ class Settings:
     limit_request_fields: int = 100
     limit_request_field_size: int = 8190
     # -- ASGI (--asgi only) --
-    root_path: str = ""
+    root_path: str | None = None
     lifespan: str = "auto"
     limit_concurrency: int | None = None
     ws_max_size: int = 16 * 1024 * 1024

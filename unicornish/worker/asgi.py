@@ -110,7 +110,7 @@ def uvicorn_config(settings: Settings, app: ASGIApp) -> Any:
         access_log=False,  # our own (--access-log), with the worker's number
         proxy_headers=False,  # applied in asgi_requests, unix-socket peers trusted
         forwarded_allow_ips=settings.forwarded_allow_ips,
-        root_path=settings.root_path,
+        root_path=settings.root_path or "",
         limit_concurrency=settings.limit_concurrency,
         backlog=BACKLOG,  # asyncio listen()s again on the socket: keep the master's
         timeout_keep_alive=settings.keepalive,  # type: ignore[arg-type]

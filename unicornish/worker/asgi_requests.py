@@ -103,7 +103,7 @@ class Requests:
         self.unix_inner = unix_inner  # unix-socket peers (no address): always trusted
         self.lifespan_app = lifespan_app
         self.board = worker.board
-        self.record = type(self.board).record_durations
+        self.record = self.board.record_durations
         self.metrics = _Metrics() if self.record else None
         self.max_line = settings.limit_request_line
         self.max_fields = settings.limit_request_fields
