@@ -146,13 +146,12 @@ class Requests:
         if metrics is not None:
             metrics.in_flight.set(self.in_flight)
         status = 0
-        closing = self.closing
 
         async def reply(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                if closing or self.closing:
+                if self.closing:
                     message = dict(message)
                     message["headers"] = [*message.get("headers", ()), _CLOSE_HEADER]
             await send(message)
@@ -230,7 +229,8 @@ class Requests:
         method = scope["method"]
         version = scope.get("http_version", "1.1")
         self.worker.log.info(
-            '%s "%s %s HTTP/%s" %d %.1fms',
+            'worker[%d] %s "%s %s HTTP/%s" %d %.1fms',
+            self.worker.nr,
             peer,
             method,
             target,
