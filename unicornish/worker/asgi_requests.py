@@ -110,6 +110,8 @@ class Requests:
         # A field line is `name: value`: the two bytes of ': ' count too.
         self.max_field = settings.limit_request_field_size - 2
         self.access = settings.access_log
+        # Each request's start time and status are needed (metrics, access log).
+        self.timed = self.record or self.access != "off"
         # Every response says `connection: close` (keepalive 0, or draining).
         self.closing = settings.keepalive == 0
         self.in_flight = 0
@@ -138,10 +140,19 @@ class Requests:
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         board = self.board
-        started = time.monotonic()
         self.in_flight += 1
         if self.in_flight == 1:
             board.state[0] = BUSY
+        started = time.monotonic() if self.timed else 0.0
+        app = self.inner if scope.get("client") else self.unix_inner
+        refused = self.over_limits(scope)
+        if not (refused or self.timed or self.closing):
+            # Nothing to see in the response: uvicorn's own send, no layer on it.
+            try:
+                await app(scope, receive, send)
+            finally:
+                self.finished(scope, started, 0)
+            return
         metrics = self.metrics
         if metrics is not None:
             metrics.in_flight.set(self.in_flight)
@@ -157,11 +168,9 @@ class Requests:
             await send(message)
 
         try:
-            refused = self.over_limits(scope)
             if refused:
                 await self.refuse(refused, reply)
             else:
-                app = self.inner if scope.get("client") else self.unix_inner
                 await app(scope, receive, reply)
         except BaseException:
             if not status:
