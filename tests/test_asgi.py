@@ -424,3 +424,35 @@ def _answers(port: int) -> bool:
         return get(port, "/")[0] == 200
     except OSError:
         return False
+
+
+def test_forwarded_headers_trusted_from_the_allow_list_and_unix_sockets(
+    start: Any, app_dir: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    path = tmp_path / "app.sock"
+    run = start_asgi(
+        start, app_dir, port, "--listen", f"unix:{path}", "--forwarded-allow-ips", "10.0.0.1"
+    )
+    run.wait_ready(1, timeout=20)
+    forwarded = {"X-Forwarded-For": "10.9.9.9", "X-Forwarded-Proto": "https"}
+    # 127.0.0.1 is not on the list: its X-Forwarded-* are ignored.
+    info = json.loads(get(port, "/info", forwarded)[1])
+    assert (info["client"], info["scheme"]) == ("127.0.0.1", "http")
+    # A unix-socket peer (a proxy on this host) is trusted.
+    conn = UnixConnection(str(path))
+    conn.request("GET", "/info", headers=forwarded)
+    info = json.loads(conn.getresponse().read())
+    conn.close()
+    assert (info["client"], info["scheme"]) == ("10.9.9.9", "https")
+
+
+class UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=10)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(10)
+        self.sock.connect(self.unix_path)
