@@ -77,7 +77,7 @@ def load(spec: str, compiled: CompiledApp | None) -> App:
 
 def serve(worker: Worker, app: App, ready: Callable[[], None]) -> int:
     route_uvicorn_logs()
-    return run(_serve(worker, app, ready), worker.settings)
+    return run(_serve(worker, app, ready))
 
 
 async def _serve(worker: Worker, app: App, ready: Callable[[], None]) -> int:
@@ -138,7 +138,7 @@ def route_uvicorn_logs() -> None:
     access.disabled = True
 
 
-def run(main: Coroutine[Any, Any, int], settings: Settings) -> int:
+def run(main: Coroutine[Any, Any, int]) -> int:
     """asyncio.run() with uvicorn's choice of loop (uvloop when installed)."""
     from uvicorn.loops.auto import auto_loop_factory
 
