@@ -284,6 +284,7 @@ def s14_asgi(ctx: Ctx) -> list[Row]:
             ctx.log(f"14 asgi: throughput round {r + 1}/{rounds}")
             for peer, server in servers.items():
                 runs[peer].append(wrk(server.port, seconds, 64))
+        ctx.raw["asgi_runs"] = runs  # every round, for the JSON: p99 moves a lot on a busy host
         for peer, results in runs.items():
             figures[peer]["rps"] = _median([x["rps"] for x in results])
             figures[peer]["p99_ms"] = _median([x["p99_ms"] for x in results])
