@@ -92,6 +92,10 @@ def compile_app(spec: str) -> CompiledApp:
 def refresh_compiled(spec: str, current: CompiledApp | None) -> CompiledApp | None:
     """`current` while the file is unchanged, else compiled anew; None when the file
     cannot be compiled now (each worker then compiles it and reports the error)."""
+    try:
+        spec = split_spec(spec, "")[0]  # --asgi's MODULE:NAME: the module's file
+    except AppError:
+        return None
     if not is_path(spec):
         return None  # a dotted module is found by importing its package: app code
     if current is not None and file_stamp(current.path) == current.stamp:

@@ -151,3 +151,13 @@ def test_request_limits() -> None:
     # `name: value` is 20 bytes: allowed; 21 is not.
     assert requests.over_limits(scope(headers=[(b"name", b"v" * 14)])) == 0
     assert requests.over_limits(scope(headers=[(b"name", b"v" * 15)])) == 431
+
+
+def test_the_master_compiles_the_module_file_of_module_name(tmp_path: Path) -> None:
+    from unicornish.app import refresh_compiled
+
+    path = tmp_path / "site.py"
+    path.write_text("async def api(scope, receive, send): pass\n")
+    compiled = refresh_compiled(f"{path}:api", None)
+    assert compiled is not None and compiled.path == str(path)
+    assert refresh_compiled("pkg.site:api", None) is None  # a dotted module: not compiled
