@@ -202,6 +202,14 @@ def test_factory_and_default_name(start: Any, app_dir: Path) -> None:
     run = start("--asgi", "main", "--listen", f"127.0.0.1:{port}", cwd=app_dir)
     run.wait_ready(1, timeout=20)
     assert get(port, "/")[1] == b"hello"
+    run.signal(signal.SIGQUIT)
+    assert run.wait_exit(15) == 0
+    # A file path, from another directory.
+    port = free_port()
+    spec = f"{app_dir / 'main.py'}:create_app()"
+    run = start("--asgi", spec, "--listen", f"127.0.0.1:{port}", cwd=app_dir.parent)
+    run.wait_ready(1, timeout=20)
+    assert get(port, "/")[1] == b"hello"
 
 
 def test_a_lifespan_that_raises_fails_the_boot_and_rolls_back_a_hup(
