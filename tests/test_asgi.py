@@ -63,7 +63,15 @@ def start_asgi(start: Any, app_dir: Path, port: int, *args: str, **kw: Any) -> R
 def wrk(port: int, seconds: float, path: str = "/") -> subprocess.Popen[str]:
     assert WRK, "wrk is needed (make's TOOLS_STAMP installs it)"
     return subprocess.Popen(
-        [WRK, "-t2", "-c16", f"-d{seconds}s", "--timeout", "10s", f"http://127.0.0.1:{port}{path}"],
+        [
+            WRK,
+            "-t2",
+            "-c16",
+            f"-d{seconds:g}s",
+            "--timeout",
+            "10s",
+            f"http://127.0.0.1:{port}{path}",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
