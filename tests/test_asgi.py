@@ -244,9 +244,9 @@ def test_a_lifespan_that_raises_fails_the_boot_and_rolls_back_a_hup(
 @pytest.mark.skipif(WRK is None, reason="needs wrk")
 def test_hup_ttin_ttou_and_max_tasks_under_load_fail_no_request(start: Any, app_dir: Path) -> None:
     port = free_port()
-    run = start_asgi(start, app_dir, port, "--workers", "2", "--max-tasks", "4000")
+    run = start_asgi(start, app_dir, port, "--workers", "2", "--max-tasks", "2500")
     first = run.wait_ready(2, timeout=20)
-    load = wrk(port, 14)
+    load = wrk(port, 20)
     wait_until(lambda: run.count(r"reached --max-tasks") >= 1, 12, "a --max-tasks recycle")
     (app_dir / "main.py").write_text(
         (app_dir / "main.py").read_text().replace('"APP_VERSION", "1"', '"APP_VERSION", "2"')
@@ -257,6 +257,7 @@ def test_hup_ttin_ttou_and_max_tasks_under_load_fail_no_request(start: Any, app_
     run.wait_log(r"worker\[2\] ready", timeout=20)
     run.signal(signal.SIGTTOU)
     run.wait_log(r"reaped pid=\d+ worker\[2\]", timeout=20)
+    assert load.poll() is None, "wrk ended before the last event: nothing was under load"
     out = wrk_result(load)
     assert json.loads(get(port, "/info")[1])["version"] == "2"
     assert not set(first.values()) & set(run.worker_pids().values())
@@ -271,7 +272,7 @@ def test_usr2_then_quit_old_under_load_fails_no_request(
     pid_file = tmp_path / "master.pid"
     run = start_asgi(start, app_dir, port, "--workers", "2", "--pid", str(pid_file))
     run.wait_ready(2, timeout=20)
-    load = wrk(port, 8)
+    load = wrk(port, 10)
     time.sleep(1)  # load running before the upgrade: wrk has no "started" signal
     run.signal(signal.SIGUSR2)
     wait_until(lambda: pid_file.exists() and int(pid_file.read_text()) != run.pid, 20, "new pid")
@@ -279,6 +280,7 @@ def test_usr2_then_quit_old_under_load_fails_no_request(
     run.wait_log(r"worker\[\d\] ready", count=4, timeout=20)
     run.signal(signal.SIGQUIT)
     run.wait_exit(20)
+    assert load.poll() is None, "wrk ended before the old master did: nothing was under load"
     wrk_result(load)
     try:
         assert get(port, "/")[0] == 200
