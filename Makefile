@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 WORKERS ?= 2
 
-.PHONY: run check lint typecheck test soak bench bench-peers clean
+.PHONY: run check lint typecheck test unit docs soak bench bench-peers clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,15 @@ test: $(STAMP) $(TOOLS_STAMP)
 	$(PY) -m pytest -q $(if $(filter-out 0,$(TEST_JOBS)),-n $(TEST_JOBS))
 
 check: lint typecheck test
+
+# The unit layer alone: no master is started, a few seconds.
+unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit
+
+# The options table of docs/reference.md, written from the declarations in
+# unicornish/config.py (tests/test_docs.py fails until it is).
+docs: $(STAMP)
+	$(PY) docs/options_table.py
 
 soak: $(STAMP)
 	$(PY) -m pytest -q tests/chaos --soak

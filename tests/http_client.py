@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conftest import EXAMPLES, wait_until
+from helpers import EXAMPLES, wait_until
 
 HTTP_APP = EXAMPLES / "http_app.py"
 

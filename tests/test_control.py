@@ -13,14 +13,9 @@ import weakref
 from pathlib import Path
 
 import psutil
-from conftest import loop_app, run_cli, slow_task_app, wait_until
+import pytest
+from helpers import ctl, loop_app, run_cli, slow_task_app, wait_until
 from other_user import SYSTEM_PYTHON, open_dir, run_as, temp_user
-
-
-def ctl(path: Path | str, *args: str) -> tuple[int, dict]:
-    result = run_cli("ctl", "--control", str(path), *args)
-    reply = json.loads(result.stdout) if result.stdout.strip() else {}
-    return result.returncode, reply
 
 
 def connect(path: Path) -> socket.socket:
@@ -341,3 +336,22 @@ def test_failed_upgrade_gives_the_socket_back(start, app_file, tmp_path):
     run.signal(signal.SIGTERM)
     assert run.wait_exit(5) == 0
     assert not path.exists()
+
+
+# -- status --help and ctl --help --------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+@pytest.mark.parametrize(
+    "command, words",
+    [
+        ("status", ["--control PATH", "--pid FILE", "--json", "exit codes", "3  not running"]),
+        ("ctl", ["COMMAND", "scale N", "reload", "stop [--quick]", "upgrade", "exit codes"]),
+    ],
+)
+def test_subcommand_help(tmp_path: Path, command: str, words: list[str], flag: str) -> None:
+    result = run_cli(command, flag, cwd=tmp_path, env={"UNICORNISH_CONTROL": ""})
+    assert (result.returncode, result.stderr) == (0, ""), result
+    assert result.stdout.startswith(f"usage: unicornish {command} ")
+    for word in words:
+        assert word in result.stdout, (word, result.stdout)

@@ -8,16 +8,9 @@ import signal
 import time
 
 import psutil
-from conftest import gone, run_cli, wait_until
+from helpers import gone, let_pass, loop_app, run_cli, wait_until
 
-
-def let_pass(seconds: float) -> None:
-    """Let wall time pass (a window must close), without a bare sleep."""
-    until = time.monotonic() + seconds
-    wait_until(lambda: time.monotonic() >= until, seconds + 1, f"{seconds}s to pass")
-
-
-SLEEPY = "import time\ndef worker_start(worker):\n    time.sleep(0.05)\n"
+SLEEPY = loop_app()
 
 
 def test_absurd_worker_counts_are_refused_at_the_edge(tmp_path):

@@ -17,29 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import gone, loop_app, run_cli, wait_until
+from helpers import free_port, gone, http, loop_app, run_cli, samples, wait_until
 
 needs_prometheus = pytest.mark.skipif(
     shutil.which("prometheus") is None or shutil.which("promtool") is None,
     reason="prometheus and promtool are not installed (make check installs them)",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def http(port: int, path: str, raw: bytes | None = None, timeout: float = 10.0) -> tuple[int, str]:
-    """(status, body) of one request; `raw` replaces the whole request."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(raw or f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
-        data = bytearray()
-        while chunk := s.recv(65536):
-            data += chunk
-    head, _, body = bytes(data).partition(b"\r\n\r\n")
-    return int(head.split()[1]), body.decode()
 
 
 def sample(text: str, name: str) -> float | None:
@@ -238,16 +221,6 @@ def worker_start(worker):
         time.sleep(0.001)
     JOBS.inc()
 """
-
-
-def samples(text: str) -> dict[str, float]:
-    """Every sample of a scrape, as {'name{labels}': value}."""
-    found = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, value = line.rsplit(" ", 1)
-            found[key] = float(value)
-    return found
 
 
 def test_task_durations_count_every_task_across_a_sigkill(start, app_file, tmp_path: Path):
@@ -461,6 +434,131 @@ def test_the_idle_master_does_not_wake_between_scrapes(start, app_file):
     assert context_switches(run.pid) == before, "the master woke up with no client connected"
 
 
+# -- app metrics: one bad value must never cost the scrape ---------------------------------------
+
+REFUSING_APP = """
+import os, time
+from unicornish.metrics import appmetrics
+
+DONE = appmetrics.counter("done", "Tasks done")
+FILE = os.fsdecode(b"report-\\xff.csv")  # a file name that is not UTF-8
+
+def after_fork(worker):
+    try:
+        worker.metrics.counter("files", "Files", labels={"file": [FILE]})
+    except appmetrics.MetricsError as exc:
+        print("refused:", exc, flush=True)
+
+def worker_start(worker):
+    DONE.inc()
+    time.sleep(0.05)
+"""
+
+
+def test_a_label_value_that_is_not_text_is_refused_and_the_scrape_goes_on(
+    start, app_file, tmp_path: Path
+):
+    control = str(tmp_path / "ctl.sock")
+    run, port = ready_metrics(start, app_file, "--control", control, app=REFUSING_APP)
+    wait_until(lambda: run.stdout().count("refused:") == 2, 10, "both workers refused")
+    assert "label 'file': value 'report-\\udcff.csv' is not valid text" in run.stdout()
+    status, text = http(port, "/metrics")
+    assert status == 200, text  # it was 500 for every scrape
+    assert (sample(text, "done_total") or 0) > 0
+    result = run_cli("ctl", "--control", control, "metrics")
+    assert result.returncode == 0, result.stderr
+    assert "done_total" in result.stdout
+
+
+# Worker 0 writes records into its own arena, as any app can: the master must
+# take what it reads there as untrusted input.
+SCRIBBLING_APP = """
+import json, time
+from unicornish.metrics import appmetrics
+
+GOOD = appmetrics.counter("good", "Good")
+RECORD = {record!r}
+
+def after_fork(worker):
+    if worker.nr == 0:
+        line = json.dumps(RECORD).encode() + b"\\n"
+        appmetrics.REGISTRY._arena.append(line, 2)
+
+def worker_start(worker):
+    GOOD.inc()
+    time.sleep(0.05)
+"""
+
+SCRIBBLED = {
+    "the master's name": {"n": "unicornish_workers_running", "t": "gauge", "l": [], "s": [[]]},
+    "__name__ label": {"n": "x", "t": "gauge", "l": ["__name__"], "s": [["y"]]},
+    "a lone surrogate": {"n": "x", "t": "gauge", "l": ["f"], "s": [["report-\udcff.csv"]]},
+}
+
+
+@pytest.mark.parametrize("record", SCRIBBLED.values(), ids=SCRIBBLED.keys())
+def test_a_scribbled_arena_costs_that_workers_series_not_the_scrape(start, app_file, record: dict):
+    record = {"h": "", "b": [], "o": 1, **record}
+    run, port = ready_metrics(start, app_file, app=SCRIBBLING_APP.format(record=record))
+    victim = run.worker_pids()[0]
+    wait_until(lambda: (sample(http(port, "/metrics")[1], "good_total") or 0) > 0, 10, "a task")
+    status, text = http(port, "/metrics")
+    assert status == 200, text
+    assert text.count("# TYPE unicornish_workers_running gauge") == 1
+    assert sample(text, "unicornish_workers_running") == 2.0
+    assert "__name__" not in text and "report-" not in text
+    dropped = samples(text)['unicornish_metrics_dropped_series_total{reason="bad_arena"}']
+    assert dropped >= 2  # one series of worker 0's, at this scrape and the one before
+    run.wait_log(rf"app metrics: worker\[0\] pid={victim}: its metrics memory breaks a rule")
+    assert run.count("breaks a rule") == 1
+    if shutil.which("promtool"):
+        checked = subprocess.run(
+            ["promtool", "check", "metrics"], input=text, capture_output=True, text=True
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    raw = b"GET /metrics HTTP/1.0\r\nAccept: application/openmetrics-text\r\n\r\n"
+    status, text = http(port, "", raw=raw)
+    assert status == 200
+    parser = pytest.importorskip("prometheus_client.openmetrics.parser")
+    names = [f.name for f in parser.text_string_to_metric_families(text)]
+    assert len(names) == len(set(names)) and "good" in names
+
+
+TWO_TYPES_APP = """
+import time
+
+def after_fork(worker):
+    if worker.nr == 0:
+        worker.metrics.counter("x", "X").inc()
+    else:
+        worker.metrics.gauge("x", "X").set(1)
+
+def worker_start(worker):
+    time.sleep(0.05)
+"""
+
+
+def test_a_name_with_two_types_keeps_the_lowest_slots_as_workers_are_replaced(start, app_file):
+    run, port = ready_metrics(start, app_file, app=TWO_TYPES_APP)
+
+    def types() -> list[str]:
+        status, text = http(port, "/metrics")
+        assert status == 200
+        return [line for line in text.splitlines() if line.startswith("# TYPE x")]
+
+    assert types() == ["# TYPE x_total counter"]
+    victim = run.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    run.wait_log(rf"reaped pid={victim} ")
+    run.wait_log(r"worker\[0\] ready", 2)
+    # The replacement of slot 0 now comes after slot 1 in the master's table: the
+    # gauge used to be served from then on.
+    assert types() == ["# TYPE x_total counter"]
+    assert (
+        run.count(r"app metrics: gauge x\[\] \(declared by worker\[1\] pid=\d+\) is left out") == 1
+    )
+
+
 # -- bad input ------------------------------------------------------------------------------------
 
 
@@ -490,20 +588,27 @@ def test_a_busy_port_stops_the_start(app_file):
     assert result.stderr == expected
 
 
-def test_without_prometheus_client_the_start_says_how_to_install_it(app_file, tmp_path: Path):
+def test_metrics_need_no_prometheus_client(start, app_file, tmp_path: Path):
+    # The master writes every family itself: a prometheus_client that cannot be
+    # imported changes nothing (it used to stop the start, asking to install it).
     shadow = tmp_path / "shadow" / "prometheus_client"
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("raise ImportError('No module named prometheus_client')\n")
-    result = run_cli(
+    port = free_port()
+    run = start(
         "--app",
         str(app_file(loop_app())),
         "--metrics",
-        "127.0.0.1:0",
+        f"127.0.0.1:{port}",
         env={"PYTHONPATH": str(shadow.parent)},
     )
-    assert result.returncode == 1
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and "pip install 'unicornish[metrics]'" in lines[0], result.stderr
+    run.wait_ready(1)
+    status, text = http(port, "/metrics")
+    assert status == 200 and sample(text, "unicornish_workers_running") == 1.0
+    assert 'unicornish_worker_exits_total{cause="crash"} 0.0' in text
+    raw = b"GET /metrics HTTP/1.0\r\nAccept: application/openmetrics-text\r\n\r\n"
+    status, text = http(port, "", raw=raw)
+    assert status == 200 and text.endswith("# EOF\n")
 
 
 def test_a_unix_socket_serves_and_is_removed_at_exit(start, app_file, tmp_path: Path):

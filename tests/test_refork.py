@@ -8,7 +8,6 @@ starts warm.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import run_cli, wait_until
+from helpers import alive, ctl, ctl_metrics, run_cli, wait_until
 
 APP = """
 import os, sys, time
@@ -56,11 +55,6 @@ def refork_app(
         task=task, after_mold=after_mold, after_fork=after_fork, task_body=task_body
     )
     return app_file(source)
-
-
-def ctl(path: Path, *args: str) -> tuple[int, dict]:
-    result = run_cli("ctl", "--control", str(path), *args)
-    return result.returncode, json.loads(result.stdout) if result.stdout.strip() else {}
 
 
 def mold_pid(run, nth: int = 1) -> int:
@@ -349,17 +343,10 @@ def test_master_death_ends_the_mold_and_its_workers(start, app_file):
     run.seen.update(pids)
     os.kill(run.pid, signal.SIGKILL)
     wait_until(
-        lambda: not [p for p in pids[1:] if _running(p)],
+        lambda: not [p for p in pids[1:] if alive(p)],
         15,
         "mold and workers exit after their master",
     )
-
-
-def _running(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 # -- failures: never worse than no reforking ------------------------------------------
@@ -474,7 +461,7 @@ def test_chaos_with_reforking(start, app_file):
     pids = [run.pid, *children(run.pid)]
     run.signal(signal.SIGQUIT)
     assert run.wait_exit(20) == 0
-    wait_until(lambda: not any(_running(p) for p in pids), 10, "everything gone")
+    wait_until(lambda: not any(alive(p) for p in pids), 10, "everything gone")
 
 
 def test_bad_refork_after_is_one_line_and_exit_2(app_file):
@@ -498,17 +485,6 @@ def worker_start(worker):
 """
 
 
-def scrape(control: Path) -> dict[str, float]:
-    result = run_cli("ctl", "--control", str(control), "metrics")
-    assert result.returncode == 0, result.stderr
-    values: dict[str, float] = {}
-    for line in result.stdout.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
-
-
 def test_counters_never_go_down_across_promotions_and_retired_molds(start, app_file, tmp_path):
     control = tmp_path / "ctl.sock"
     app = app_file(METRICS_APP)
@@ -520,7 +496,7 @@ def test_counters_never_go_down_across_promotions_and_retired_molds(start, app_f
     seen: list[tuple[float, float]] = []
 
     def sample() -> bool:
-        values = scrape(control)
+        values = ctl_metrics(control)
         tasks = sum(
             v for k, v in values.items() if k.startswith("unicornish_worker_tasks_completed")
         )
@@ -643,7 +619,7 @@ def test_reforking_with_user_keeps_every_process_the_users(start):
         pids = [mold, *workers.values()]
         run.seen.update(pids)
         os.kill(run.pid, signal.SIGKILL)
-        wait_until(lambda: not [p for p in pids if _running(p)], 15, "all gone")
+        wait_until(lambda: not [p for p in pids if alive(p)], 15, "all gone")
 
 
 def test_refork_after_from_the_config_file(start, app_file, tmp_path):

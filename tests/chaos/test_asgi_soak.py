@@ -6,7 +6,6 @@ a retiring worker, never dropped."""
 from __future__ import annotations
 
 import random
-import shutil
 import signal
 import threading
 import time
@@ -18,16 +17,14 @@ import pytest
 pytest.importorskip("uvicorn")
 pytest.importorskip("starlette")
 ws_client = pytest.importorskip("websockets.sync.client")
-from test_asgi import APP_DIR, WRK, free_port, start_asgi, wrk, wrk_result  # noqa: E402
+from helpers import WRK, copy_asgi_app, free_port, start_asgi, wrk, wrk_result  # noqa: E402
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 
 
 @pytest.mark.soak_only
 @pytest.mark.skipif(WRK is None, reason="needs wrk")
 def test_asgi_soak(start: Any, tmp_path: Path, soak_seconds: float) -> None:
-    app_dir = tmp_path / "site"
-    app_dir.mkdir()
-    shutil.copy(APP_DIR / "main.py", app_dir / "main.py")
+    app_dir = copy_asgi_app(tmp_path)
     port = free_port()
     run = start_asgi(
         start, app_dir, port, "--workers", "2", "--max-tasks", "20000", "--graceful-timeout", "4"

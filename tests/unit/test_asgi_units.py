@@ -161,3 +161,19 @@ def test_the_master_compiles_the_module_file_of_module_name(tmp_path: Path) -> N
     compiled = refresh_compiled(f"{path}:api", None)
     assert compiled is not None and compiled.path == str(path)
     assert refresh_compiled("pkg.site:api", None) is None  # a dotted module: not compiled
+
+
+def test_builtin_metric_names_are_the_kinds_only() -> None:
+    from unicornish.metrics import appmetrics
+
+    with pytest.raises(appmetrics.MetricsError, match="is the master's"):
+        appmetrics.Registry().counter("unicornish_http_requests", "an app cannot take it")
+    with pytest.raises(appmetrics.MetricsError, match="not a built-in metric"):
+        appmetrics.builtin_metric(appmetrics.GAUGE, "unicornish_other", "no")
+    record = appmetrics.Decl(
+        "unicornish_websockets_open", appmetrics.GAUGE, "open", (), ((),), (), 0
+    ).record()
+    assert appmetrics.Decl.parse(record).name == "unicornish_websockets_open"
+    other = record.replace(b"unicornish_websockets_open", b"unicornish_workers_busy")
+    with pytest.raises(appmetrics.MetricsError):
+        appmetrics.Decl.parse(other)

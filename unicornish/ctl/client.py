@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 import psutil
 
+from unicornish.app import describe
 from unicornish.errors import UsageError
 from unicornish.host import pidfile
 from unicornish.metrics.procstats import process_stats
@@ -254,7 +255,8 @@ def _sid(pid: int) -> int | None:
 
 
 def _app_from_title(proc: psutil.Process) -> str | None:
-    """`unicornish master [(old)] APP` -> APP."""
+    """`unicornish master [(old)] APP [ADDRESS]` -> APP's short name, as the
+    control socket's `app` shows it (the title has the app as given)."""
     try:
         words = " ".join(proc.cmdline()).split()
     except psutil.Error:
@@ -263,7 +265,7 @@ def _app_from_title(proc: psutil.Process) -> str | None:
         rest = words[2:]
         if rest[0] == "(old)":
             rest = rest[1:]
-        return rest[0] if rest else None
+        return describe(rest[0]) if rest else None
     return None
 
 

@@ -455,7 +455,11 @@ class ControlServer:
                 return {"ok": True, "text": m.metrics_text()}
             except StartupError as exc:  # prometheus_client is not installed
                 return error(str(exc).replace("--metrics needs", "metrics need"))
+        if command == "reopen":  # as USR1: a stop may outlast a log rotation
+            failure = m.reopen_logs()
+            return error(failure) if failure else {"ok": True}
         if m.stopping:
+            self.log.info("control %s ignored: master is stopping", command)
             return error("master is stopping")
         if command == "scale":
             m.scale(params.get("workers", m.wanted), f"control {describe_request(command, params)}")
@@ -467,9 +471,6 @@ class ControlServer:
         if command == "reload":
             failure = m.reload(why="control reload")
             return error(failure) if failure else {"ok": True, "workers_wanted": m.wanted}
-        if command == "reopen":
-            failure = m.reopen_logs()
-            return error(failure) if failure else {"ok": True}
         if command == "upgrade":
             pid, refusal = m.upgrade(why="control upgrade")
             if pid is None:

@@ -10,6 +10,7 @@ stalled journald, a `| logger` that stopped reading) stop it: lines to a pipe
 or a socket go through a non-blocking twin of fd 2, and are dropped while it
 is full; the next line that gets through says how many were lost.
 
+Text lines start with the time and the writer's pid, `[TIME #PID] `.
 `--log-format json` writes the same lines as one JSON object each (for log
 shippers): time, level, event, pid, message, plus nr and status where they
 apply. Lifecycle lines carry a short stable `event` key, given by their call
@@ -62,8 +63,13 @@ def event(name: str, **fields: Any) -> dict[str, Any] | None:
 
 
 class LineFormatter(logging.Formatter):
+    """`[TIME #PID] message`: the writer's pid, as Unicorn's lines carry it, so the
+    lines of two masters sharing one log during a USR2 (and of their workers)
+    can be told apart."""
+
     def format(self, record: logging.LogRecord) -> str:
-        text = f"[{timestamp(record.created)}] {record.getMessage()}"
+        pid = record.process or os.getpid()
+        text = f"[{timestamp(record.created)} #{pid}] {record.getMessage()}"
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         if record.stack_info:

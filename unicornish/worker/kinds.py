@@ -36,18 +36,17 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import Any, Protocol, cast
 
 from unicornish.app import App, CompiledApp
-
-if TYPE_CHECKING:
-    from unicornish.worker.process import Worker
 
 
 class WorkerKind(Protocol):
     def load(self, spec: str, compiled: CompiledApp | None) -> App: ...
 
-    def serve(self, worker: Worker, app: App, ready: Callable[[], None]) -> int: ...
+    # `worker` is the process.Worker that runs the kind; typed loosely here because
+    # the worker process imports this seam, and each kind names Worker itself.
+    def serve(self, worker: Any, app: App, ready: Callable[[], None]) -> int: ...
 
 
 def kind_module(module_name: str) -> WorkerKind:

@@ -13,8 +13,8 @@ child subreaper), which reaps, signals and times it like any of its own.
 Its heartbeat page and metrics arena are the master's memfds, handed over
 with the request (SCM_RIGHTS): a fork from the mold could not share them.
 
-Both ends of the mold's socket live here: `MoldLink` in the master, `serve`
-and `run` in the worker that becomes the mold.
+This is the worker's side (`run`, and `serve` once it is the mold) and the
+socket's wire format, which the master's end (master/moldlink.py) imports.
 """
 
 from __future__ import annotations
@@ -57,58 +57,9 @@ WORKER_SIGNALS = (
 )
 
 
-class MoldError(Exception):
-    """The mold cannot fork (dead, hung, or fork failed): fork from the master."""
-
-
-def new_address(master_pid: int) -> str:
-    """Where a promoted worker finds its master: an abstract unix socket (no
-    file to clean up), with a random part so no other process can guess it."""
-    return f"\0unicornish-mold-{master_pid}-{os.urandom(8).hex()}"
-
-
 def peer_pid(sock: socket.socket) -> int:
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     return int(struct.unpack("3i", creds)[0])
-
-
-# -- the master's end ---------------------------------------------------------------
-
-
-class MoldLink:
-    """The master's connection to one mold."""
-
-    def __init__(self, pid: int, sock: socket.socket) -> None:
-        self.pid = pid
-        self.sock = sock
-        self.usable = True  # False once it failed, died or was retired
-        self.forks = 0  # workers it forked for the master
-        sock.setblocking(True)
-        sock.settimeout(FORK_WAIT)
-
-    def fork(self, nr: int, max_tasks: int | None, refork_at: int, fds: list[int]) -> int:
-        """The pid of a new worker forked by the mold; raises MoldError."""
-        try:
-            socket.send_fds(self.sock, [REQUEST.pack(nr, max_tasks or 0, refork_at)], fds)
-            data = b""
-            while len(data) < REPLY.size:
-                chunk = self.sock.recv(REPLY.size - len(data))
-                if not chunk:
-                    raise MoldError("it closed its socket")
-                data += chunk
-        except TimeoutError:
-            raise MoldError(f"no answer in {FORK_WAIT:g}s") from None
-        except OSError as exc:
-            raise MoldError(exc.strerror or str(exc)) from None
-        (pid,) = REPLY.unpack(data)
-        if pid <= 0:
-            raise MoldError(f"fork failed: {os.strerror(-pid) if pid else 'no pid'}")
-        self.forks += 1
-        return pid
-
-    def close(self) -> None:
-        self.usable = False
-        self.sock.close()
 
 
 # -- the mold's end -----------------------------------------------------------------
