@@ -213,6 +213,21 @@ def _thread(target: Callable[[], None]) -> object:
     return thread
 
 
+def _workers_cpu(server: Server) -> float:
+    """User + system seconds of the master's descendants (its workers) so far."""
+    total = 0.0
+    try:
+        for child in psutil.Process(server.master()).children(recursive=True):
+            try:
+                times = child.cpu_times()
+            except psutil.Error:
+                continue
+            total += times.user + times.system
+    except psutil.Error:
+        pass
+    return total
+
+
 def _upgrade(server: Server) -> None:
     old = server.master()
     os.kill(old, signal.SIGUSR2)
@@ -283,12 +298,18 @@ def s14_asgi(ctx: Ctx) -> list[Row]:
         for r in range(rounds):
             ctx.log(f"14 asgi: throughput round {r + 1}/{rounds}")
             for peer, server in servers.items():
-                runs[peer].append(wrk(server.port, seconds, 64))
+                before = _workers_cpu(server)
+                result = wrk(server.port, seconds, 64)
+                used = _workers_cpu(server) - before
+                # CPU time per request: what a busy host's scheduling does not move.
+                result["cpu_us"] = used / max(1.0, result["requests"]) * 1e6
+                runs[peer].append(result)
         ctx.raw["asgi_runs"] = runs  # every round, for the JSON: p99 moves a lot on a busy host
         for peer, results in runs.items():
             figures[peer]["rps"] = _median([x["rps"] for x in results])
             figures[peer]["p99_ms"] = _median([x["p99_ms"] for x in results])
             figures[peer]["failed"] = sum(x["failed"] for x in results)
+            figures[peer]["cpu_us"] = _median([x["cpu_us"] for x in results])
         for peer, server in servers.items():
             ctx.log(f"14 asgi: {peer} lifecycle")
             try:
@@ -326,6 +347,8 @@ def s14_asgi(ctx: Ctx) -> list[Row]:
             baseline="uvicorn", target=">= 0.95x uvicorn", note=note),
         Row(SCENARIO, "p99 latency GET /", "ms", values("p99_ms"), baseline="uvicorn",
             target="<= uvicorn"),
+        Row(SCENARIO, "workers' CPU per request", "us", values("cpu_us"), baseline="uvicorn",
+            note="CPU per request: the workers' user + system time over the wrk runs"),
         Row(SCENARIO, "failed requests, steady load", "", values("failed"), target="0"),
         Row(SCENARIO, "failed requests during HUP", "", values("reload_failed"), target="0"),
         Row(SCENARIO, "failed requests during USR2+QUIT", "", values("upgrade_failed"),
