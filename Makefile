@@ -25,7 +25,7 @@ typecheck: $(STAMP)
 
 # System tools some tests drive for real: systemd-analyze verifies the unit
 # files, logrotate rotates a live log, faketime jumps the wall clock,
-# prometheus scrapes --metrics and promtool checks its output.
+# prometheus scrapes --metrics and promtool checks its output, wrk loads --asgi.
 # Installed only where missing.
 TOOLS_STAMP := $(VENV)/.tools
 $(TOOLS_STAMP): $(STAMP)
@@ -35,6 +35,7 @@ $(TOOLS_STAMP): $(STAMP)
 	command -v faketime >/dev/null || missing="$$missing faketime"; \
 	{ command -v prometheus >/dev/null && command -v promtool >/dev/null; } \
 		|| missing="$$missing prometheus"; \
+	command -v wrk >/dev/null || missing="$$missing wrk"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			(apt-get update -qq && apt-get install -y -qq $$missing) >/dev/null; \

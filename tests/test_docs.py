@@ -289,6 +289,7 @@ FOR_KINDS = {
     "board", "become_mold", "check_master", "drain_wake", "forget", "install_signals",
     "kind", "quitting", "refork_at", "report", "run", "sibling", "stopping", "task_done",
     "task_start", "task_started", "wait_for_slot", "wake_fd", "app_name", "turn",
+    "settings",
 }  # fmt: skip
 
 

@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 from unicornish import __version__
 from unicornish import app as app_module
-from unicornish.config import OPTIONS, Option, Settings, build_settings
+from unicornish.config import APP_OPTIONS, OPTIONS, Option, Settings, build_settings
 from unicornish.errors import StartupError, UsageError
 from unicornish.host import log, pidfile, privileges
 from unicornish.host import sockets as sockets_module
@@ -84,8 +84,9 @@ def parse_cli(argv: list[str]) -> dict[str, Any]:
             sockets_module.parse_address(spec)  # a bad address is a usage error
     if values.get("metrics"):
         sockets_module.parse_address(values["metrics"], "--metrics")
-    if "app" not in values and "config" not in values:
-        raise UsageError("the following arguments are required: --app")
+    if not any(option.name in values for option in APP_OPTIONS) and "config" not in values:
+        flags = " or ".join(option.flag_name for option in APP_OPTIONS)
+        raise UsageError(f"the following arguments are required: {flags}")
     return values
 
 
@@ -165,6 +166,9 @@ def probe_app(kind: str, spec: str, identity: Identity | None = None, load: bool
 def prepare(settings: Settings, identity: Identity | None = None) -> app_module.App | None:
     """Everything that can fail before the master starts, in order."""
     spec = settings.app_spec
+    check = getattr(kind_module(settings.kind), "check", None)
+    if check is not None:
+        check(settings)  # e.g. --asgi without its extra installed: before any fork
     if settings.pid:
         warning = pidfile.check(settings.pid)
         if warning:
@@ -268,6 +272,8 @@ def set_up(
         if settings.metrics:
             metrics_sock, metrics_bound = bind_metrics(settings.metrics)
         listeners = setup_listeners(settings.listen)
+        if not listeners and getattr(kind_module(settings.kind), "NEEDS_LISTENERS", False):
+            raise UsageError(f"{settings.app_option.flag_name} needs at least one --listen address")
     except (StartupError, UsageError):
         if control_sock is not None and settings.control:
             control_sock.close()

@@ -232,6 +232,42 @@ def user_spec(value: Any) -> str | None:
     return spec
 
 
+def access_log_format(value: Any) -> str:
+    if value not in ("off", "text", "json"):
+        raise ValueError(f"must be 'off', 'text' or 'json', got {value!r}")
+    return str(value)
+
+
+def address_list(value: Any) -> str:
+    """--forwarded-allow-ips: comma-separated IPs or networks, or '*'."""
+    items = [part.strip() for part in text(value).split(",")]
+    if not all(items):
+        raise ValueError(f"must be IP addresses separated by commas, or '*', got {value!r}")
+    return ",".join(items)
+
+
+def path_prefix(value: Any) -> str | None:
+    """--root-path: a path starting with '/' (its trailing '/' dropped); '' or None: none."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ValueError(f"must be a path starting with '/', got {value!r}")
+    return value.rstrip("/") or None
+
+
+def optional_seconds(value: Any) -> float | None:
+    """Seconds >= 0, where 0 (or None) means off."""
+    if value is None or value is False:
+        return None
+    return seconds(value) or None
+
+
+def lifespan_mode(value: Any) -> str:
+    if value not in ("auto", "on", "off"):
+        raise ValueError(f"must be 'auto', 'on' or 'off', got {value!r}")
+    return str(value)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every option, declared once on its field (options.option), in --help's order.
@@ -248,9 +284,23 @@ class Settings:
         "a .py file path or a dotted module name (pkg.tasks) with worker_start(worker)",
         "APP",
         kind="unicornish.worker.tasks",
-        default_text="required",
+        default_text="required, unless `--asgi` is given",
         value="path ending in `.py` (or containing `/`), or a dotted module name",
         doc="the app to run, here or in the config file; see [The app](#the-app)",
+    )
+    asgi: str | None = option(
+        None,
+        text,
+        "serve an ASGI app (FastAPI, Starlette...) on the --listen sockets: MODULE:NAME "
+        "(NAME defaults to app; NAME() calls a factory); needs unicornish[asgi]",
+        "MODULE:NAME",
+        kind="unicornish.worker.asgi",
+        default_text="required, unless `--app` is given",
+        value="`MODULE` (a `.py` path or a dotted module) with an optional `:NAME` "
+        "(default `app`) or `:NAME()` (a factory called with no arguments)",
+        doc="serve an ASGI app on the `--listen` sockets with uvicorn in each worker; needs "
+        "`pip install 'unicornish[asgi]'` and at least one `--listen`; see "
+        "[docs/asgi.md](asgi.md)",
     )
     workers: int = option(
         1,
@@ -323,7 +373,8 @@ class Settings:
         "SECONDS",
         value="number > 0",
         doc="a worker whose current task has run this long gets its Python traceback "
-        "dumped to the log, then SIGKILL (its whole process group)",
+        "dumped to the log, then SIGKILL (its whole process group). `--asgi`: a worker "
+        "whose event loop has been blocked this long (its 0.1 s tick is the heartbeat)",
     )
     graceful_timeout: float = option(
         30.0,
@@ -385,6 +436,121 @@ class Settings:
         "`unix:/path:MODE`; repeatable",
         doc="a listening socket, bound by the master and inherited by every worker",
     )
+    # -- HTTP (--wsgi and --asgi) --
+    keepalive: float = option(
+        5.0,
+        seconds,
+        "seconds an idle keep-alive connection is kept open; 0 closes it after each response",
+        "SECONDS",
+        value="number ≥ 0",
+        doc="HTTP (`--asgi`): how long an idle keep-alive connection is kept open; 0 closes "
+        "the connection after each response (`connection: close`)",
+    )
+    forwarded_allow_ips: str = option(
+        "127.0.0.1,::1",
+        address_list,
+        "peers whose X-Forwarded-For / X-Forwarded-Proto are trusted: IPs or networks "
+        "separated by commas, or * (unix-socket peers always are)",
+        "LIST",
+        value="IPs or networks separated by commas, or `*`",
+        doc="HTTP (`--asgi`): peers whose `X-Forwarded-For` / `X-Forwarded-Proto` are "
+        "trusted (the request's client and scheme then come from them); unix-socket peers "
+        "always are",
+    )
+    access_log: str = option(
+        "off",
+        access_log_format,
+        "one log line per request: off, text or json",
+        "off|text|json",
+        value="`off`, `text` or `json`",
+        doc='HTTP (`--asgi`): one log line per request, `worker[n] CLIENT "METHOD PATH '
+        'HTTP/V" STATUS DURATIONms` (`json`: event `http_request` with `client`, `method`, '
+        "`path`, `http_version`, `status`, `duration` in seconds; the JSON object itself "
+        "needs `--log-format json`)",
+    )
+    limit_request_line: int = option(
+        8190,
+        positive_count,
+        "longest request line in bytes; longer gets 414",
+        "BYTES",
+        value="whole number > 0",
+        doc="HTTP (`--asgi`): the longest request line (`METHOD TARGET HTTP/1.1`); longer "
+        "gets 414. Checked after uvicorn parsed the request",
+    )
+    limit_request_fields: int = option(
+        100,
+        positive_count,
+        "most header fields in a request; more gets 431",
+        "N",
+        value="whole number > 0",
+        doc="HTTP (`--asgi`): the most header fields in a request; more gets 431 (a "
+        "WebSocket handshake: refused, 403)",
+    )
+    limit_request_field_size: int = option(
+        8190,
+        positive_count,
+        "longest header field line in bytes; longer gets 431",
+        "BYTES",
+        value="whole number > 0",
+        doc="HTTP (`--asgi`): the longest header field line (`name: value`); longer gets 431 "
+        "(a WebSocket handshake: refused, 403)",
+    )
+    # -- ASGI (--asgi only), under uvicorn's names --
+    root_path: str | None = option(
+        None,
+        path_prefix,
+        "--asgi: the path prefix the app is mounted under behind a proxy (ASGI root_path)",
+        "PATH",
+        default_text="none",
+        value="a path starting with `/`",
+        doc="`--asgi` only: the prefix the app is mounted under behind a proxy (ASGI "
+        "`root_path`; uvicorn's `--root-path`)",
+    )
+    lifespan: str = option(
+        "auto",
+        lifespan_mode,
+        "--asgi: run the app's lifespan startup/shutdown: auto (if it supports it), on (a "
+        "failure fails the boot) or off",
+        "auto|on|off",
+        value="`auto`, `on` or `off`",
+        doc="`--asgi` only: the app's lifespan startup and shutdown (uvicorn's `--lifespan`). "
+        "`auto`: run it if the app supports it (an app that raises on the lifespan scope is "
+        "taken as not supporting it); `on`: that too is a failed boot; `off`: never",
+    )
+    limit_concurrency: int | None = option(
+        None,
+        optional_count,
+        "--asgi: most connections and requests at once per worker; past it, 503",
+        "N",
+        value="whole number ≥ 0 (0 = off)",
+        doc="`--asgi` only: most connections and requests at once in one worker; past it, "
+        "503 (uvicorn's `--limit-concurrency`)",
+    )
+    ws_max_size: int = option(
+        16 * 1024 * 1024,
+        positive_count,
+        "--asgi: largest WebSocket message in bytes",
+        "BYTES",
+        value="whole number > 0",
+        doc="`--asgi` only: the largest WebSocket message accepted (uvicorn's `--ws-max-size`)",
+    )
+    ws_ping_interval: float | None = option(
+        20.0,
+        optional_seconds,
+        "--asgi: seconds between WebSocket pings; 0 sends none",
+        "SECONDS",
+        value="number ≥ 0 (0 = off)",
+        doc="`--asgi` only: seconds between WebSocket pings (uvicorn's `--ws-ping-interval`)",
+    )
+    ws_ping_timeout: float | None = option(
+        20.0,
+        optional_seconds,
+        "--asgi: seconds to wait for a pong before closing; 0 waits forever",
+        "SECONDS",
+        value="number ≥ 0 (0 = off)",
+        doc="`--asgi` only: how long to wait for a pong before closing the WebSocket "
+        "(uvicorn's `--ws-ping-timeout`)",
+    )
     control: str | None = option(
         None,
         optional_text,
@@ -414,7 +580,8 @@ class Settings:
         "recycle a worker gracefully after about N tasks, +0..10% jitter",
         "N",
         value="whole number ≥ 0 (0 = off)",
-        doc="a worker exits gracefully after N tasks plus 0–10% random jitter, and is replaced",
+        doc="a worker exits gracefully after N tasks (`--asgi`: HTTP requests) plus 0–10% "
+        "random jitter, and is replaced",
     )
     refork_after: tuple[int, ...] = option(
         (),

@@ -5,13 +5,15 @@
 - apps: app sources more than one file runs;
 - metrics: scrape the master (HTTP, `ctl metrics`, files) and `ctl`;
 - cgroups: child cgroups with limits, and a launcher into them;
-- notify: systemd's end of NOTIFY_SOCKET.
+- notify: systemd's end of NOTIFY_SOCKET;
+- asgi: --asgi's Starlette app, wrk and a plain GET.
 
 The fixtures built on them (`start`, `app_file`, `groups`) are in conftest.py,
 which also re-exports these names for tests that import them from there.
 """
 
 from .apps import BROKEN_APP, loop_app, slow_boot_app, slow_task_app, write_app
+from .asgi import APP_DIR, WRK, copy_asgi_app, get, start_asgi, wrk, wrk_result
 from .cgroups import (
     LAUNCHER,
     MIB,
@@ -56,6 +58,13 @@ from .processes import (
 )
 
 __all__ = [
+    "APP_DIR",
+    "WRK",
+    "copy_asgi_app",
+    "get",
+    "start_asgi",
+    "wrk",
+    "wrk_result",
     "BIN",
     "BROKEN_APP",
     "EXAMPLES",

@@ -261,6 +261,7 @@ class Spawner:
             record.max_tasks,
             release.refork_at,
             release.settings.kind,
+            release.settings,
         )
         for hook in release.hooks("before_fork"):
             try:

@@ -66,6 +66,11 @@ MAX_BUCKETS = 64
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 # Names the master's own metrics use: an app cannot take them.
 RESERVED_PREFIX = "unicornish_"
+# The worker kinds' own metrics (--asgi), declared in a worker's arena like an
+# app's: the only names under the prefix the master reads from an arena.
+BUILTIN_METRICS = frozenset(
+    {"unicornish_http_requests", "unicornish_http_requests_in_flight", "unicornish_websockets_open"}
+)
 
 _MAGIC = 0x4D414E55  # "UNAM"
 _LAYOUT = 1
@@ -252,7 +257,7 @@ class Decl:
         name, kind = raw["n"], raw["t"]
         if kind not in _TYPES:
             raise MetricsError(f"metric {name!r}: unknown type {kind!r}")
-        name = _check_name(name)
+        name = _check_name(name, builtin=True)
         where = f"metric {name}"
         help = _check_text(raw["h"], f"{where}: help")
         labelnames, series = raw["l"], raw["s"]
@@ -594,12 +599,14 @@ def _check_label_name(label: Any, kind: str) -> str:
     return label
 
 
-def _check_name(name: Any) -> str:
+def _check_name(name: Any, builtin: bool = False) -> str:
+    """An app's metric name; with `builtin`, one of BUILTIN_METRICS may pass too
+    (what the master reads from an arena, where a worker kind declared it)."""
     if not isinstance(name, str) or not _METRIC_NAME.match(name):
         raise MetricsError(
             f"bad metric name {name!r}: letters, digits, '_' and ':', not starting with a digit"
         )
-    if name.startswith(RESERVED_PREFIX):
+    if name.startswith(RESERVED_PREFIX) and not (builtin and name in BUILTIN_METRICS):
         raise MetricsError(f"bad metric name {name!r}: {RESERVED_PREFIX}* is the master's")
     return name
 
@@ -779,6 +786,16 @@ def histogram(
     buckets: Iterable[float] = DEFAULT_BUCKETS,
 ) -> Histogram:
     return REGISTRY.histogram(name, help, labels, buckets)
+
+
+def builtin_metric(
+    kind: str, name: str, help: str, labels: Mapping[str, Sequence[Any]] | None = None
+) -> Metric:
+    """A worker kind's own metric (unicornish_http_*, for --asgi): declared in the
+    worker's arena like an app's, under the prefix an app cannot take."""
+    if name not in BUILTIN_METRICS:
+        raise MetricsError(f"not a built-in metric: {name!r}")
+    return REGISTRY._declare(kind, name, help, labels, ())
 
 
 def _same_again(

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from unicornish.app import App, AppError, CompiledApp
+from unicornish.config import Settings
 from unicornish.host import linux, log
 from unicornish.host import titles as proctitle
 from unicornish.host.sockets import OUT_OF_RESOURCES
@@ -73,6 +74,7 @@ class Worker:
         max_tasks: int | None = None,
         refork_at: int = 0,
         kind: str = "unicornish.worker.tasks",
+        settings: Settings | None = None,
     ) -> None:
         self.nr = nr
         self.pid = os.getpid()
@@ -92,6 +94,9 @@ class Worker:
         self._stopping = False
         # The module of this worker's kind (worker/kinds.py).
         self.kind = kind
+        # The settings of this worker's release (HUP makes a new one): what a kind
+        # reads beyond the worker's own fields (the HTTP options, --graceful-timeout).
+        self.settings = settings if settings is not None else Settings()
         self._quit = False  # QUIT (or the master's death), as opposed to a promotion
         self._promote = False
         self._report_fd = -1
@@ -495,6 +500,7 @@ class Worker:
             max_tasks,
             refork_at,
             self.kind,
+            self.settings,
         )
 
     def forget(self) -> None:
