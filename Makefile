@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 WORKERS ?= 2
 
-.PHONY: run check lint typecheck test soak bench bench-peers clean
+.PHONY: run check lint typecheck test unit docs soak bench bench-peers clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,8 @@ typecheck: $(STAMP)
 
 # System tools some tests drive for real: systemd-analyze verifies the unit
 # files, logrotate rotates a live log, faketime jumps the wall clock,
-# prometheus scrapes --metrics and promtool checks its output, wrk loads the
-# HTTP worker while the master reloads, upgrades and scales it.
+# prometheus scrapes --metrics and promtool checks its output, wrk loads --asgi
+# and --wsgi while the master reloads, upgrades and scales them.
 # Installed only where missing.
 TOOLS_STAMP := $(VENV)/.tools
 $(TOOLS_STAMP): $(STAMP)
@@ -34,9 +34,9 @@ $(TOOLS_STAMP): $(STAMP)
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	command -v logrotate >/dev/null || missing="$$missing logrotate"; \
 	command -v faketime >/dev/null || missing="$$missing faketime"; \
-	command -v wrk >/dev/null || missing="$$missing wrk"; \
 	{ command -v prometheus >/dev/null && command -v promtool >/dev/null; } \
 		|| missing="$$missing prometheus"; \
+	command -v wrk >/dev/null || missing="$$missing wrk"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			(apt-get update -qq && apt-get install -y -qq $$missing) >/dev/null; \
@@ -53,13 +53,23 @@ test: $(STAMP) $(TOOLS_STAMP)
 
 check: lint typecheck test
 
+# The unit layer alone: no master is started, a few seconds.
+unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit
+
+# The options and control protocol tables of docs/reference.md, written from
+# the declarations in unicornish/config.py and unicornish/ctl/commands.py
+# (tests/test_docs.py fails until it is).
+docs: $(STAMP)
+	$(PY) docs/options_table.py
+
 soak: $(STAMP)
 	$(PY) -m pytest -q tests/chaos --soak
 
 bench:
 	bash bench/setup.sh
 	bench/.venv/bin/python bench/run.py $(if $(QUICK),--quick)
-	bench/.venv/bin/python bench/http.py $(if $(QUICK),--quick)
+	bench/.venv/bin/python bench/http_wsgi.py $(if $(QUICK),--quick)
 
 bench-peers:
 	bash bench/peers.sh

@@ -9,7 +9,8 @@ from typing import Any
 
 from scenarios import Row
 
-COLUMNS = ("unicornish", "gunicorn", "unicorn")
+# uvicorn: scenario 14's peer (--asgi); "-" in the other scenarios' rows.
+COLUMNS = ("unicornish", "gunicorn", "unicorn", "uvicorn")
 
 
 def fmt(v: object, unit: str = "") -> str:
@@ -68,14 +69,14 @@ def table_rows(rows: list[Row]) -> list[list[str]]:
     return out
 
 
-HEADER = ["scenario", "metric", "unicornish", "gunicorn", "unicorn", "ratio", "target met?"]
+HEADER = ["scenario", "metric", *COLUMNS, "ratio", "target met?"]
 
 
 def text_table(rows: list[Row]) -> str:
     body = table_rows(rows)
     # Long "n/a: reason" cells are shortened in the text table; the JSON keeps them whole.
     for cells in body:
-        for i in (2, 3, 4):
+        for i in range(2, 2 + len(COLUMNS)):
             if len(cells[i]) > 24:
                 cells[i] = cells[i][:23] + "~"
     widths = [max(len(h), *(len(c[i]) for c in body)) for i, h in enumerate(HEADER)]

@@ -27,6 +27,7 @@ import traceback
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import become_subreaper  # noqa: E402
+from http_asgi import s14_asgi  # noqa: E402
 from refork import s13_refork  # noqa: E402
 from report import markdown_table, plot_respawn, plot_scale, text_table, write_json  # noqa: E402
 from scale import s10_scale  # noqa: E402
@@ -35,7 +36,13 @@ from scenarios import Ctx, Row, s12_metrics  # noqa: E402
 from servers import BENCH, ROOT, Launcher, availability, versions  # noqa: E402
 
 # scale.py builds on scenarios.py, so the list of every scenario is made here.
-ALL = [*BASE, ("scale-n", s10_scale), ("metrics", s12_metrics), ("refork", s13_refork)]
+ALL = [
+    *BASE,
+    ("scale-n", s10_scale),
+    ("metrics", s12_metrics),
+    ("refork", s13_refork),
+    ("asgi", s14_asgi),
+]
 
 
 def _git_rev() -> str:

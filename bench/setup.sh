@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Prepare the benchmark's own environment; safe to run again and again.
 #   bench/.venv  : python3 -m venv with gunicorn, matplotlib, psutil, py-spy,
-#                  prometheus_client (scenario 12: --metrics)
+#                  prometheus_client (scenario 12: --metrics), and for scenario 14
+#                  (--asgi) uvicorn with httptools, uvloop, websockets, the
+#                  uvicorn-worker for gunicorn and starlette (the app); for
+#                  bench/http_wsgi.py (--wsgi) granian and flask
 #                  and unicornish itself (editable) when pyproject.toml exists
 #   strace, wrk  : from Debian (apt-get) when missing; the bench says
 #                  "strace not installed" / skips the HTTP bench if this fails.
@@ -18,7 +21,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 
 # Third-party tools, reinstalled only when this list changes.
-reqs="gunicorn matplotlib psutil py-spy prometheus_client granian flask httptools"
+reqs="gunicorn matplotlib psutil py-spy prometheus_client uvicorn httptools uvloop websockets uvicorn-worker starlette granian flask"
 stamp="$venv/.bench-reqs"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$reqs" ]; then
     echo "bench/setup.sh: installing $reqs" >&2

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conftest import EXAMPLES, wait_until
+from helpers import EXAMPLES, wait_until
 
 HTTP_APP = EXAMPLES / "http_app.py"
 
@@ -155,50 +155,3 @@ class Hammer:
 
     def masters_since(self, moment: float) -> set[int]:
         return {a.master_pid for a in self.snapshot() if a.started >= moment}
-
-
-# -- the HTTP worker (--wsgi) ---------------------------------------------------------
-
-WSGI_APPS = Path(__file__).resolve().parent / "wsgi_apps"
-
-
-def wsgi_site(tmp: Path) -> Path:
-    """A copy of tests/wsgi_apps (the Flask and Django apps) with their payload file,
-    to start a master in: --wsgi imports from the current directory."""
-    site = tmp / "site"
-    shutil.copytree(WSGI_APPS, site, ignore=shutil.ignore_patterns("__pycache__"))
-    (site / "payload.bin").write_bytes(bytes(range(256)) * 4096)
-    return site
-
-
-def listening_port(run: Any, timeout: float = 10.0) -> int:
-    """The port a master started with --listen 127.0.0.1:0 got."""
-    log = run.wait_log(r"listening on 127\.0\.0\.1:\d+ ", 1, timeout)
-    return int(re.search(r"listening on 127\.0\.0\.1:(\d+) ", log).group(1))  # type: ignore[union-attr]
-
-
-def exchange(port: int, data: bytes, timeout: float = 5.0, until_close: bool = True) -> bytes:
-    """Send raw bytes, read until the server closes (or `timeout`)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(data)
-        out = b""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                chunk = sock.recv(65536)
-            except TimeoutError:
-                break
-            except ConnectionResetError:
-                out += b"<RESET>"
-                break
-            if not chunk:
-                break
-            out += chunk
-            if not until_close and b"\r\n\r\n" in out:
-                break
-        return out
-
-
-def statuses(raw: bytes) -> list[int]:
-    """The status codes of the responses in `raw`, in order (not 100 Continue)."""
-    return [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", raw) if code != b"100"]

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from conftest import ROOT, Run
+from helpers import ROOT, Run, children
 
 DOCS = ROOT / "docs"
 RESULTS = DOCS / "reliability"
@@ -28,37 +28,6 @@ RELIABILITY_MD = DOCS / "RELIABILITY.md"
 
 
 # -- looking at a process from outside ----------------------------------------------
-
-
-def _stat_fields(pid: int) -> tuple[str, str, int] | None:
-    """(comm, state, ppid) from /proc/PID/stat, or None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            data = handle.read().decode(errors="replace")
-    except OSError:
-        return None
-    head, _, tail = data.rpartition(")")
-    comm = head.partition("(")[2]
-    parts = tail.split()
-    if len(parts) < 2:
-        return None
-    return comm, parts[0], int(parts[1])
-
-
-def children(pid: int) -> list[tuple[int, str, str]]:
-    """[(child pid, comm, state)] of pid, zombies included, straight from /proc."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        fields = _stat_fields(int(name))
-        if fields is not None and fields[2] == pid:
-            found.append((int(name), fields[0], fields[1]))
-    return found
-
-
-def worker_children(pid: int) -> list[int]:
-    return [c for c, comm, state in children(pid) if comm.startswith("worker[") and state != "Z"]
 
 
 def zombies(pid: int) -> list[int]:
@@ -109,17 +78,6 @@ def log_tracebacks(text: str) -> list[str]:
         for i, line in enumerate(lines)
         if "Traceback (most recent call last)" in line
     ]
-
-
-def wait_for(predicate: Any, timeout: float, what: str, step: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(step)
 
 
 # -- running the master some other way ------------------------------------------------

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, wait_until
+from helpers import cpu_seconds, run_cli, wait_until
 
 # A task holds its worker until the client closes the connection (or QUIT).
 HOLD_APP = """
@@ -421,12 +421,6 @@ def switches(pid: int) -> int:
             if line.startswith("voluntary_ctxt_switches:"):
                 return int(line.split()[1])
     raise AssertionError("no voluntary_ctxt_switches")
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_an_idle_adaptive_master_wakes_about_once_a_second(start, app_file, tmp_path):

@@ -14,34 +14,10 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import Run, run_cli, wait_until
+from helpers import SCRAPING_CONFIG, Run, run_cli, scrape, wait_until
 
 pytest.importorskip("prometheus_client")
 
-# The master is found up the stack (Master.run called us); gc.get_objects() would
-# miss it under --preload, where gc.freeze() moves everything out of its sight.
-SCRAPING_CONFIG = """
-import os, sys
-app = "app.py"
-_scrapes = [0]
-
-def _master():
-    frame = sys._getframe()
-    while frame is not None:
-        candidate = frame.f_locals.get("self")
-        if type(candidate).__name__ == "Master":
-            return candidate
-        frame = frame.f_back
-    raise RuntimeError("no Master up the stack")
-
-def before_fork(worker):
-    text = _master().metrics.text()
-    _scrapes[0] += 1
-    path = os.path.join(os.path.dirname(__file__), f"scrape-{_scrapes[0]}.txt")
-    with open(path + ".tmp", "w") as handle:
-        handle.write(text)
-    os.rename(path + ".tmp", path)
-"""
 
 # Declared at import: in the master with --preload, in each worker without.
 AT_IMPORT = """
@@ -75,18 +51,6 @@ def worker_start(worker):
     metrics["latency"].observe(0.5)
     time.sleep(0.01)
 """
-
-
-def scrape(tmp: Path, n: int) -> dict[str, float]:
-    """The n-th scrape, as {'name{labels}': value}."""
-    path = tmp / f"scrape-{n}.txt"
-    wait_until(path.exists, 10, f"scrape {n}")
-    found = {}
-    for line in path.read_text().splitlines():
-        if line and not line.startswith("#"):
-            key, value = line.rsplit(" ", 1)
-            found[key] = float(value)
-    return found
 
 
 def start_scraped(start, tmp: Path, app: str, *args: str) -> Run:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import run_cli, wait_until, write_app
+from helpers import let_pass, run_cli, wait_until, write_app
 
 APP = """
 import os, time
@@ -39,11 +39,6 @@ def before_fork(worker):
 
 def write_config(tmp: Path, text: str) -> Path:
     return write_app(tmp, text, "conf.py")
-
-
-def pause(seconds: float) -> None:
-    until = time.monotonic() + seconds
-    wait_until(lambda: time.monotonic() >= until, seconds + 1)
 
 
 def test_options_come_from_the_file(start, app_file, tmp_path):
@@ -80,7 +75,7 @@ def test_command_line_wins_over_the_file(start, app_file, tmp_path):
     conf = write_config(tmp_path, 'app = "missing.py"\nworkers = 3\n')
     run = start("-c", str(conf), "--app", str(app), "--workers", "1")
     run.wait_ready(1)
-    pause(0.3)
+    let_pass(0.3)
     assert list(run.worker_pids()) == [0]
 
 
@@ -178,7 +173,7 @@ def test_broken_file_on_hup_keeps_old_settings_and_workers(start, app_file, tmp_
     log = run.wait_log("reload failed")
     line = next(x for x in log.splitlines() if "reload failed" in x)
     assert "conf.py" in line and "old settings and workers kept" in line
-    pause(0.3)
+    let_pass(0.3)
     assert run.worker_pids() == old
     # The old settings stay: a worker that dies is replaced, by one, as before.
     os.kill(old[1], signal.SIGKILL)
@@ -203,7 +198,7 @@ def test_broken_app_on_hup_keeps_old_settings_from_the_file(start, app_file, tmp
     run.signal(signal.SIGHUP)
     run.wait_log("reload failed")
     run.wait_log(r"status=exit 3")
-    pause(0.5)
+    let_pass(0.5)
     assert run.worker_pids() == old, run.log()
     assert not re.search(rf"reaped pid=({old[0]}|{old[1]}) ", run.log())
 

@@ -9,11 +9,20 @@ from __future__ import annotations
 import json
 import math
 import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import yaml
+from helpers import free_port
 
 from unicornish.cli import build_parser
 from unicornish.config import OPTIONS_BY_NAME, Settings
@@ -235,8 +244,138 @@ def test_limits_give_workers_auto_one_count(pod, container):
 
 
 @pytest.mark.parametrize("pod, container", containers(), ids=lambda v: v.get("name", "pod"))
+def test_a_latest_image_is_not_pulled_always(pod, container):
+    """Without imagePullPolicy, `:latest` (or no tag) means Always: a locally
+    built image (the recipe's `podman build`) could never run."""
+    image = container["image"]
+    name = image.rsplit("/", 1)[-1]
+    if ":" not in name or name.endswith(":latest"):
+        assert container.get("imagePullPolicy") in ("IfNotPresent", "Never"), image
+
+
+@pytest.mark.parametrize("pod, container", containers(), ids=lambda v: v.get("name", "pod"))
 def test_the_pod_runs_as_the_images_user(pod, container):
     uid = int((last(IMAGE, "USER") or "0").split(":")[0])
     context = {**pod.get("securityContext", {}), **container.get("securityContext", {})}
     assert context.get("runAsNonRoot") is True
     assert context.get("runAsUser", uid) == uid
+
+
+# -- the image, replayed: what it installs, started as it starts ------------------------
+
+# RUN steps the replay leaves out: they change the image's system, not what runs
+# (a new kind of step fails the test, so that the replay is looked at again).
+NOT_REPLAYED = ("rm ", "groupadd ", "useradd ")
+
+
+def in_root(root: Path, word: str) -> str:
+    """An absolute path of the image, inside the replay's root directory."""
+    return str(root) + word if word.startswith("/") else word
+
+
+def replay_copy(root: Path, workdir: str, rest: str) -> None:
+    """COPY SRC... DEST, from the checkout (the build context) into the root."""
+    words = [w for w in rest.split() if not w.startswith("--")]
+    sources, dest = words[:-1], words[-1]
+    target = Path(in_root(root, dest if dest.startswith("/") else f"{workdir}/{dest}"))
+    into_dir = dest.endswith("/") or len(sources) > 1
+    for source in sources:
+        path = ROOT / source
+        if path.is_dir():  # the directory's contents, as COPY does
+            shutil.copytree(
+                path, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__")
+            )
+        else:
+            destination = target / path.name if into_dir else target
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, destination)
+
+
+def replay_run(root: Path, venv: Path, rest: str) -> None:
+    """The image's `pip install` steps, into the fresh venv (pip's cache allowed:
+    it changes how long, not what is installed)."""
+    for step in (s.strip() for s in rest.split("&&")):
+        if step.startswith(NOT_REPLAYED):
+            continue
+        words = shlex.split(step)
+        assert words[:2] == ["pip", "install"], f"a RUN step the replay does not know: {step}"
+        args = [in_root(root, w) for w in words[2:] if w != "--no-cache-dir"]
+        done = subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "--quiet", *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+
+
+def readyz(port: int) -> int | None:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.sendall(b"GET /readyz HTTP/1.1\r\nHost: test\r\n\r\n")
+            head = s.recv(4096)
+    except OSError:
+        return None
+    return int(head.split()[1]) if head.startswith(b"HTTP/") else None
+
+
+def test_the_image_installed_as_its_lines_say_starts_and_gets_ready(tmp_path):
+    """The Containerfile's own install into a fresh venv, then its ENTRYPOINT and
+    CMD (ports moved to free ones, paths into the replay's root): the master must
+    get ready and /readyz answer 200, as the pod's readiness probe asks. An
+    install that misses what the arguments need (the metrics extra) fails here."""
+    root, venv = tmp_path / "root", tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    workdir = "/"
+    for keyword, rest in IMAGE:
+        if keyword == "COPY":
+            replay_copy(root, workdir, rest)
+        elif keyword == "RUN":
+            replay_run(root, venv, rest)
+        elif keyword == "ENV":
+            env.update(dict(shlex.split(pair)[0].split("=", 1) for pair in rest.split()))
+        elif keyword == "WORKDIR":
+            workdir = rest
+    ports: dict[str, str] = {}
+
+    def moved(word: str) -> str:
+        if re.fullmatch(r"0\.0\.0\.0:\d+", word):
+            ports[word] = ports.get(word) or f"0.0.0.0:{free_port()}"
+            return ports[word]
+        return in_root(root, word)
+
+    argv = [moved(word) for word in entrypoint() + cmd()]
+    metrics_port = port_of(parse_options(argv[1:])["metrics"])
+    (root / workdir.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    master = subprocess.Popen(
+        [str(venv / "bin" / argv[0]), *argv[1:]],
+        cwd=root / workdir.lstrip("/"),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    family: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 30
+        while readyz(metrics_port) != 200:
+            if master.poll() is not None:
+                said = master.stdout.read() if master.stdout else ""
+                pytest.fail(f"the image's command exited {master.returncode}: {said}")
+            assert time.monotonic() < deadline, "not ready within 30 s"
+            time.sleep(0.1)  # polling an HTTP probe, as the kubelet does
+        family = psutil.Process(master.pid).children(recursive=True)
+        master.send_signal(signal.SIGINT)  # a quick stop: the drain is tested elsewhere
+        output, _ = master.communicate(timeout=15)
+        assert master.returncode == 0, output
+    finally:
+        for proc in [psutil.Process(master.pid)] if master.poll() is None else []:
+            family += proc.children(recursive=True)
+            proc.kill()
+        for proc in family:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        master.wait(10)

@@ -13,14 +13,9 @@ import weakref
 from pathlib import Path
 
 import psutil
-from conftest import loop_app, run_cli, slow_task_app, wait_until
+import pytest
+from helpers import ctl, loop_app, run_cli, slow_task_app, wait_until
 from other_user import SYSTEM_PYTHON, open_dir, run_as, temp_user
-
-
-def ctl(path: Path | str, *args: str) -> tuple[int, dict]:
-    result = run_cli("ctl", "--control", str(path), *args)
-    reply = json.loads(result.stdout) if result.stdout.strip() else {}
-    return result.returncode, reply
 
 
 def connect(path: Path) -> socket.socket:
@@ -341,3 +336,76 @@ def test_failed_upgrade_gives_the_socket_back(start, app_file, tmp_path):
     run.signal(signal.SIGTERM)
     assert run.wait_exit(5) == 0
     assert not path.exists()
+
+
+def test_hundreds_of_status_calls_at_once_wait_their_turn(start, app_file, tmp_path):
+    """500 `status` calls at once: a backlog of 16 refused most of them (EAGAIN
+    on connect, exit 3). They wait their turn, briefly, and all get the status."""
+    from unicornish.ctl.client import NoAnswer, request
+
+    path = tmp_path / "ctl.sock"
+    run = start("--app", str(app_file(loop_app())), "--workers", "1", "--control", str(path))
+    run.wait_ready(1)
+    go = threading.Barrier(500)
+    outcomes: list[object] = []
+
+    def one() -> None:
+        go.wait()
+        try:
+            reply = request(str(path), {"command": "status"})
+        except NoAnswer as exc:
+            outcomes.append(f"{exc} (exit {exc.code})")
+            return
+        outcomes.append(reply.get("ok"))
+
+    threads = [threading.Thread(target=one) for _ in range(500)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    failures = [o for o in outcomes if o is not True]
+    assert len(outcomes) == 500 and not failures, (len(failures), failures[:3])
+    assert ctl(path, "status")[0] == 0
+
+
+def test_with_every_slot_held_by_silent_clients_ctl_is_answered_at_once(start, app_file, tmp_path):
+    """64 connections open and silent: the next `ctl` takes the slot of the one
+    silent longest (it used to be refused: `too many control connections`)."""
+    path = tmp_path / "ctl.sock"
+    run = start("--app", str(app_file(loop_app())), "--workers", "1", "--control", str(path))
+    run.wait_ready(1)
+    held = [connect(path) for _ in range(64)]
+    try:
+        held[1].sendall(b"status\n")
+        assert read_line(held[1])["ok"] is True  # all 64 are accepted
+        for _ in range(3):
+            began = time.monotonic()
+            code, reply = ctl(path, "status")
+            assert code == 0 and reply["ok"] is True
+            assert time.monotonic() - began < 5
+        run.wait_log("control: 64 connections open; closing the one that waited longest", 1, 5)
+        assert held[0].recv(100) == b""  # the first one, silent since it connected
+        held[1].sendall(b"status\n")  # the others are served as before
+        assert read_line(held[1])["ok"] is True
+    finally:
+        for sock in held:
+            sock.close()
+
+
+# -- status --help and ctl --help --------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+@pytest.mark.parametrize(
+    "command, words",
+    [
+        ("status", ["--control PATH", "--pid FILE", "--json", "exit codes", "3  not running"]),
+        ("ctl", ["COMMAND", "scale N", "reload", "stop [--quick]", "upgrade", "exit codes"]),
+    ],
+)
+def test_subcommand_help(tmp_path: Path, command: str, words: list[str], flag: str) -> None:
+    result = run_cli(command, flag, cwd=tmp_path, env={"UNICORNISH_CONTROL": ""})
+    assert (result.returncode, result.stderr) == (0, ""), result
+    assert result.stdout.startswith(f"usage: unicornish {command} ")
+    for word in words:
+        assert word in result.stdout, (word, result.stdout)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
-from conftest import EXAMPLES, loop_app, slow_task_app, wait_until
+from helpers import EXAMPLES, gone, loop_app, slow_task_app, wait_until
 
 
 def test_spawns_n_workers_with_titles(start, app_file):
@@ -24,16 +27,47 @@ def test_spawns_n_workers_with_titles(start, app_file):
         assert " ".join(proc.cmdline()).startswith(f"unicornish worker[{nr}] app.py")
     master = psutil.Process(run.pid)
     assert master.name() == "unicornish"
-    assert " ".join(master.cmdline()).startswith("unicornish master app.py")
+    assert " ".join(master.cmdline()).startswith(f"unicornish master {app}")
     log = run.log()
     assert f"master process ready pid={run.pid}" in log
     assert "spawning 3 missing workers:" in log
     for nr, pid in pids.items():
         assert f"worker[{nr}] spawned pid={pid}" in log
-    # Lines start with an ISO-8601 timestamp in brackets.
+    # Lines start with an ISO-8601 timestamp and the writer's pid in brackets
+    # (two masters share a log during a USR2): the master's for its lines, each
+    # worker's for the lines it writes itself.
     for line in log.splitlines():
         if line.startswith("["):
-            assert line[1:20].count("-") == 2 and line[11] == "T" and line[20] == "]", line
+            assert re.match(r"\[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d #\d+\] ", line), line
+    assert re.search(rf"^\[\S+ #{run.pid}\] master process ready pid={run.pid}$", log, re.M)
+    for nr, pid in pids.items():
+        assert re.search(rf"^\[\S+ #{run.pid}\] worker\[{nr}\] spawned pid={pid}$", log, re.M)
+        assert re.search(rf"^\[\S+ #{pid}\] worker\[{nr}\] ready$", log, re.M), nr
+
+
+def test_master_title_names_the_app_as_given_and_the_first_listen_address(start, tmp_path):
+    """`ps ax | grep myproject` finds the master; two masters of one app differ."""
+    package = tmp_path / "myproject"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "tasks.py").write_text(loop_app())
+    sock = tmp_path / "app.sock"
+    by_module = start(
+        "--app", "myproject.tasks", "--listen", f"unix:{sock}", "--listen", "127.0.0.1:0",
+        cwd=tmp_path,
+    )  # fmt: skip
+    by_path = start("--app", "myproject/tasks.py", cwd=tmp_path)
+    by_module.wait_ready(1)
+    by_path.wait_ready(1)
+    # setproctitle pads the old argv area: psutil sees trailing empty arguments.
+    titles = {
+        r.pid: " ".join(psutil.Process(r.pid).cmdline()).rstrip() for r in (by_module, by_path)
+    }
+    assert titles[by_module.pid] == f"unicornish master myproject.tasks unix:{sock}", titles
+    assert titles[by_path.pid] == "unicornish master myproject/tasks.py", titles
+    # Workers keep their short title.
+    for pid in by_path.worker_pids().values():
+        assert " ".join(psutil.Process(pid).cmdline()).rstrip() == "unicornish worker[0] tasks.py"
 
 
 def test_zero_workers_allowed(start, app_file):
@@ -235,7 +269,7 @@ def names(procs: list[psutil.Process]) -> list[str]:
 def test_entry_points_are_the_master_itself(tmp_path, app_file):
     """`python -m unicornish` and bin/unicornish: the started pid is the master."""
     app = app_file(loop_app())
-    from conftest import BIN, ROOT
+    from helpers import BIN, ROOT
 
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     for cmd in (
@@ -260,3 +294,72 @@ def test_entry_points_are_the_master_itself(tmp_path, app_file):
         finally:
             os.kill(proc.pid, signal.SIGTERM)
             proc.wait(10)
+
+
+# -- a dead master that its parent does not reap -----------------------------------------
+
+
+NEVER_REAPS = """
+import os, sys, time
+# Starts the master as its child, then never waits for it: a SIGKILLed master
+# stays a zombie, with its pid and create time, for as long as we sleep.
+if os.fork() == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+while True:
+    time.sleep(3600)
+"""
+
+
+DEAF_TO_QUIT = """
+import signal, time
+def after_fork(worker):
+    # The parent-death signal (SIGQUIT) goes unseen: only the worker's own check
+    # of its master after each task can end it.
+    signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+def worker_start(worker):
+    time.sleep(0.05)
+"""
+
+
+def test_worker_leaves_a_zombie_master(start, tmp_path: Path) -> None:
+    launcher = tmp_path / "never_reaps.py"
+    launcher.write_text(NEVER_REAPS)
+    app = tmp_path / "app.py"
+    app.write_text(DEAF_TO_QUIT)
+    run = start("--app", str(app), prefix=[sys.executable, str(launcher)])
+    run.wait_log(r"worker\[0\] ready")
+    master = wait_until(lambda: psutil.Process(run.pid).children(), 10, "the master")[0].pid
+    (worker,) = wait_until(lambda: psutil.Process(master).children(), 10, "the worker")
+    run.seen.add(worker.pid)  # cleaned up by pid even if it outlives this test
+    os.kill(master, signal.SIGKILL)
+    wait_until(lambda: gone(master), 5, "the master to die")
+    assert psutil.Process(master).status() == psutil.STATUS_ZOMBIE  # never reaped
+    wait_until(lambda: gone(worker.pid), 5, f"worker {worker.pid} to leave its dead master")
+    assert f"worker[0] master pid={master} is gone" in run.log()
+
+
+# -- each worker maps only its own scoreboard page ---------------------------------------
+
+
+MAPS_APP = """
+import time
+def after_fork(worker):
+    with open("/proc/self/maps") as maps:
+        shared = [line for line in maps if "/dev/zero" in line or "SYSV" in line]
+    print(f"worker[{worker.nr}] pid={worker.pid} shared mappings: {len(shared)}", flush=True)
+def worker_start(worker):
+    time.sleep(0.05)
+"""
+
+
+def test_a_worker_maps_only_its_own_scoreboard_page(start, app_file):
+    """Not its siblings' pages: it could write their heartbeats."""
+    run = start("--app", str(app_file(MAPS_APP)), "--workers", "4", "--spares", "1")
+    pids = run.wait_ready(4)
+    os.kill(pids[2], signal.SIGKILL)  # the spare takes slot 2
+    run.wait_log(r"a spare takes the slot")
+    wait_until(lambda: run.stdout().count("shared mappings") >= 5, 10, "five reports")
+    counts = [int(n) for n in re.findall(r"shared mappings: (\d+)", run.stdout())]
+    # Its own two pages: its scoreboard and its app-metrics arena; none of the
+    # four others' (with them, 2 x 5 = 10).
+    assert counts and set(counts) == {2}, run.stdout()

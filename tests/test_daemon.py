@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import gone, run_cli, wait_until
+from helpers import gone, run_cli, wait_until
 
 LOOP_APP = """
 import time

@@ -17,17 +17,25 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
 import pytest
-from conftest import Run, loop_app, run_cli, wait_until
+from helpers import (
+    MIB,
+    Group,
+    Groups,
+    NotifyListener,
+    free_port,
+    http,
+    loop_app,
+    run_cli,
+    set_cpu_quota,
+    set_memory_limit,
+    unshare_or_skip,
+    wait_until,
+)
 from http_client import Hammer, copy_http_app, get, tcp_target
-from test_cgroups_live import MIB, Group, Groups, set_cpu_quota, set_memory_limit
-from test_metrics import free_port, http
-from test_pid1 import _unshare
-from test_systemd import NotifyListener
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="cgroups and pid namespaces need root")
 
@@ -40,17 +48,7 @@ WORKER_MEMORY = "200"  # floor(512 / 200) = 2: memory and CPUs agree on 2 worker
 
 
 def unshare() -> list[str]:
-    return [_unshare(), "--pid", "--fork", "--mount-proc"]
-
-
-@pytest.fixture
-def groups(start: Callable[..., Run]) -> Iterator[Groups]:
-    # Depends on `start`, so this teardown (kill, rmdir) runs before start's.
-    made = Groups(start)
-    try:
-        yield made
-    finally:
-        made.cleanup()
+    return [unshare_or_skip(), "--pid", "--fork", "--mount-proc"]
 
 
 class Container:
@@ -264,3 +262,31 @@ def test_drain_tells_systemd_stopping_at_once_and_sleeps_until_its_end(start, ap
         assert "drain over after 1.5s: graceful stop" in run.log()
     finally:
         notify.close()
+
+
+def test_during_a_drain_usr1_and_ctl_reopen_agree_and_every_refusal_is_logged(
+    start, app_file, tmp_path
+):
+    app = app_file(loop_app())
+    control = str(tmp_path / "ctl.sock")
+    run = start("--app", str(app), "--control", control, "--drain", "30")
+    run.wait_ready(1)
+    run.signal(signal.SIGQUIT)
+    run.wait_log("QUIT received: draining for 30s")
+    # A log rotation during a stop: the signal and the command both reopen.
+    run.signal(signal.SIGUSR1)
+    run.wait_log("reopened log files", 1)
+    result = run_cli("ctl", "--control", control, "reopen")
+    assert result.returncode == 0, result.stdout + result.stderr
+    run.wait_log("reopened log files", 2)
+    # What would change the workers is refused, and the log says so each time.
+    run.signal(signal.SIGHUP)
+    run.wait_log("HUP ignored: master is stopping", 1)
+    result = run_cli("ctl", "--control", control, "reload")
+    assert result.returncode == 1 and "master is stopping" in result.stdout
+    run.wait_log("control reload ignored: master is stopping", 1)
+    run.signal(signal.SIGTTIN)
+    run.wait_log("TTIN ignored: master is stopping", 1)
+    run.signal(signal.SIGTERM)  # --term quick: ends the drain with a quick stop
+    assert run.wait_exit(10) == 0
+    assert "HUP received" not in run.log()

@@ -8,7 +8,7 @@ import json
 import os
 import signal
 
-from conftest import run_cli
+from helpers import run_cli
 
 APP = """
 import time

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import time
 
 import psutil
-from conftest import gone, run_cli, wait_until
+from helpers import gone, let_pass, loop_app, run_cli, wait_until
 
-
-def let_pass(seconds: float) -> None:
-    """Let wall time pass (a window must close), without a bare sleep."""
-    until = time.monotonic() + seconds
-    wait_until(lambda: time.monotonic() >= until, seconds + 1, f"{seconds}s to pass")
-
-
-SLEEPY = "import time\ndef worker_start(worker):\n    time.sleep(0.05)\n"
+SLEEPY = loop_app()
 
 
 def test_absurd_worker_counts_are_refused_at_the_edge(tmp_path):
@@ -46,8 +40,16 @@ def test_scale_beyond_the_maximum_gets_an_error_reply(start, app_file, tmp_path)
     result = run_cli("ctl", "--control", str(sock), "scale", "99999999999")
     assert result.returncode == 1, result
     assert "at most 10000" in result.stdout
+    # The refusal names what was given (it used to say `got 10001` for any long number).
+    result = run_cli("ctl", "--control", str(sock), "scale", "9" * 32)
+    assert result.returncode == 1, result
+    assert json.loads(result.stdout)["error"] == f"scale: at most 10000 workers, got {'9' * 32}"
     result = run_cli("ctl", "--control", str(sock), "scale", "9" * 5000)
     assert result.returncode == 1, result
+    assert json.loads(result.stdout)["error"] == (
+        "scale: at most 10000 workers, got a number of 5000 digits"
+    )
+    assert "Traceback" not in result.stderr
     # Still answering, still one worker.
     assert run_cli("ctl", "--control", str(sock), "status").returncode == 0
     assert len(run.worker_pids()) == 1

@@ -9,10 +9,11 @@ import socket
 import stat
 import subprocess
 import time
+from pathlib import Path
 
 import psutil
 import pytest
-from conftest import BIN, wait_until
+from helpers import BIN, alive, loop_app, one_error_line, run_cli, wait_until
 from http_client import copy_http_app, get, listen_addresses, tcp_target
 
 
@@ -25,14 +26,6 @@ def _has_ipv6_loopback() -> bool:
     except OSError:
         return False
     return True
-
-
-def _running(proc: psutil.Process) -> bool:
-    """Alive and not a zombie (an orphan's zombie waits for whoever reaps it)."""
-    try:
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def _answers_from_workers(target: str, run, tries: int = 30) -> set[int]:
@@ -194,7 +187,7 @@ def test_workers_idle_in_accept_leave_when_the_master_dies(start, tmp_path):
     workers = [psutil.Process(pid) for pid in run.wait_ready(2).values()]
     started = time.monotonic()
     run.signal(signal.SIGKILL)
-    wait_until(lambda: not any(_running(p) for p in workers), 5, "orphaned workers to exit")
+    wait_until(lambda: not any(alive(p.pid) for p in workers), 5, "orphaned workers to exit")
     assert time.monotonic() - started < 1.0
     run.wait_log(r"worker\[\d\] master pid=\d+ is gone", 2)
 
@@ -274,3 +267,32 @@ def test_unicornish_fd_is_validated(tmp_path):
                         lines = result.stderr.strip().splitlines()
                         assert len(lines) == 1 and message in lines[0], (value, lines)
                         assert lines[0].startswith("unicornish: error: "), lines
+
+
+# -- unix socket paths and modes ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["999", "0o660", "1777", "", "0660x"])
+def test_bad_unix_socket_mode_is_refused(tmp_path: Path, mode: str) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(loop_app())
+    sock = tmp_path / "x.sock"
+    result = run_cli("--app", str(app), "--listen", f"unix:{sock}:{mode}", cwd=tmp_path)
+    one_error_line(result, 2, "--listen", "mode must be octal")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.py"]  # no x.sock:999
+
+
+def test_unix_socket_paths_with_a_colon(start, tmp_path: Path) -> None:
+    """A ':' followed by a directory stays in the path; a path whose last ':' is
+    followed by a digit takes an explicit mode after it."""
+    app = tmp_path / "app.py"
+    app.write_text(loop_app())
+    (tmp_path / "a:b").mkdir()
+    in_dir = tmp_path / "a:b" / "x.sock"
+    digits = tmp_path / "app:1"
+    run = start("--app", str(app), "--listen", f"unix:{in_dir}", "--listen", f"unix:{digits}:0600")
+    run.wait_ready(1)
+    log = run.log()
+    assert f"listening on unix:{in_dir} fd=" in log and f"listening on unix:{digits} fd=" in log
+    assert in_dir.is_socket() and digits.is_socket()
+    assert digits.stat().st_mode & 0o777 == 0o600

@@ -7,7 +7,7 @@ import signal
 import subprocess
 
 import pytest
-from conftest import ROOT, wait_until
+from helpers import ROOT, wait_until
 
 APP = """
 import time

@@ -12,17 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import wait_until
+from helpers import cpu_seconds, slow_boot_app, wait_until
 
 WINDOW = 3.0
 MAX_SHARE = 0.05
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
 
 
 def assert_quiet(pid: int, what: str) -> None:
@@ -37,16 +30,6 @@ def assert_quiet(pid: int, what: str) -> None:
 
 SLEEPY = """
 import os, time
-def worker_start(worker):
-    time.sleep(0.05)
-"""
-
-SLOW_BOOT = """
-import os, time
-FLAG = {flag!r}
-def after_fork(worker):
-    if os.path.exists(FLAG):
-        time.sleep(8)
 def worker_start(worker):
     time.sleep(0.05)
 """
@@ -66,7 +49,7 @@ def test_no_workers_with_a_spare(start, app_file):
 
 def test_reload_whose_workers_boot_slowly(start, app_file, tmp_path: Path):
     flag = tmp_path / "slow"
-    run = start("--app", str(app_file(SLOW_BOOT.format(flag=str(flag)))), "--workers", "4")
+    run = start("--app", str(app_file(slow_boot_app(flag, 8))), "--workers", "4")
     run.wait_ready(4)
     flag.write_text("")
     run.signal(signal.SIGHUP)
@@ -78,9 +61,7 @@ def test_reload_whose_workers_boot_slowly(start, app_file, tmp_path: Path):
 
 def test_spare_in_a_slow_after_fork(start, app_file, tmp_path: Path):
     flag = tmp_path / "slow"
-    run = start(
-        "--app", str(app_file(SLOW_BOOT.format(flag=str(flag)))), "--workers", "2", "--spares", "1"
-    )
+    run = start("--app", str(app_file(slow_boot_app(flag, 8))), "--workers", "2", "--spares", "1")
     pids = run.wait_ready(2)
     run.wait_log(r"spare spawned pid=")
     flag.write_text("")

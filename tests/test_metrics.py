@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -17,29 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import gone, loop_app, run_cli, wait_until
+from helpers import free_port, gone, http, loop_app, run_cli, samples, wait_until
 
 needs_prometheus = pytest.mark.skipif(
     shutil.which("prometheus") is None or shutil.which("promtool") is None,
     reason="prometheus and promtool are not installed (make check installs them)",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def http(port: int, path: str, raw: bytes | None = None, timeout: float = 10.0) -> tuple[int, str]:
-    """(status, body) of one request; `raw` replaces the whole request."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(raw or f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
-        data = bytearray()
-        while chunk := s.recv(65536):
-            data += chunk
-    head, _, body = bytes(data).partition(b"\r\n\r\n")
-    return int(head.split()[1]), body.decode()
 
 
 def sample(text: str, name: str) -> float | None:
@@ -240,16 +224,6 @@ def worker_start(worker):
 """
 
 
-def samples(text: str) -> dict[str, float]:
-    """Every sample of a scrape, as {'name{labels}': value}."""
-    found = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, value = line.rsplit(" ", 1)
-            found[key] = float(value)
-    return found
-
-
 def test_task_durations_count_every_task_across_a_sigkill(start, app_file, tmp_path: Path):
     control = str(tmp_path / "ctl.sock")
     run, port = ready_metrics(start, app_file, "--control", control, app=DURATIONS_APP)
@@ -400,30 +374,100 @@ def test_wrong_paths_and_methods(start, app_file):
     assert http(port, "", raw=b"GARBAGE\r\n\r\n")[0] == 400
 
 
-def test_past_the_client_limit_connections_wait_in_the_backlog(start, app_file):
+def client_fds(pid: int) -> int:
+    return sum(1 for fd in os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_past_the_client_limit_the_one_waiting_longest_gives_its_slot_up(start, app_file):
+    """With 64 connections open and silent, a probe is answered at once: the
+    connection that waited longest for its request is closed to make room
+    (they used to keep every new connection waiting in the backlog for up to 5 s)."""
     run, port = ready_metrics(start, app_file)
-    silent = []
-    waiting = socket.socket()
+    before = client_fds(run.pid)
+    silent: list[socket.socket] = []
     try:
         for _ in range(64):
             silent.append(socket.create_connection(("127.0.0.1", port)))
-        wait_until(lambda: run.count("64 connections open") == 1, 10, "the limit reached")
-        # The 65th is not accepted (nor reset) while 64 are open...
-        waiting.settimeout(10)
-        waiting.connect(("127.0.0.1", port))
-        waiting.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
-        waiting.settimeout(0.5)
+        wait_until(lambda: client_fds(run.pid) >= before + 64, 10, "64 clients accepted")
+        for _ in range(3):
+            began = time.monotonic()
+            assert http(port, "/healthz", timeout=2) == (200, "ok\n")
+            assert time.monotonic() - began < 0.5
+        run.wait_log("metrics: 64 connections open; closing the one that waited longest", 1, 5)
+        # The first one connected gave its slot up, with nothing sent; the probe
+        # was done at once, so the next probes found a free slot.
+        silent[0].settimeout(5)
+        assert silent[0].recv(100) == b""
+        silent[1].settimeout(0.2)
         with pytest.raises(TimeoutError):
-            waiting.recv(100)
-        # ...and is answered as soon as one of them is done.
-        silent.pop().close()
-        waiting.settimeout(5)
-        assert waiting.recv(100).startswith(b"HTTP/1.1 200 OK")
+            silent[1].recv(100)  # still waiting for its request, still served
+        silent[1].sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+        silent[1].settimeout(5)
+        assert silent[1].recv(100).startswith(b"HTTP/1.1 200 OK")
     finally:
-        waiting.close()
         for s in silent:
             s.close()
     wait_until(lambda: _answer(port, "/healthz") == (200, "ok\n"), 10, "/healthz 200 again")
+
+
+class Slowloris:
+    """`count` connections that each send one more byte of a request head every
+    `every` seconds, and connect again when the master closes them."""
+
+    HEAD = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 4000
+
+    def __init__(self, port: int, count: int, every: float) -> None:
+        self.port, self.count, self.every = port, count, every
+        self.socks: list[tuple[socket.socket, int]] = []
+        self.reconnects = 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def connect(self) -> tuple[socket.socket, int]:
+        sock = socket.socket()
+        sock.setblocking(False)
+        sock.connect_ex(("127.0.0.1", self.port))
+        return sock, 0
+
+    def run(self) -> None:
+        self.socks = [self.connect() for _ in range(self.count)]
+        while not self.done.is_set():
+            for i, (sock, sent) in enumerate(self.socks):
+                try:
+                    sock.send(self.HEAD[sent : sent + 1])
+                    self.socks[i] = (sock, sent + 1)
+                except BlockingIOError:
+                    pass  # still connecting
+                except OSError:  # closed by the master: come back
+                    sock.close()
+                    self.socks[i] = self.connect()
+                    self.reconnects += 1
+            self.done.wait(self.every)
+
+    def __enter__(self) -> Slowloris:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join(10)
+        for sock, _sent in self.socks:
+            sock.close()
+
+
+def test_slow_clients_do_not_starve_the_probes(start, app_file):
+    """300 connections sending their request head a byte every 2 s once made
+    /healthz wait 12 s (64 slots, 5 s each): a liveness probe would restart a
+    healthy pod. Every probe is answered within 100 ms."""
+    run, port = ready_metrics(start, app_file)
+    with Slowloris(port, 300, 2.0):
+        run.wait_log("metrics: 64 connections open", 1, 10)
+        for path, expected in [("/healthz", 200), ("/readyz", 200), ("/metrics", 200)] * 5:
+            began = time.monotonic()
+            status, _body = http(port, path, timeout=5)
+            took = time.monotonic() - began
+            assert status == expected and took < 0.1, (path, status, took)
+    assert http(port, "/healthz") == (200, "ok\n")
 
 
 # -- the idle master -----------------------------------------------------------------------------
@@ -461,6 +505,131 @@ def test_the_idle_master_does_not_wake_between_scrapes(start, app_file):
     assert context_switches(run.pid) == before, "the master woke up with no client connected"
 
 
+# -- app metrics: one bad value must never cost the scrape ---------------------------------------
+
+REFUSING_APP = """
+import os, time
+from unicornish.metrics import appmetrics
+
+DONE = appmetrics.counter("done", "Tasks done")
+FILE = os.fsdecode(b"report-\\xff.csv")  # a file name that is not UTF-8
+
+def after_fork(worker):
+    try:
+        worker.metrics.counter("files", "Files", labels={"file": [FILE]})
+    except appmetrics.MetricsError as exc:
+        print("refused:", exc, flush=True)
+
+def worker_start(worker):
+    DONE.inc()
+    time.sleep(0.05)
+"""
+
+
+def test_a_label_value_that_is_not_text_is_refused_and_the_scrape_goes_on(
+    start, app_file, tmp_path: Path
+):
+    control = str(tmp_path / "ctl.sock")
+    run, port = ready_metrics(start, app_file, "--control", control, app=REFUSING_APP)
+    wait_until(lambda: run.stdout().count("refused:") == 2, 10, "both workers refused")
+    assert "label 'file': value 'report-\\udcff.csv' is not valid text" in run.stdout()
+    status, text = http(port, "/metrics")
+    assert status == 200, text  # it was 500 for every scrape
+    assert (sample(text, "done_total") or 0) > 0
+    result = run_cli("ctl", "--control", control, "metrics")
+    assert result.returncode == 0, result.stderr
+    assert "done_total" in result.stdout
+
+
+# Worker 0 writes records into its own arena, as any app can: the master must
+# take what it reads there as untrusted input.
+SCRIBBLING_APP = """
+import json, time
+from unicornish.metrics import appmetrics
+
+GOOD = appmetrics.counter("good", "Good")
+RECORD = {record!r}
+
+def after_fork(worker):
+    if worker.nr == 0:
+        line = json.dumps(RECORD).encode() + b"\\n"
+        appmetrics.REGISTRY._arena.append(line, 2)
+
+def worker_start(worker):
+    GOOD.inc()
+    time.sleep(0.05)
+"""
+
+SCRIBBLED = {
+    "the master's name": {"n": "unicornish_workers_running", "t": "gauge", "l": [], "s": [[]]},
+    "__name__ label": {"n": "x", "t": "gauge", "l": ["__name__"], "s": [["y"]]},
+    "a lone surrogate": {"n": "x", "t": "gauge", "l": ["f"], "s": [["report-\udcff.csv"]]},
+}
+
+
+@pytest.mark.parametrize("record", SCRIBBLED.values(), ids=SCRIBBLED.keys())
+def test_a_scribbled_arena_costs_that_workers_series_not_the_scrape(start, app_file, record: dict):
+    record = {"h": "", "b": [], "o": 1, **record}
+    run, port = ready_metrics(start, app_file, app=SCRIBBLING_APP.format(record=record))
+    victim = run.worker_pids()[0]
+    wait_until(lambda: (sample(http(port, "/metrics")[1], "good_total") or 0) > 0, 10, "a task")
+    status, text = http(port, "/metrics")
+    assert status == 200, text
+    assert text.count("# TYPE unicornish_workers_running gauge") == 1
+    assert sample(text, "unicornish_workers_running") == 2.0
+    assert "__name__" not in text and "report-" not in text
+    dropped = samples(text)['unicornish_metrics_dropped_series_total{reason="bad_arena"}']
+    assert dropped >= 2  # one series of worker 0's, at this scrape and the one before
+    run.wait_log(rf"app metrics: worker\[0\] pid={victim}: its metrics memory breaks a rule")
+    assert run.count("breaks a rule") == 1
+    if shutil.which("promtool"):
+        checked = subprocess.run(
+            ["promtool", "check", "metrics"], input=text, capture_output=True, text=True
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    raw = b"GET /metrics HTTP/1.0\r\nAccept: application/openmetrics-text\r\n\r\n"
+    status, text = http(port, "", raw=raw)
+    assert status == 200
+    parser = pytest.importorskip("prometheus_client.openmetrics.parser")
+    names = [f.name for f in parser.text_string_to_metric_families(text)]
+    assert len(names) == len(set(names)) and "good" in names
+
+
+TWO_TYPES_APP = """
+import time
+
+def after_fork(worker):
+    if worker.nr == 0:
+        worker.metrics.counter("x", "X").inc()
+    else:
+        worker.metrics.gauge("x", "X").set(1)
+
+def worker_start(worker):
+    time.sleep(0.05)
+"""
+
+
+def test_a_name_with_two_types_keeps_the_lowest_slots_as_workers_are_replaced(start, app_file):
+    run, port = ready_metrics(start, app_file, app=TWO_TYPES_APP)
+
+    def types() -> list[str]:
+        status, text = http(port, "/metrics")
+        assert status == 200
+        return [line for line in text.splitlines() if line.startswith("# TYPE x")]
+
+    assert types() == ["# TYPE x_total counter"]
+    victim = run.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    run.wait_log(rf"reaped pid={victim} ")
+    run.wait_log(r"worker\[0\] ready", 2)
+    # The replacement of slot 0 now comes after slot 1 in the master's table: the
+    # gauge used to be served from then on.
+    assert types() == ["# TYPE x_total counter"]
+    assert (
+        run.count(r"app metrics: gauge x\[\] \(declared by worker\[1\] pid=\d+\) is left out") == 1
+    )
+
+
 # -- bad input ------------------------------------------------------------------------------------
 
 
@@ -490,20 +659,27 @@ def test_a_busy_port_stops_the_start(app_file):
     assert result.stderr == expected
 
 
-def test_without_prometheus_client_the_start_says_how_to_install_it(app_file, tmp_path: Path):
+def test_metrics_need_no_prometheus_client(start, app_file, tmp_path: Path):
+    # The master writes every family itself: a prometheus_client that cannot be
+    # imported changes nothing (it used to stop the start, asking to install it).
     shadow = tmp_path / "shadow" / "prometheus_client"
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("raise ImportError('No module named prometheus_client')\n")
-    result = run_cli(
+    port = free_port()
+    run = start(
         "--app",
         str(app_file(loop_app())),
         "--metrics",
-        "127.0.0.1:0",
+        f"127.0.0.1:{port}",
         env={"PYTHONPATH": str(shadow.parent)},
     )
-    assert result.returncode == 1
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and "pip install 'unicornish[metrics]'" in lines[0], result.stderr
+    run.wait_ready(1)
+    status, text = http(port, "/metrics")
+    assert status == 200 and sample(text, "unicornish_workers_running") == 1.0
+    assert 'unicornish_worker_exits_total{cause="crash"} 0.0' in text
+    raw = b"GET /metrics HTTP/1.0\r\nAccept: application/openmetrics-text\r\n\r\n"
+    status, text = http(port, "", raw=raw)
+    assert status == 200 and text.endswith("# EOF\n")
 
 
 def test_a_unix_socket_serves_and_is_removed_at_exit(start, app_file, tmp_path: Path):

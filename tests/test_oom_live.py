@@ -12,13 +12,11 @@ import os
 import signal
 
 import pytest
-from test_appmetrics_live import SCRAPING_CONFIG, scrape
-from test_cgroups_live import MIB, assert_inside, groups, set_memory_limit  # noqa: F401
+from helpers import MIB, SCRAPING_CONFIG, assert_inside, scrape, set_memory_limit
 
 from unicornish.host import cgroups
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="making cgroups needs root")
-pytest.importorskip("prometheus_client")
 
 # worker[0] eats memory once the flag file appears (and removes it first, so that
 # its replacement does not do it again); each MiB is written, so it really costs.

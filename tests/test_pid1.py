@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import BIN, run_cli, wait_until
+from helpers import BIN, run_cli, unshare_or_skip, wait_until
 
 # worker[0]'s first task forks a child and exits (sys.exit(0)): the child is
 # an orphan; it lives 1.5 s, then exits 7.
@@ -138,18 +137,6 @@ def worker_start(worker):
 """
 
 
-def _unshare() -> str:
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        pytest.skip("needs unshare(1)")
-    probe = subprocess.run(
-        [unshare, "--pid", "--fork", "--mount-proc", "true"], capture_output=True, text=True
-    )
-    if probe.returncode != 0:
-        pytest.skip(f"the kernel refuses a pid namespace here: {probe.stderr.strip()}")
-    return unshare
-
-
 @pytest.fixture
 def in_pid_namespace(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
     procs: list[subprocess.Popen[bytes]] = []
@@ -167,7 +154,16 @@ def in_pid_namespace(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
 def start_as_pid1(procs: list, tmp: Path, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
     log = tmp / "pid1.log"
     proc = subprocess.Popen(
-        [_unshare(), "--pid", "--fork", "--mount-proc", str(BIN), *args, "--log-file", str(log)],
+        [
+            unshare_or_skip(),
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            str(BIN),
+            *args,
+            "--log-file",
+            str(log),
+        ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=open(tmp / "pid1.err", "wb"),  # noqa: SIM115 - closed with the process

@@ -3,13 +3,16 @@ live master, replaced when stale."""
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
-from conftest import loop_app, wait_until
+from helpers import fill, loop_app, one_error_line, run_cli, wait_until
 
 
 def read(path: Path) -> str:
@@ -166,3 +169,91 @@ def test_what_counts_as_a_live_master(name, args, expected):
     from unicornish.host.pidfile import looks_like_master
 
     assert looks_like_master(name, args) is expected
+
+
+# -- a pid file that cannot be written, or names another program -------------------------
+
+
+def kill_logged(log_path: Path) -> None:
+    """SIGKILL the master and workers a log names, if they still run: without a fix
+    a -D master runs on in a session of its own, out of reach of any Popen."""
+    try:
+        text = log_path.read_text(errors="replace")
+    except FileNotFoundError:
+        return
+    masters = {int(p) for p in re.findall(r"master process ready pid=(\d+)", text)}
+    workers = {int(p) for p in re.findall(r"spawned pid=(\d+)", text)}
+    for pid in sorted(masters) + sorted(workers):
+        try:
+            # Only a unicornish process (the pid may be reused by now).
+            name = psutil.Process(pid).name()
+            if name == "unicornish" or name.startswith("worker["):
+                os.kill(pid, signal.SIGKILL)
+        except (psutil.Error, OSError):
+            continue
+
+
+def _unwritable_pid_path() -> str:
+    """A directory root may "write" by os.access() but cannot create files in."""
+    for directory in ("/sys", "/proc"):
+        if os.path.isdir(directory) and os.access(directory, os.W_OK):
+            return f"{directory}/app.pid"
+    pytest.skip("no sysfs or procfs to try")
+
+
+@pytest.mark.parametrize("daemonize", [False, True])
+def test_unwritable_pid_file_stops_the_start(tmp_path: Path, daemonize: bool) -> None:
+    app = tmp_path / "app.py"
+    app.write_text(loop_app())
+    pid_path = _unwritable_pid_path()
+    log_path = tmp_path / "unicornish.host.log"
+    args = ["--app", str(app), "--pid", pid_path, "--log-file", str(log_path)]
+    try:
+        result = run_cli(*args, *(["-D"] if daemonize else []), cwd=tmp_path, timeout=20)
+        one_error_line(result, 1, "cannot write pid file", pid_path)
+        # Refused before any worker (and before the log file was opened).
+        assert not log_path.exists() or "spawned" not in log_path.read_text()
+    finally:
+        kill_logged(log_path)
+
+
+@pytest.fixture
+def other_process() -> Iterator[int]:
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait(5)
+
+
+@pytest.mark.parametrize("whose", ["pid 1", "a sleep"])
+def test_pid_file_naming_a_live_non_master(start, tmp_path, other_process, whose) -> None:
+    pid = 1 if whose == "pid 1" else other_process
+    if pid == 1 and psutil.Process(1).name() == "unicornish":
+        pytest.skip("pid 1 is a unicornish master here")
+    app = tmp_path / "app.py"
+    app.write_text(loop_app())
+    pid_path = tmp_path / "app.pid"
+    pid_path.write_text(f"{pid}\n")
+    run = start("--app", str(app), "--pid", str(pid_path))
+    wait_until(lambda: pid_path.read_text() == f"{run.pid}\n", 10, "the pid file replaced")
+    log = run.log()
+    assert f"replacing stale pid file {pid_path} (pid={pid} is not a unicornish master)" in log
+    assert "is not running" not in log
+    assert psutil.Process(pid).status() != psutil.STATUS_ZOMBIE  # left alone
+
+
+def test_a_full_disk_leaves_no_temporary_file(small_fs, start, app_file):
+    """The pid file's directory is a real filesystem with no space left: the
+    master logs that it cannot write it, runs on, and leaves nothing behind
+    (the temporary file is created, then its write fails)."""
+    app = app_file(loop_app())
+    pid_path = small_fs / "app.pid"
+    fill(small_fs)
+    run = start("--app", str(app), "--pid", str(pid_path))
+    run.wait_log(f"cannot write pid file {pid_path}: No space left on device", 1, 10)
+    run.wait_ready(1)
+    assert sorted(p.name for p in small_fs.iterdir()) == ["filler"]
+    run.signal(signal.SIGQUIT)
+    assert run.wait_exit(10) == 0

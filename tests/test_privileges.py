@@ -9,7 +9,7 @@ import subprocess
 
 import psutil
 import pytest
-from conftest import BIN, run_cli, wait_until
+from helpers import BIN, run_cli, wait_until
 from other_user import open_dir, temp_user
 
 APP = """

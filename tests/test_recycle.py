@@ -7,7 +7,7 @@ import signal
 import time
 
 import psutil
-from conftest import slow_task_app, wait_until
+from helpers import slow_task_app, wait_until
 
 
 def test_max_tasks_recycles_a_worker_gracefully_with_jitter(start, app_file):
@@ -84,6 +84,9 @@ def test_give_up_after_exits_1_once_no_worker_stays_up(start, app_file, tmp_path
     assert 1.4 <= time.monotonic() - broke_at < 8
     log = run.log()
     assert "no worker stayed up for 1.5s while 2 were wanted: giving up (--give-up-after)" in log
+    # The stop says what happened, not that an option was "received".
+    assert "no worker stayed up for 1.5s, giving up: quick stop" in log
+    assert " received: quick stop" not in log
     assert "master exited" in log
 
 

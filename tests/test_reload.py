@@ -3,6 +3,7 @@ ones to a broken app. Real processes, real files edited on disk."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -10,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import wait_until
+from helpers import let_pass, loop_app, run_cli, slow_boot_app, wait_until
 
 VERSIONED_APP = """
 import os, time
@@ -292,3 +293,51 @@ def test_a_respawn_without_hup_runs_the_file_as_it_is_on_disk_now(start, tmp_pat
             assert run.worker_pids()[0] == old[0]  # not replaced: still runs v1
     assert run.worker_pids()[0] != old[0] and run.worker_pids()[1] != old[1]
     assert "reloading" not in run.log()  # no HUP was involved
+
+
+# -- storms of HUPs, and a HUP during a reload -------------------------------------------
+
+
+def test_a_storm_of_hups_forks_a_few_generations(start, app_file):
+    run = start("--app", str(app_file(loop_app())), "--workers", "2")
+    run.wait_ready(2)
+    for _ in range(50):
+        run.signal(signal.SIGHUP)
+    run.wait_log("reload done", 1, 15)
+    wait_until(lambda: run.count("reload done") == run.count("HUP received"), 15)
+    assert run.count("HUP received") <= 3, run.log()
+    # 2 workers at start, then 2 per reload at most.
+    assert run.count(r"worker\[\d\] spawned pid=") <= 2 + 2 * 3
+
+
+def test_a_hup_during_a_reload_keeps_the_proven_release_as_rollback(start, tmp_path: Path):
+    """HUP 1 (3 workers) boots slowly; HUP 2 (4 workers, a broken app) fails: the
+    master goes back to the 2 workers that ran before HUP 1, not to HUP 1's
+    unproven 3, and keeps one worker per slot."""
+    app, config, flag = tmp_path / "app.py", tmp_path / "conf.py", tmp_path / "slow"
+    app.write_text(slow_boot_app(flag, 4))
+    config.write_text(f"app = {str(app)!r}\nworkers = 2\n")
+    sock = tmp_path / "ctl.sock"
+    run = start("-c", str(config), "--control", str(sock), "--graceful-timeout", "5")
+    run.wait_ready(2)
+    flag.write_text("")
+    config.write_text(f"app = {str(app)!r}\nworkers = 3\n")
+    run.signal(signal.SIGHUP)
+    run.wait_log("HUP received", 1)
+    let_pass(1.2)  # past the HUP-storm window: the next HUP is a reload of its own
+    broken = tmp_path / "broken.py"
+    broken.write_text(
+        "def after_fork(worker):\n    raise SystemExit(3)\ndef worker_start(worker):\n    pass\n"
+    )
+    config.write_text(f"app = {str(broken)!r}\nworkers = 4\n")
+    run.signal(signal.SIGHUP)
+    run.wait_log(r"reload failed: new worker\[\d\] exited before it was ready", 1, 15)
+    flag.unlink()
+
+    def settled() -> bool:
+        reply = run_cli("ctl", "--control", str(sock), "status")
+        status = json.loads(reply.stdout)
+        return status["master"]["workers_wanted"] == 2 and len(run.workers()) == 2
+
+    wait_until(settled, 15, "2 workers wanted and running")
+    assert run.count("HUP received") == 2

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import loop_app, wait_until
-from reliability import PrefixedRun, ScratchUser, scratch_user, worker_children
+from helpers import loop_app, wait_until, worker_children
+from other_user import open_dir as world_readable_dir
+from reliability import PrefixedRun, ScratchUser, scratch_user
 
 UMASK_0 = ["sh", "-c", 'umask 0 && exec "$@"', "sh"]
 
@@ -117,13 +118,8 @@ def test_control_socket_is_never_created_through_a_planted_symlink(public_dir, u
 @pytest.fixture
 def open_dir() -> Iterator[Path]:
     """A directory every user may enter (pytest's tmp dirs are root's alone)."""
-    import secrets
-
-    path = Path("/tmp") / f"unicornish-sec-{secrets.token_hex(4)}"
-    path.mkdir()
-    os.chmod(path, 0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with world_readable_dir() as path:
+        yield path
 
 
 def test_control_socket_mode_and_other_users_refused(open_dir, user):

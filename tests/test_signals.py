@@ -9,13 +9,7 @@ import subprocess
 import time
 
 import psutil
-from conftest import BIN, gone, loop_app, wait_until
-
-
-def pause(seconds: float) -> None:
-    """Let wall time pass (signals meant to be apart), without a bare sleep."""
-    until = time.monotonic() + seconds
-    wait_until(lambda: time.monotonic() >= until, seconds + 1, f"{seconds}s to pass")
+from helpers import BIN, gone, let_pass, loop_app, wait_until
 
 
 def reaped_nrs(run) -> list[int]:
@@ -27,14 +21,14 @@ def test_ttin_twice_then_ttou_three_times(start, app_file):
     run = start("--app", str(app), "--workers", "1")
     first = run.wait_ready(1)
     run.signal(signal.SIGTTIN)
-    pause(0.3)
+    let_pass(0.3)
     run.signal(signal.SIGTTIN)
     pids = run.wait_workers(3)
     assert sorted(pids) == [0, 1, 2] and pids[0] == first[0]
     run.wait_log(r"worker\[\d\] ready", 3)
     for _ in range(3):
         run.signal(signal.SIGTTOU)
-        pause(0.3)
+        let_pass(0.3)
     run.wait_workers(0)
     run.wait_log(r"reaped pid=", 3)
     # The highest nr leaves first, each gracefully (exit 0, not killed).
@@ -72,7 +66,7 @@ def test_winch_stops_workers_keeps_master_and_ttin_brings_one_back(start, app_fi
         assert f"reaped pid={pid} worker[{nr}] status=exit 0" in run.log()
     assert run.proc.poll() is None
     # It stays at zero (no respawn), until TTIN.
-    pause(0.3)
+    let_pass(0.3)
     assert run.workers() == []
     run.signal(signal.SIGTTIN)
     assert list(run.wait_workers(1)) == [0]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import psutil
-from conftest import wait_until
+from helpers import loop_app, wait_until
 
 APP = """
 import os, time
@@ -95,3 +96,39 @@ def test_a_spare_that_cannot_load_the_app_backs_off(start, app_file, tmp_path):
     assert len(run.workers()) == 1  # the serving worker is untouched
     run.signal(signal.SIGTERM)
     assert run.wait_exit(10) == 0
+
+
+# -- log reopening and --max-tasks reach spares too --------------------------------------
+
+
+def test_usr1_reaches_spares(start, app_file, tmp_path: Path):
+    """A spare that takes a slot after a log rotation writes into the new file."""
+    run = start("--app", str(app_file(loop_app())), "--workers", "1", "--spares", "1")
+    pids = run.wait_ready(1)
+    run.wait_log(r"spare spawned pid=")
+    rotated = tmp_path / "unicornish.host.log.1"
+    os.rename(run.log_path, rotated)
+    run.signal(signal.SIGUSR1)
+    wait_until(lambda: run.log_path.exists() and "reopened log files" in run.log(), 10)
+    os.kill(pids[0], signal.SIGKILL)
+    wait_until(
+        lambda: "worker[0] ready" in run.log(), 10, "the spare's ready line, in the new file"
+    )
+
+
+def test_a_spare_keeps_the_max_tasks_limit_it_was_given(start, app_file):
+    """A second, different limit made the master see a recycle as an unasked
+    exit: false crash-loop warnings."""
+    run = start(
+        "--app",
+        str(app_file(loop_app(0.002))),
+        "--workers",
+        "2",
+        "--spares",
+        "1",
+        "--max-tasks",
+        "60",
+    )
+    run.wait_log(r"a spare takes the slot", 3, 20)
+    wait_until(lambda: run.count(r"recycled after \d+ tasks \(--max-tasks\)") >= 6, 20)
+    assert "crash loop" not in run.log()

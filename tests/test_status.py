@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import signal
 
-from conftest import run_cli, wait_until
+from helpers import run_cli, wait_until
 
 MASTER_KEYS = {
     "pid", "uptime", "app", "workers_wanted", "workers_running",

@@ -9,7 +9,7 @@ import socket
 import time
 
 import psutil
-from conftest import gone, wait_until
+from helpers import gone, wait_until
 
 # A task that gets stuck exactly once (the first worker to reach its 3rd task),
 # and says when, on the shared CLOCK_MONOTONIC.

@@ -6,61 +6,34 @@ not one request may fail.
 
 from __future__ import annotations
 
+import json
 import os
-import re
 import signal
 import time
 from pathlib import Path
 
 import psutil
-from conftest import alive, gone, wait_until
+from helpers import (
+    BROKEN_APP,
+    loop_app,
+    new_master,
+    read_pid,
+    run_cli,
+    stop_master,
+    wait_until,
+    worker_children,
+)
 from http_client import Hammer, get, tcp_target, write_http_app
 
 
-def read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-
-
 def title(pid: int) -> str:
-    return " ".join(psutil.Process(pid).cmdline())
-
-
-def worker_children(pid: int) -> list[int]:
-    found = []
-    try:
-        children = psutil.Process(pid).children()
-    except psutil.NoSuchProcess:
-        return []
-    for child in children:
-        try:
-            if child.status() != psutil.STATUS_ZOMBIE and child.name().startswith("worker["):
-                found.append(child.pid)
-        except psutil.NoSuchProcess:
-            continue
-    return found
-
-
-def new_master(run, nth: int = 1, timeout: float = 10.0) -> int:
-    """The pid of the nth new master this log has seen started by USR2."""
-    log = run.wait_log(r"USR2: started new master pid=\d+", nth, timeout)
-    pid = int(re.findall(r"USR2: started new master pid=(\d+)", log)[nth - 1])
-    run.seen.add(pid)
-    return pid
+    # setproctitle pads the old argv area: psutil sees trailing empty arguments.
+    return " ".join(psutil.Process(pid).cmdline()).rstrip()
 
 
 def wait_master_up(run, pid: int, workers: int) -> None:
     run.wait_log(rf"master process ready pid={pid}\b")
     wait_until(lambda: len(worker_children(pid)) == workers, 10, f"{workers} workers of {pid}")
-
-
-def stop_master(pid: int) -> None:
-    """QUIT a master that is not our child and wait until it is gone."""
-    if alive(pid):
-        os.kill(pid, signal.SIGQUIT)
-    wait_until(lambda: gone(pid), 10, f"master {pid} to exit")
 
 
 def test_usr2_then_quit_old_loses_no_request(start, tmp_path):
@@ -89,8 +62,10 @@ def test_usr2_then_quit_old_loses_no_request(start, tmp_path):
         # Both masters serve; the pid files say who is who.
         wait_until(lambda: read_pid(pid_file) == new, 5, "the new master's pid file")
         assert read_pid(Path(f"{pid_file}.oldbin")) == run.pid
-        assert title(run.pid).startswith("unicornish master (old) app.py"), title(run.pid)
-        assert title(new).startswith("unicornish master app.py"), title(new)
+        # The app as given and the first listen address: `ps | grep` finds both.
+        address = tcp_target(run.log())
+        assert title(run.pid) == f"unicornish master (old) {app} {address}", title(run.pid)
+        assert title(new) == f"unicornish master {app} {address}", title(new)
         assert marker.read_text() == f"{run.pid}\n"  # before_exec ran in the old master
         hammer.wait_version("2")
         # A second USR2 while the new master runs is refused.
@@ -133,9 +108,6 @@ def test_hup_loses_no_request(start, tmp_path):
     assert run.wait_exit() == 0
 
 
-BROKEN_APP = "def worker_start(worker)\n    pass\n"
-
-
 def test_failed_usr2_restores_pid_file_and_keeps_serving(start, tmp_path):
     app = write_http_app(tmp_path / "app.py", "1")
     pid_file = tmp_path / "master.pid"
@@ -152,7 +124,7 @@ def test_failed_usr2_restores_pid_file_and_keeps_serving(start, tmp_path):
         assert "SyntaxError" in run.log()  # the new master said why, in the same log
         assert read_pid(pid_file) == run.pid
         assert not Path(f"{pid_file}.oldbin").exists()
-        assert title(run.pid).startswith("unicornish master app.py"), title(run.pid)
+        assert title(run.pid).startswith(f"unicornish master {app} "), title(run.pid)
         hammer.wait_answers(50)
         assert hammer.versions_since(0) == {"1"}
         # Fixed, the next USR2 goes through.
@@ -272,3 +244,54 @@ def test_master_fds_do_not_grow_over_usr2_quit_cycles(start, tmp_path):
     assert get(f"unix:{sock}")["master_pid"] == master
     stop_master(master)
     assert not sock.exists()
+
+
+def test_usr2_hands_the_scaled_count_to_the_new_master_and_hup_goes_back(start, app_file):
+    """TTIN met a load: the new master must not start with half the workers."""
+    app = app_file(loop_app())
+    run = start("--app", str(app), "--workers", "2")
+    run.wait_ready(2)
+    for n in (3, 4):
+        run.signal(signal.SIGTTIN)
+        run.wait_workers(n)
+    run.signal(signal.SIGUSR2)
+    new = new_master(run)
+    wait_master_up(run, new, 4)
+    run.wait_log(rf"workers: 4 wanted \(4:4\), as old master pid={run.pid} had them")
+    assert "USR2: handing the worker count to the new master: 4" in run.log()
+    stop_master(run.pid)
+    # HUP keeps its meaning: back to the configured count.
+    os.kill(new, signal.SIGHUP)
+    wait_until(lambda: len(worker_children(new)) == 2, 10, "the configured 2 workers")
+    stop_master(new)
+
+
+IDLE_APP = """
+import time
+def worker_start(worker):
+    with worker.idle():  # idle workers: the adaptive count stays at MIN
+        time.sleep(0.05)
+"""
+
+
+def test_usr2_hands_the_moved_adaptive_bounds_to_the_new_master(start, app_file, tmp_path):
+    app = app_file(IDLE_APP)
+    control = tmp_path / "ctl.sock"
+    run = start("--app", str(app), "--workers", "2:8", "--control", str(control))
+    run.wait_ready(2)
+    run.signal(signal.SIGTTIN)  # MIN and MAX move together: 3:9
+    run.wait_log(r"TTIN: 3 workers wanted \(workers 3:9\)")
+    run.signal(signal.SIGUSR2)
+    new = new_master(run)
+    wait_master_up(run, new, 3)
+
+    def status() -> dict:
+        result = run_cli("status", "--json", "--control", str(control))
+        return json.loads(result.stdout)["master"] if result.returncode == 0 else {}
+
+    wait_until(lambda: status().get("pid") == new, 10, "the new master's control socket")
+    master = status()
+    assert (master["workers_min"], master["workers_max"]) == (3, 9), master
+    assert master["workers_wanted"] == 3
+    stop_master(run.pid)
+    stop_master(new)

@@ -6,71 +6,20 @@ from __future__ import annotations
 
 import http.client
 import os
-import re
-import shutil
 import signal
 import socket
-import subprocess
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_until
-from http_client import listening_port, wsgi_site
+from helpers import WRK, Load, LoadResult, listening_port, wait_until, wsgi_site
 
 pytest.importorskip("flask")
 pytest.importorskip("httptools")
 
-WRK = shutil.which("wrk")
 needs_wrk = pytest.mark.skipif(WRK is None, reason="wrk not installed (make check installs it)")
-
-
-@dataclass
-class LoadResult:
-    requests: int
-    errors: dict[str, int]
-    non_2xx: int
-    output: str
-
-    @property
-    def failed(self) -> int:
-        return sum(self.errors.values()) + self.non_2xx
-
-
-class Load:
-    """wrk hammering a URL with keep-alive connections, in the background."""
-
-    def __init__(self, port: int, seconds: float, connections: int = 16, path: str = "/") -> None:
-        self.proc = subprocess.Popen(
-            [
-                str(WRK),
-                "-t2",
-                f"-c{connections}",
-                f"-d{seconds:g}s",
-                "--timeout",
-                "10s",
-                f"http://127.0.0.1:{port}{path}",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-
-    def result(self, timeout: float = 60.0) -> LoadResult:
-        out, _ = self.proc.communicate(timeout=timeout)
-        requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-        errors: dict[str, int] = {}
-        found = re.search(
-            r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
-        )
-        if found:
-            kinds = ("connect", "read", "write", "timeout")
-            errors = dict(zip(kinds, map(int, found.groups()), strict=True))
-        non = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-        return LoadResult(requests, errors, int(non.group(1)) if non else 0, out)
 
 
 def serve(start: Any, tmp_path: Path, *args: str) -> tuple[Any, int, Path]:
@@ -255,7 +204,7 @@ def test_config_file_keys_and_drain(start: Any, tmp_path: Path) -> None:
         started = time.monotonic()
         assert sock.recv(1000) == b""  # keepalive = 1 from the file
         assert time.monotonic() - started < 3
-    run.wait_log(r'"GET / HTTP/1.1" 200 17 ')  # the access log, as text
+    run.wait_log(r'worker\[0\] 127\.0\.0\.1:\d+ "GET / HTTP/1\.1" 200 [\d.]+ms')  # access log
 
     def readyz() -> int:
         s = socket.socket(socket.AF_UNIX)

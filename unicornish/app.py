@@ -92,6 +92,10 @@ def compile_app(spec: str) -> CompiledApp:
 def refresh_compiled(spec: str, current: CompiledApp | None) -> CompiledApp | None:
     """`current` while the file is unchanged, else compiled anew; None when the file
     cannot be compiled now (each worker then compiles it and reports the error)."""
+    try:
+        spec = split_spec(spec, "")[0]  # --asgi's MODULE:NAME: the module's file
+    except AppError:
+        return None
     if not is_path(spec):
         return None  # a dotted module is found by importing its package: app code
     if current is not None and file_stamp(current.path) == current.stamp:
@@ -266,3 +270,44 @@ def check_one_argument(spec: str, name: str, function: Callable[..., Any]) -> No
     except TypeError:
         what = "the master" if name == "before_exec" else "the worker"
         raise AppError(f"app {spec}: {name}{signature} must take one argument ({what})") from None
+
+
+def split_spec(spec: str, default_name: str) -> tuple[str, str, bool]:
+    """`MODULE:NAME` -> (MODULE, NAME, called): NAME defaults to `default_name`,
+    and `NAME()` means a factory called with no arguments. MODULE is a .py path
+    or a dotted module name, as for --app. The last ':' splits only when what
+    follows is a name (a path may hold ':' too)."""
+    module, sep, name = spec.rpartition(":")
+    if not sep or os.sep in name or name.endswith(".py"):
+        return spec, default_name, False
+    called = name.endswith("()")
+    bare = name[:-2] if called else name
+    if not bare.isidentifier():
+        raise AppError(f"app {spec!r}: expected MODULE:NAME or MODULE:NAME() after ':'")
+    if not module:
+        raise AppError(f"app {spec!r}: no module before ':'")
+    return module, bare, called
+
+
+def load_callable(
+    spec: str, default_name: str, compiled: CompiledApp | None = None
+) -> tuple[ModuleType, Callable[..., Any]]:
+    """--asgi (and --wsgi) `MODULE:NAME`: run the module afresh (rules and errors
+    as --app) and return it with the callable NAME names, or what `NAME()`
+    returns. Raises AppError with a one-line reason."""
+    module_spec, name, called = split_spec(spec, default_name)
+    module = load_module(module_spec, compiled)
+    target = getattr(module, name, None)
+    if target is None:
+        raise AppError(f"app {spec}: module {describe(module_spec)} has no {name!r}")
+    if called:
+        if not callable(target):
+            raise AppError(f"app {spec}: {name} is not a function, cannot call {name}()")
+        try:
+            target = target()
+        except BaseException as exc:  # noqa: BLE001 - the user's factory can raise anything
+            raise AppError(f"app {spec}: {name}() raised {_one_line(exc)}") from exc
+        name = f"{name}()"
+    if not callable(target):
+        raise AppError(f"app {spec}: {name} is not callable (got {type(target).__name__})")
+    return module, target

@@ -10,11 +10,12 @@ import argparse
 import os
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from unicornish import __version__
 from unicornish import app as app_module
-from unicornish.config import APP_OPTIONS, OPTIONS, Settings, build_settings
+from unicornish.config import APP_OPTIONS, OPTIONS, Option, Settings, build_settings
 from unicornish.errors import StartupError, UsageError
 from unicornish.host import log, pidfile, privileges
 from unicornish.host import sockets as sockets_module
@@ -32,7 +33,7 @@ class OneLineParser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _argparse_type(option: Any) -> Any:
+def _argparse_type(option: Option) -> Callable[[str], Any]:
     def convert(value: str) -> Any:
         try:
             return option.convert(value)
@@ -54,16 +55,14 @@ def build_parser() -> OneLineParser:
         allow_abbrev=False,
     )
     for option in OPTIONS:
-        names = [option.flag_name] + ([option.short] if option.short else [])
+        names = ([option.short] if option.short else []) + [option.flag_name]
+        # argparse %-formats help texts: a literal % is written %%.
+        shown = option.full_help.replace("%", "%%")
         if option.is_flag:
-            parser.add_argument(*names, dest=option.name, action="store_true", help=option.help)
+            parser.add_argument(*names, dest=option.name, action="store_true", help=shown)
         elif option.repeatable:
             parser.add_argument(
-                *names,
-                dest=option.name,
-                action="append",
-                metavar=option.metavar,
-                help=option.help,
+                *names, dest=option.name, action="append", metavar=option.metavar, help=shown
             )
         else:
             parser.add_argument(
@@ -71,11 +70,8 @@ def build_parser() -> OneLineParser:
                 dest=option.name,
                 type=_argparse_type(option),
                 metavar=option.metavar,
-                help=option.help,
+                help=shown,
             )
-    parser.add_argument(
-        "-c", "--config", dest="config", metavar="FILE", help="a Python config file"
-    )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     return parser
 
@@ -88,7 +84,7 @@ def parse_cli(argv: list[str]) -> dict[str, Any]:
             sockets_module.parse_address(spec)  # a bad address is a usage error
     if values.get("metrics"):
         sockets_module.parse_address(values["metrics"], "--metrics")
-    if "config" not in values and not any(option.name in values for option in APP_OPTIONS):
+    if not any(option.name in values for option in APP_OPTIONS) and "config" not in values:
         flags = " or ".join(option.flag_name for option in APP_OPTIONS)
         raise UsageError(f"the following arguments are required: {flags}")
     return values
@@ -170,6 +166,9 @@ def probe_app(kind: str, spec: str, identity: Identity | None = None, load: bool
 def prepare(settings: Settings, identity: Identity | None = None) -> app_module.App | None:
     """Everything that can fail before the master starts, in order."""
     spec = settings.app_spec
+    check = getattr(kind_module(settings.kind), "check", None)
+    if check is not None:
+        check(settings)  # e.g. --asgi without its extra installed: before any fork
     if settings.pid:
         warning = pidfile.check(settings.pid)
         if warning:
@@ -262,12 +261,7 @@ def set_up(
     control_sock = None
     metrics_sock: socket.socket | None = None
     metrics_bound = False
-    if settings.metrics:
-        # Before anything else is set up: one line and exit 1 when it is missing.
-        from unicornish.metrics import families as metrics
-
-        metrics.load_client()
-    elif METRICS_FD_ENV in os.environ:
+    if not settings.metrics and METRICS_FD_ENV in os.environ:
         from unicornish.metrics import endpoint as metrics_http
 
         metrics_http.discard_inherited()
@@ -278,10 +272,8 @@ def set_up(
         if settings.metrics:
             metrics_sock, metrics_bound = bind_metrics(settings.metrics)
         listeners = setup_listeners(settings.listen)
-        if not listeners and settings.app_option.name != "app":
-            raise StartupError(
-                f"{settings.app_option.flag_name} serves HTTP: give at least one --listen address"
-            )
+        if not listeners and getattr(kind_module(settings.kind), "NEEDS_LISTENERS", False):
+            raise UsageError(f"{settings.app_option.flag_name} needs at least one --listen address")
     except (StartupError, UsageError):
         if control_sock is not None and settings.control:
             control_sock.close()

@@ -2,18 +2,16 @@
 
 The exit codes a worker uses to say why it stopped, the reports it writes to
 the master, the slot number a spare is given, the signals the master handles,
-the hook names, the bound on the worker count and the control socket's
-command table all live here, once, so that no module has to import the
-master (or a sibling) to learn them.
+the hook names and the bound on the worker count all live here, once, so that
+no module has to import the master (or a sibling) to learn them. (The control
+socket's commands are declared in ctl/commands.py.)
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import struct
-from typing import Any
 
 # -- worker exit codes --------------------------------------------------------
 
@@ -135,86 +133,3 @@ def describe_status(status: int) -> tuple[str, int | None, int | None]:
         return f"killed by {signal_name(signum)}", None, signum
     code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else status
     return f"exit {code}", code, None
-
-
-# -- the control socket's requests ------------------------------------------------
-
-# A request line longer than this is refused and the connection closed.
-MAX_LINE = 64 * 1024
-
-COMMANDS = (
-    "status",
-    "scale",
-    "ttin",
-    "ttou",
-    "reload",
-    "reopen",
-    "stop",
-    "upgrade",
-    "metrics",
-    "refork",
-)
-COMMANDS_HELP = (
-    "status, scale N, ttin, ttou, reload, reopen, stop [--quick], upgrade, metrics, refork"
-)
-
-
-class RequestError(Exception):
-    """A request the master will not run; the message goes back to the client."""
-
-
-def parse_request(text: str) -> tuple[str, dict[str, Any]]:
-    """A JSON object, or `ctl` words; returns (command, parameters)."""
-    if text[0] in "{[":
-        try:
-            request = json.loads(text)
-        except (ValueError, RecursionError):
-            raise RequestError("bad request: not valid JSON") from None
-        if not isinstance(request, dict):
-            raise RequestError("bad request: expected a JSON object")
-        command = request.get("command")
-        if not isinstance(command, str):
-            raise RequestError('bad request: "command" must be a string')
-        params = {k: v for k, v in request.items() if k != "command"}
-    else:
-        words = text.split()
-        command, rest = words[0], words[1:]
-        params = {}
-        if command == "scale" and len(rest) == 1:
-            params["workers"] = rest[0]
-            rest = []
-        elif command == "stop" and rest == ["--quick"]:
-            params["quick"] = True
-            rest = []
-        if rest:
-            raise RequestError(f"bad request: unexpected arguments for {command[:40]!r}")
-    if command not in COMMANDS:
-        raise RequestError(f"unknown command {command[:40]!r}; commands: {COMMANDS_HELP}")
-    if command == "scale":
-        params["workers"] = worker_count(params.get("workers"))
-    if command == "stop":
-        quick = params.get("quick", False)
-        if not isinstance(quick, bool):
-            raise RequestError('bad request: "quick" must be true or false')
-        params["quick"] = quick
-    return command, params
-
-
-def worker_count(value: Any) -> int:
-    if isinstance(value, str) and value.strip().isdigit():
-        digits = value.strip()
-        # int() of thousands of digits is refused by Python itself: too many anyway.
-        value = int(digits) if len(digits) <= 18 else MAX_WORKERS + 1
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise RequestError(f"scale needs a whole number of workers >= 0, got {value!r}")
-    if value > MAX_WORKERS:
-        raise RequestError(f"scale: at most {MAX_WORKERS} workers, got {value}")
-    return value
-
-
-def describe_request(command: str, params: dict[str, Any]) -> str:
-    if command == "scale":
-        return f"scale {params.get('workers')}"
-    if command == "stop" and params.get("quick"):
-        return "stop --quick"
-    return command

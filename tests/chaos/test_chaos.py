@@ -27,14 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import loop_app
-from reliability import (
-    log_tracebacks,
-    snapshot,
-    wait_for,
-    worker_children,
-    zombies,
-)
+from helpers import NotifyListener, free_port, loop_app, wait_until, worker_children
+from reliability import log_tracebacks, snapshot, zombies
 
 # Says which worker took the connection first, so that a lost request can be
 # matched against the SIGKILLs the test sent.
@@ -221,7 +215,9 @@ def settle(run: Any, configured: int, timeout: float = 25.0) -> int:
         streak = streak + 1 if converged() else 0
         return streak >= 12
 
-    wait_for(stable, timeout, f"the worker count to settle; log tail:\n{run.log()[-2000:]}", 0.1)
+    wait_until(
+        stable, timeout, f"the worker count to settle; log tail:\n{run.log()[-2000:]}", step=0.1
+    )
     return wanted_from_log(run.log(), configured)
 
 
@@ -229,19 +225,15 @@ def back_to_configured(run: Any, configured: int) -> None:
     """HUP: the count goes back to the configured one and every worker is new and ready."""
     done = run.count(r"reload done")
     run.signal(signal.SIGHUP)
-    wait_for(lambda: run.count(r"reload done") > done, 25, f"reload done:\n{run.log()[-2000:]}")
-    wait_for(
+    wait_until(
+        lambda: run.count(r"reload done") > done, 25, f"reload done:\n{run.log()[-2000:]}", 0.02
+    )
+    wait_until(
         lambda: len(worker_children(run.pid)) == configured and not zombies(run.pid),
         25,
         f"{configured} workers and no zombie after HUP",
         0.05,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class ControlClient:
@@ -280,33 +272,6 @@ class ControlClient:
         self.thread.join(30)
 
 
-class NotifyListener:
-    """Plays systemd: a datagram socket at NOTIFY_SOCKET, keeping what arrives."""
-
-    def __init__(self, path: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(path)
-        self.sock.settimeout(0.2)
-        self.messages: list[str] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.thread.start()
-
-    def _loop(self) -> None:
-        while not self.stop.is_set():
-            try:
-                self.messages.append(self.sock.recv(65536).decode(errors="replace"))
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-
-    def finish(self) -> None:
-        self.stop.set()
-        self.thread.join(5)
-        self.sock.close()
-
-
 SCENARIOS = {
     "plain": {"preload": False, "listen": False, "workers": 4},
     # With the control socket busy and systemd's notify socket listening.
@@ -343,8 +308,8 @@ def test_chaos(
     notify = control = None
     if spec.get("control"):
         args += ["--control", str(tmp_path / "ctl.sock")]
-        notify = NotifyListener(str(tmp_path / "notify.sock"))
-        on_teardown(notify.finish)
+        notify = NotifyListener(tmp_path / "notify.sock")
+        on_teardown(notify.close)
         env = {"NOTIFY_SOCKET": str(tmp_path / "notify.sock")}
     run = start(*args, env=env)
     run.wait_ready(configured, timeout=20)
@@ -380,8 +345,11 @@ def test_chaos(
     if control is not None:
         control.finish()
     # A control client that just hung up may take the master one turn to close.
-    wait_for(
-        lambda: snapshot(run.pid)["fd_targets"] == before["fd_targets"], 5, "the fds to settle"
+    wait_until(
+        lambda: snapshot(run.pid)["fd_targets"] == before["fd_targets"],
+        5,
+        "the fds to settle",
+        0.02,
     )
     after = snapshot(run.pid)
     log = run.log()
@@ -423,10 +391,10 @@ def test_chaos(
         "rss_after": after["rss"],
     }
     if control is not None and notify is not None:
-        notify.finish()
+        notify.close()
         assert control.errors == [], control.errors[:5]
         assert control.ok > seconds * 5, control.ok
-        said = "\n".join(notify.messages)
+        said = "\n".join("\n".join(lines) for _pid, lines in notify.snapshot())
         for word in ("READY=1", "RELOADING=1", "STATUS="):
             assert word in said, said[-500:]
         assert "cannot notify" not in log

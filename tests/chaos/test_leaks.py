@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import gone, loop_app, wait_until
-from reliability import children, log_tracebacks, snapshot, worker_children, zombies
+from helpers import children, gone, loop_app, wait_until, worker_children
+from reliability import log_tracebacks, snapshot, zombies
 
 RESPAWNS = 1000  # under --soak; `make check` does SHORT_RESPAWNS
 SHORT_RESPAWNS = 300

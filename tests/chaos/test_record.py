@@ -1,6 +1,6 @@
 """Under `make soak` only: run every bad-input case once more and write the
 table of what each gives into docs/RELIABILITY.md (the same cases that
-tests/test_bad_input_more.py asserts in `make check`)."""
+tests/test_bad_input.py asserts in `make check`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 @pytest.mark.soak_only
 def test_record_bad_input_table(tmp_path):
     from reliability import record
-    from test_bad_input_more import all_outcomes
+    from test_bad_input import all_outcomes
 
     rows = all_outcomes(tmp_path)
     record("bad-input", {"cases": rows})

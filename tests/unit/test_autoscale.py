@@ -19,8 +19,13 @@ from unicornish.master.autoscale import (
     Seen,
     count_after_reload,
     decide,
+    handover,
+    parse_handover,
+    policy_of,
 )
 from unicornish.master.children import WorkerTable
+from unicornish.master.spawner import Release
+from unicornish.master.state import State
 from unicornish.protocol import MAX_WORKERS
 
 P = Policy(low=2, high=8, idle=1, scale_down_after=30.0)
@@ -229,18 +234,13 @@ def settings_for(workers: str, **extra: object):
     return settings
 
 
-def make_scaler(workers: str = "2:8") -> tuple[Autoscaler, list[int]]:
-    wanted = [settings_for(workers).workers]
+def make_scaler(workers: str = "2:8") -> tuple[Autoscaler, State]:
+    settings = settings_for(workers)
+    state = State(Release(settings, None, None, "app.py"), settings.workers)
     scaler = Autoscaler(
-        WorkerTable(),
-        logging.getLogger("test"),
-        settings_for(workers),
-        lambda: wanted[0],
-        lambda n: wanted.__setitem__(0, n),
-        lambda: False,
-        lambda: False,
+        WorkerTable(), logging.getLogger("test"), state, lambda n: setattr(state, "wanted", n)
     )
-    return scaler, wanted
+    return scaler, state
 
 
 def test_min_max_settings_start_with_k_idle_workers():
@@ -276,9 +276,9 @@ def test_ttin_stops_at_max_workers():
 
 
 def test_scale_n_fixes_the_count_until_hup():
-    scaler, wanted = make_scaler("2:8")
+    scaler, state = make_scaler("2:8")
     assert scaler.fix() is True
-    wanted[0] = 5
+    state.wanted = 5
     assert scaler.bounds() == (5, 5) and scaler.tick(0.0) is None
     scaler.configure(settings_for("1:4"))  # HUP
     assert scaler.bounds() == (1, 4) and scaler.adaptive
@@ -346,3 +346,63 @@ def test_adaptive_options_without_min_max_are_said_to_be_ignored():
         "--idle-workers is used only with --workers MIN:MAX; ignored",
         "--scale-down-after is used only with --workers MIN:MAX; ignored",
     ]
+
+
+# -- USR2: the count handed to the new master ------------------------------------------
+
+
+def test_handover_carries_what_changed_at_run_time():
+    fixed = settings_for("2")
+    assert handover(fixed, None, 2) is None  # as configured: the new master reads its own
+    assert handover(fixed, None, 5) == "5"  # TTIN x3
+    assert handover(fixed, None, 0) is None  # WINCH: a new master with none is never ready
+    adaptive = settings_for("2:8")
+    policy = policy_of(adaptive)
+    assert handover(adaptive, policy, 6) == "6"  # the count the load brought it to
+    assert policy is not None
+    shifted = Policy(3, 9, policy.idle, policy.scale_down_after)
+    assert handover(adaptive, shifted, 6) == "6,3:9"  # TTIN moved the bounds
+    assert handover(adaptive, None, 4) == "4,4:4"  # `ctl scale 4` fixed the count
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "x",
+        "0",
+        "-1",
+        "5,",
+        "5,1",
+        "5,6:8",
+        "5,1:4",
+        "5,3:2",
+        "10001",
+        "5,1:10001",
+        "1" * 40,
+        "5,1:8:9",
+        " 5",
+    ],
+)
+def test_a_bad_handover_is_refused(text):
+    with pytest.raises(ValueError):
+        parse_handover(text)
+
+
+def test_the_new_master_takes_the_handed_count_and_bounds():
+    scaler, wanted = make_scaler("2:8")
+    assert parse_handover("6,3:9") == (6, (3, 9))
+    assert scaler.take_over(6, (3, 9), settings_for("2:8")) == 6
+    assert scaler.bounds() == (3, 9) and scaler.adaptive
+    scaler, wanted = make_scaler("2:8")
+    assert scaler.take_over(12, None, settings_for("2:8")) == 8  # brought between the bounds
+    scaler, wanted = make_scaler("2:8")
+    assert scaler.take_over(4, (4, 4), settings_for("2:8")) == 4
+    assert not scaler.adaptive  # `ctl scale 4` stays a fixed count until HUP
+    scaler, wanted = make_scaler("2")
+    assert scaler.take_over(5, None, settings_for("2")) == 5
+    # A HUP reads the configuration again (its documented meaning).
+    scaler, wanted = make_scaler("2:8")
+    scaler.take_over(6, (3, 9), settings_for("2:8"))
+    scaler.configure(settings_for("2:8"))
+    assert scaler.bounds() == (2, 8)

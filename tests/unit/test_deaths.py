@@ -12,6 +12,7 @@ import pytest
 from unicornish.host.cgroups import FileReader
 from unicornish.master.children import WorkerProc
 from unicornish.master.deaths import CAUSES, Deaths, cgroup_oom_reader, classify
+from unicornish.metrics.exposition import write
 from unicornish.scoreboard import IDLE, Scoreboard
 
 NOW = 1000.0
@@ -175,16 +176,13 @@ def test_oom_kill_counted_from_cgroup_files(proc, tmp_path, version):
     assert deaths.record(proc(), None, KILL, NOW) == "signal"
 
 
-def test_collect_counts_every_cause(proc):
-    prometheus_client = pytest.importorskip("prometheus_client")
+def test_the_exits_family_counts_every_cause(proc):
     deaths = Deaths(counts([0, 1, 1]))
     deaths.record(proc(), None, KILL, NOW)
     deaths.record(proc(), 0, None, NOW)
     deaths.record(proc(), 0, None, NOW)
-    families = list(deaths.collect())
-    values = {s.labels["cause"]: s.value for s in families[0].samples if s.name.endswith("_total")}
-    assert values == {**dict.fromkeys(CAUSES, 0.0), "oom": 1.0, "exit": 2.0}
-    registry = prometheus_client.CollectorRegistry()
-    registry.register(deaths)
-    text = prometheus_client.generate_latest(registry).decode()
-    assert 'unicornish_worker_exits_total{cause="oom"} 1.0' in text
+    text = write(deaths.own_families(), openmetrics=False).body.decode()
+    lines = [line for line in text.splitlines() if not line.startswith("#")]
+    expected = {**dict.fromkeys(CAUSES, 0.0), "oom": 1.0, "exit": 2.0}
+    assert lines == [f'unicornish_worker_exits_total{{cause="{c}"}} {expected[c]}' for c in CAUSES]
+    assert text.startswith("# HELP unicornish_worker_exits_total Workers reaped, by cause")

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from unicornish.master.children import Stopper, WorkerProc, WorkerTable
-from unicornish.master.eventloop import ErrorLog
+from unicornish.config import Settings
+from unicornish.host.log import ErrorLog
+from unicornish.master.children import Children, Stopper, WorkerProc, WorkerTable
 from unicornish.master.recycle import GiveUp
+from unicornish.master.spawner import Release
+from unicornish.master.state import State
 from unicornish.master.timeouts import Timeouts
 from unicornish.scoreboard import Scoreboard
 
@@ -17,21 +21,17 @@ def worker(nr: int, ready_at: float | None) -> WorkerProc:
     return WorkerProc(nr, 5000 + nr, 0, Scoreboard(), 0.0, 0.0, ready_at=ready_at)
 
 
+def state(wanted: int = 2, grace_from: float = 0.0, **settings: Any) -> State:
+    release = Release(Settings(**settings), None, None, "app.py")
+    return State(release, wanted, grace_from=grace_from)
+
+
 class GiveUpCase:
     def __init__(self, limit: float | None = 10.0, wanted: int = 2) -> None:
         self.table = WorkerTable()
         self.gave_up = 0
-        self.limit = limit
-        self.wanted = wanted
-        self.duty = GiveUp(
-            self.table,
-            LOG,
-            lambda: self.limit,
-            lambda: self.wanted,
-            lambda: 0.0,
-            self.give_up,
-            now=0.0,
-        )
+        view = state(wanted, give_up_after=limit)
+        self.duty = GiveUp(self.table, LOG, view, self.give_up, now=0.0)
 
     def give_up(self) -> None:
         self.gave_up += 1
@@ -74,10 +74,11 @@ def test_timeouts_wake_at_the_earliest_task_deadline():
     busy.board.beat[0] = 95.0
     table.add(busy)
     table.add(idle)
-    duty = Timeouts(table, Stopper(LOG, [table]), LOG, lambda: 30.0, lambda: 0.0)
+    stopper = Stopper(LOG, Children(table))
+    duty = Timeouts(table, stopper, LOG, state(timeout=30.0))
     # The busy one's task ends its time at 125; the idle one is looked at within 30 s.
     assert duty.tick(100.0) == 125.0
-    assert Timeouts(table, Stopper(LOG, [table]), LOG, lambda: None, lambda: 0.0).tick(1) is None
+    assert Timeouts(table, stopper, LOG, state(timeout=None)).tick(1) is None
 
 
 def test_after_a_suspension_busy_workers_get_a_fresh_timeout():
@@ -85,7 +86,7 @@ def test_after_a_suspension_busy_workers_get_a_fresh_timeout():
     busy = worker(0, 1.0)
     busy.board.beat[0] = 10.0
     table.add(busy)
-    duty = Timeouts(table, Stopper(LOG, [table]), LOG, lambda: 30.0, lambda: 90.0)
+    duty = Timeouts(table, Stopper(LOG, Children(table)), LOG, state(grace_from=90.0, timeout=30.0))
     assert duty.tick(100.0) == 120.0
     assert not busy.timed_out
 
@@ -95,7 +96,7 @@ def test_stop_deadlines_wake_at_the_earliest_kill():
     a, b = worker(0, 1.0), worker(1, 1.0)
     table.add(a)
     table.add(b)
-    stopper = Stopper(LOG, [table])
+    stopper = Stopper(LOG, Children(table))
     assert stopper.tick(0.0) is None
     stopper.kill_after(a, 40.0)
     stopper.kill_after(b, 30.0)

@@ -1,9 +1,11 @@
-"""The master's own exposition writer: escaping, the two formats' naming rules,
-histograms, values as Go writes them; checked against prometheus_client's own
-parsers and, where installed, promtool."""
+"""The exposition writer: escaping, the two formats' naming rules, histograms,
+values as Go writes them, series that cannot be written; checked against
+prometheus_client (the test oracle: its parsers, its float format) and, where
+installed, promtool."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -19,9 +21,16 @@ from unicornish.metrics.exposition import (
     escape_help,
     escape_label_value,
     number,
-    write,
 )
-from unicornish.metrics.families import Tallies
+from unicornish.metrics.exposition import write as write_bytes
+from unicornish.metrics.families import Exposition, Tallies
+
+
+def write(families: list[Family], openmetrics: bool) -> str:
+    written = write_bytes(families, openmetrics)
+    assert (written.dropped, written.example) == (0, "")
+    return written.body.decode()
+
 
 NASTY = 'a\\b"c\nd'  # a backslash, a quote, a newline
 
@@ -72,6 +81,21 @@ def test_values_are_written_as_go_writes_a_float(value: float, text: str):
     assert number(value) == text
 
 
+def test_values_are_written_as_prometheus_client_writes_them():
+    utils = pytest.importorskip("prometheus_client.utils")
+    import random
+
+    draw = random.Random(7)
+    values = [draw.uniform(0, 1e12) for _ in range(2000)]
+    values += [draw.randrange(0, 2**60) for _ in range(2000)]
+    values += [10.0**k for k in range(-12, 30)] + [2**53, 2**53 + 1, 0.1 + 0.2]
+    for value in values:
+        assert number(value) == utils.floatToGoString(value), value
+        # Below -1e6 prometheus_client keeps Python's digits (-2500000.0) where Go
+        # (and we) write -2.5e+06: the same float to every parser.
+        assert float(number(-value)) == float(utils.floatToGoString(-value)) == float(-value)
+
+
 def test_the_text_format_names_counters_and_infos_as_prometheus_client_does():
     text = write(families(), openmetrics=False)
     assert "# TYPE demo_jobs_total counter\n" in text
@@ -117,6 +141,52 @@ def test_prometheus_clients_parsers_read_back_both_formats():
         assert {s.labels["kind"]: s.value for s in jobs.samples} == {"a": 5.0, "b": 0.0}
         assert parsed["demo_seconds"].type == "histogram"
     assert om_parse(write(families(), True) + EOF)  # the parser insists on # EOF
+
+
+UNDECODABLE = os.fsdecode(b"report-\xff.csv")  # a lone surrogate: no UTF-8 for it
+
+
+def test_a_series_that_cannot_be_written_is_left_out_not_the_scrape():
+    good, bad_help = families()[1:3]
+    good.add(2, ("where",), (UNDECODABLE,))
+    bad_help.help = f"Jobs in {UNDECODABLE}"
+    histogram = Family("demo_more_seconds", HISTOGRAM, "Task time")
+    histogram.add_histogram((1.0,), [1.0, 0.0], 0.5, ("file",), (UNDECODABLE,))
+    histogram.add_histogram((1.0,), [2.0, 0.0], 1.5, ("file",), ("fine",))
+    for openmetrics in (False, True):
+        written = write_bytes([good, bad_help, histogram], openmetrics)
+        # One series of demo_things, demo_jobs (2 series) for its help, one histogram.
+        assert (written.dropped, written.example) == (4, "demo_things")
+        text = written.body.decode()
+        assert "report-" not in text and "demo_jobs" not in text
+        assert 'demo_things{where="plain"} 1.777664e+06\n' in text
+        assert 'demo_more_seconds_count{file="fine"} 2.0\n' in text
+
+
+def test_the_scrape_counts_and_logs_what_it_left_out(caplog):
+    class Listener:
+        def own_families(self) -> list[Family]:
+            family = Family("demo_listeners", GAUGE, "Listeners")
+            family.add(1, ("listener",), (f"unix:/run/{UNDECODABLE}",))
+            family.add(1, ("listener",), ("127.0.0.1:80",))
+            return [family]
+
+    exposition = Exposition([Listener()])
+    for _ in range(3):
+        body, content_type = exposition.render()
+    text = body.decode()
+    assert 'demo_listeners{listener="127.0.0.1:80"} 1.0\n' in text
+    assert 'unicornish_metrics_dropped_series_total{reason="unwritable"} 3.0\n' in text
+    assert content_type == "text/plain; version=0.0.4; charset=utf-8"
+    logged = [r.getMessage() for r in caplog.records]
+    assert logged == [
+        "metrics: 1 series left out of a scrape: their text cannot be written "
+        "(not valid UTF-8), in demo_listeners first"
+    ]  # once a minute at most
+    body, content_type = exposition.render("application/openmetrics-text; version=1.0.0")
+    assert content_type == "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    assert b'unicornish_metrics_dropped_series_total{reason="unwritable"} 4.0\n' in body
+    assert body.endswith(b"\n# EOF\n")
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")

@@ -1,5 +1,6 @@
-"""The arguments of `unicornish status` and `unicornish ctl` (parse_status,
-parse_ctl in unicornish/ctl/client.py): what each asks the master, or the usage error."""
+"""The arguments of `unicornish status` and `unicornish ctl` (status_args,
+ctl_request in unicornish/ctl/client.py, argparse sub-commands built from
+ctl/commands.py): what each asks the master, or the usage error."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ import pytest
 from unicornish.ctl.client import (
     CONTROL_ENV,
     CTL_USAGE,
-    STATUS_USAGE,
     HelpAsked,
     UsageError,
-    parse_ctl,
-    parse_status,
+    ctl_request,
+    status_args,
 )
+from unicornish.ctl.commands import SYNOPSIS
 
 
 @pytest.fixture(autouse=True)
@@ -23,13 +24,13 @@ def no_control_env(monkeypatch):
 
 def status_error(*args: str) -> str:
     with pytest.raises(UsageError) as caught:
-        parse_status(list(args))
+        status_args(list(args))
     return str(caught.value)
 
 
 def ctl_error(*args: str) -> str:
     with pytest.raises(UsageError) as caught:
-        parse_ctl(list(args))
+        ctl_request(list(args))
     return str(caught.value)
 
 
@@ -51,16 +52,16 @@ def ctl_error(*args: str) -> str:
     ],
 )
 def test_status_arguments(args, expected):
-    assert parse_status(args) == expected
+    assert status_args(args) == expected
 
 
 def test_status_falls_back_to_the_environment_only_without_pid(monkeypatch):
     monkeypatch.setenv(CONTROL_ENV, "/env/ctl.sock")
-    assert parse_status([]) == ("/env/ctl.sock", None, False, False)
-    assert parse_status(["--json"]) == ("/env/ctl.sock", None, True, False)
-    assert parse_status(["--control", "/cli"]) == ("/cli", None, False, False)
-    assert parse_status(["--pid", "u.pid"]) == (None, "u.pid", False, False)
-    assert parse_status(["--ready"]) == ("/env/ctl.sock", None, False, True)
+    assert status_args([]) == ("/env/ctl.sock", None, False, False)
+    assert status_args(["--json"]) == ("/env/ctl.sock", None, True, False)
+    assert status_args(["--control", "/cli"]) == ("/cli", None, False, False)
+    assert status_args(["--pid", "u.pid"]) == (None, "u.pid", False, False)
+    assert status_args(["--ready"]) == ("/env/ctl.sock", None, False, True)
 
 
 def test_status_needs_somewhere_to_look(monkeypatch):
@@ -74,75 +75,87 @@ def test_status_needs_somewhere_to_look(monkeypatch):
 def test_status_usage_errors():
     for args in (["-h"], ["--control", "c", "--help"]):
         with pytest.raises(HelpAsked):  # help is printed, not an error
-            parse_status(args)
-    assert status_error("--control") == "argument --control: expected one argument"
-    assert status_error("--pid") == "argument --pid: expected one argument"
-    assert status_error("--control=") == "argument --control: expected a non-empty value"
-    assert status_error("--control", "") == "argument --control: expected a non-empty value"
-    assert status_error("--jsn") == f"status: unrecognized argument '--jsn'; {STATUS_USAGE}"
-    assert status_error("--control", "c", "extra").startswith(
-        "status: unrecognized argument 'extra'"
+            status_args(args)
+    assert status_error("--control") == "status: argument --control: expected one argument"
+    assert status_error("--pid") == "status: argument --pid: expected one argument"
+    assert status_error("--control=") == "status: argument --control: expected a non-empty value"
+    assert status_error("--control", "") == (
+        "status: argument --control: expected a non-empty value"
     )
+    assert status_error("--jsn") == "status: unrecognized arguments: --jsn"
+    assert status_error("--js") == "status: unrecognized arguments: --js"  # no abbreviations
+    assert status_error("--control", "c", "extra") == "status: unrecognized arguments: extra"
 
 
 # -- ctl -------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    "command", ["status", "ttin", "ttou", "reload", "reopen", "upgrade", "metrics"]
+    "command", ["status", "ttin", "ttou", "reload", "reopen", "upgrade", "metrics", "refork"]
 )
 def test_ctl_commands_without_arguments(command):
-    assert parse_ctl(["--control", "/s", command]) == ("/s", {"command": command})
+    assert ctl_request(["--control", "/s", command]) == ("/s", {"command": command})
     assert ctl_error("--control", "/s", command, "x") == (
-        f"ctl {command} takes no argument, got 'x'"
+        f"ctl {command}: unrecognized arguments: x"
     )
 
 
 def test_ctl_scale():
-    assert parse_ctl(["--control=/s", "scale", "3"]) == ("/s", {"command": "scale", "workers": 3})
-    assert parse_ctl(["--control=/s", "scale", "0"]) == ("/s", {"command": "scale", "workers": 0})
-    for rest in ([], ["x"], ["-1"], ["1.5"], ["1", "2"]):
-        assert (
-            ctl_error("--control=/s", "scale", *rest) == "ctl scale needs one whole number N >= 0"
+    assert ctl_request(["--control=/s", "scale", "3"]) == ("/s", {"command": "scale", "workers": 3})
+    assert ctl_request(["--control=/s", "scale", "0"]) == ("/s", {"command": "scale", "workers": 0})
+    # Past what int() takes, the digits go as they are: the master names them in its refusal.
+    assert ctl_request(["--control=/s", "scale", "9" * 5000]) == (
+        "/s",
+        {"command": "scale", "workers": "9" * 5000},
+    )
+    assert ctl_error("--control=/s", "scale") == (
+        "ctl scale: the following arguments are required: N"
+    )
+    for word in ("x", "-1", "1.5", "\u00b2", ""):
+        assert ctl_error("--control=/s", "scale", word) == (
+            f"ctl scale: argument N: must be a whole number >= 0, got {word!r}"
         )
+    assert ctl_error("--control=/s", "scale", "1", "2") == "ctl scale: unrecognized arguments: 2"
 
 
 def test_ctl_stop():
-    assert parse_ctl(["--control", "/s", "stop"]) == ("/s", {"command": "stop", "quick": False})
-    assert parse_ctl(["--control", "/s", "stop", "--quick"]) == (
+    assert ctl_request(["--control", "/s", "stop"]) == ("/s", {"command": "stop", "quick": False})
+    assert ctl_request(["--control", "/s", "stop", "--quick"]) == (
         "/s",
         {"command": "stop", "quick": True},
     )
     assert (
-        ctl_error("--control", "/s", "stop", "--now") == "ctl stop takes only --quick, got '--now'"
+        ctl_error("--control", "/s", "stop", "--now") == "ctl stop: unrecognized arguments: --now"
     )
     assert ctl_error("--control", "/s", "stop", "--quick", "x") == (
-        "ctl stop takes only --quick, got '--quick x'"
+        "ctl stop: unrecognized arguments: x"
     )
 
 
 def test_ctl_options_come_before_the_command():
     # After the command word, everything is one of its words, even --control or -h.
     assert ctl_error("--control", "/s", "status", "--control", "/t") == (
-        "ctl status takes no argument, got '--control /t'"
+        "ctl status: unrecognized arguments: --control /t"
     )
     for args in (["--control", "/s", "reload", "-h"], ["-h"], ["--control", "/s", "--help"]):
         with pytest.raises(HelpAsked):  # -h anywhere asks for help
-            parse_ctl(args)
-    assert ctl_error("--control", "/s", "-v", "status") == (
-        f"ctl: unrecognized argument '-v'; {CTL_USAGE}"
-    )
+            ctl_request(args)
+    assert ctl_error("--control", "/s", "-v", "status") == "ctl: unrecognized arguments: -v"
 
 
 def test_ctl_unknown_command():
-    assert ctl_error("--control", "/s", "restart") == f"ctl: unknown command 'restart'; {CTL_USAGE}"
+    assert ctl_error("--control", "/s", "restart").startswith(
+        "ctl: argument COMMAND: invalid choice: 'restart' (choose from 'status', 'scale',"
+    )
 
 
 def test_ctl_needs_a_socket_and_a_command(monkeypatch):
     assert ctl_error("status") == f"ctl needs --control PATH (or ${CONTROL_ENV})"
-    assert ctl_error("--control") == "argument --control: expected one argument"
-    assert ctl_error("--control=", "status") == "argument --control: expected a non-empty value"
-    assert ctl_error("--control", "/s") == f"ctl needs a COMMAND; {CTL_USAGE}"
+    assert ctl_error("--control") == "ctl: argument --control: expected one argument"
+    assert ctl_error("--control=", "status") == (
+        "ctl: argument --control: expected a non-empty value"
+    )
+    assert ctl_error("--control", "/s") == f"ctl needs a COMMAND ({SYNOPSIS}); usage: {CTL_USAGE}"
     monkeypatch.setenv(CONTROL_ENV, "/env/ctl.sock")
-    assert parse_ctl(["ttin"]) == ("/env/ctl.sock", {"command": "ttin"})
-    assert parse_ctl(["--control", "/cli", "ttin"]) == ("/cli", {"command": "ttin"})
+    assert ctl_request(["ttin"]) == ("/env/ctl.sock", {"command": "ttin"})
+    assert ctl_request(["--control", "/cli", "ttin"]) == ("/cli", {"command": "ttin"})

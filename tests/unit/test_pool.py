@@ -186,16 +186,15 @@ def test_a_failed_fork_is_retried_at_its_backoff_deadline():
     """The pool must wake for the retry of a failed fork, not sleep until --poll:
     with every other worker ready, nothing else would wake the master."""
     from unicornish.config import Settings
-    from unicornish.master.children import Stopper, WorkerTable
+    from unicornish.master.children import Children, Stopper
     from unicornish.master.pool import Pool
     from unicornish.master.spawner import Release
+    from unicornish.master.state import State
 
-    table = WorkerTable()
-    release = Release(Settings(), None, None, "app.py")
+    children = Children()
+    state = State(Release(Settings(), None, None, "app.py"), 2)
     logger = logging.getLogger("test-pool")
-    pool = Pool(
-        table, OutOfProcesses(), Stopper(logger, [table]), logger, lambda: release, lambda: False, 2
-    )  # type: ignore[arg-type]
+    pool = Pool(children, OutOfProcesses(), Stopper(logger, children), logger, state)  # type: ignore[arg-type]
     now = time.monotonic()  # the backoff stamps a failure with the clock
     first = pool.tick(now)  # the first failure of a slot is retried at once
     assert first is not None and first <= time.monotonic()

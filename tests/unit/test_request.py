@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from unicornish.protocol import COMMANDS, RequestError, parse_request
+from unicornish.ctl.commands import NAMES, RequestError, parse_request
 
-PLAIN = ["status", "ttin", "ttou", "reload", "reopen", "upgrade", "metrics"]
+PLAIN = ["status", "ttin", "ttou", "reload", "reopen", "upgrade", "metrics", "refork"]
 
 
 def refused(line: str) -> str:
@@ -19,7 +19,7 @@ def refused(line: str) -> str:
 
 
 def test_the_commands():
-    assert COMMANDS == (
+    assert NAMES == (
         "status",
         "scale",
         "ttin",
@@ -119,3 +119,28 @@ def test_bad_json(line, message):
 def test_words_and_json_mean_the_same():
     assert parse_request("scale 4") == parse_request('{"command": "scale", "workers": 4}')
     assert parse_request("stop --quick") == parse_request('{"command": "stop", "quick": true}')
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "scale " + "9" * 32,
+        json.dumps({"command": "scale", "workers": "9" * 32}),
+        json.dumps({"command": "scale", "workers": int("9" * 32)}),
+    ],
+)
+def test_scale_past_the_maximum_names_the_value_given(line):
+    assert refused(line) == f"scale: at most 10000 workers, got {'9' * 32}"
+
+
+def test_scale_past_the_maximum_with_thousands_of_digits_says_how_many():
+    assert (
+        refused("scale " + "9" * 5000)
+        == "scale: at most 10000 workers, got a number of 5000 digits"
+    )
+    assert refused("scale 10001") == "scale: at most 10000 workers, got 10001"
+    assert parse_request("scale 10000") == ("scale", {"workers": 10000})
+
+
+def test_scale_refuses_digits_that_are_not_ascii():
+    assert refused("scale \u00b2") == "scale needs a whole number of workers >= 0, got '\u00b2'"

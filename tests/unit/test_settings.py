@@ -26,7 +26,7 @@ def test_command_line_alone_gives_the_defaults_for_the_rest():
 
 
 def test_no_app_anywhere():
-    with pytest.raises(StartupError, match=r"^no app: give --app or --wsgi$"):
+    with pytest.raises(StartupError, match=r"^no app: give --app or --asgi or --wsgi$"):
         build_settings({"workers": 2})
 
 
@@ -34,7 +34,9 @@ def test_no_app_in_the_config_either(tmp_path):
     path = config_file(tmp_path, "workers = 2\n")
     with pytest.raises(StartupError) as caught:
         build_settings({"config": path})
-    assert str(caught.value) == f"no app: give --app or --wsgi or set app or wsgi in {path}"
+    assert str(caught.value) == (
+        f"no app: give --app or --asgi or --wsgi or set app or asgi or wsgi in {path}"
+    )
 
 
 def test_command_line_beats_the_file_which_beats_the_defaults(tmp_path):

@@ -9,8 +9,11 @@ import random
 from array import array
 from typing import Any
 
-from unicornish.master.children import Slots, Stopper, WorkerProc, WorkerTable
+from unicornish.config import Settings
+from unicornish.master.children import Children, Slots, Stopper, WorkerProc, WorkerTable
 from unicornish.master.pool import plan_slots
+from unicornish.master.spawner import Release
+from unicornish.master.state import State
 from unicornish.master.timeouts import Timeouts
 from unicornish.scoreboard import BOOTING
 
@@ -40,13 +43,17 @@ def table_of(*procs: WorkerProc) -> WorkerTable:
     return table
 
 
+def state(**settings: Any) -> State:
+    return State(Release(Settings(**settings), None, None, "app.py"), 0)
+
+
 def never(nr: int) -> float:
     return 0.0
 
 
 class NoSignals(Stopper):
-    def __init__(self, tables: list[WorkerTable]) -> None:
-        super().__init__(LOG, tables)
+    def __init__(self, table: WorkerTable) -> None:
+        super().__init__(LOG, Children(table))
         self.sent: list[tuple[int, int]] = []
 
     def signal(self, w: WorkerProc, signum: int, group: bool = False) -> None:
@@ -73,7 +80,7 @@ def test_a_worker_that_leaves_is_the_one_empty_slot():
 
 def test_a_stopped_worker_leaves_its_slot_and_the_live_count():
     table = table_of(*(proc(nr) for nr in range(3)))
-    stopper = NoSignals([table])
+    stopper = NoSignals(table)
     w = table.slots(0).by_nr[1]
     stopper.stop(w, 3, now=0.0, wait=5.0)
     assert table.live_count() == 2 and w not in table.live()
@@ -167,7 +174,7 @@ def test_a_reload_replaces_a_quarter_at_a_time_and_ends_when_all_are_ready():
 
 def test_the_stopper_looks_only_at_deadlines_and_kills_once():
     table = table_of(*(proc(nr) for nr in range(100)))
-    stopper = NoSignals([table])
+    stopper = NoSignals(table)
     w = table.slots(0).by_nr[7]
     stopper.stop(w, 3, now=0.0, wait=1.0)
     assert stopper.tick(0.5) == 1.0
@@ -194,7 +201,7 @@ def test_timeouts_scan_only_when_a_task_can_be_due():
     table = CountingTable()
     for nr in range(50):
         table.add(proc(nr))
-    timeouts = Timeouts(table, NoSignals([table]), LOG, lambda: 30.0, lambda: 0.0)
+    timeouts = Timeouts(table, NoSignals(table), LOG, state(timeout=30.0))
     assert timeouts.tick(100.0) == 130.0  # all idle: due no sooner than now + timeout
     for t in (101.0, 110.0, 129.9):
         assert timeouts.tick(t) == 130.0
@@ -210,9 +217,9 @@ def test_a_lower_timeout_after_a_reload_is_scanned_at_once():
     w = proc(0)
     w.board.beat[0] = 100.0
     table.add(w)
-    limit = [30.0]
-    timeouts = Timeouts(table, NoSignals([table]), LOG, lambda: limit[0], lambda: 0.0)
+    view = state(timeout=30.0)
+    timeouts = Timeouts(table, NoSignals(table), LOG, view)
     assert timeouts.tick(105.0) == 130.0
-    limit[0] = 2.0
+    view.release = Release(Settings(timeout=2.0), None, None, "app.py")  # HUP
     timeouts.tick(105.0)
     assert w.timed_out

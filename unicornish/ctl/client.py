@@ -17,19 +17,23 @@ Exit codes, after the LSB convention for status:
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
+import struct
 import sys
 import time
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import psutil
 
+from unicornish.app import describe
+from unicornish.ctl import commands
+from unicornish.ctl.commands import MAX_LINE
 from unicornish.errors import UsageError
 from unicornish.host import pidfile
 from unicornish.metrics.procstats import process_stats
-from unicornish.protocol import COMMANDS_HELP, MAX_LINE
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -41,24 +45,10 @@ CONTROL_ENV = "UNICORNISH_CONTROL"
 REPLY_TIMEOUT = 10.0
 MAX_REPLY = 64 * 1024 * 1024
 
-STATUS_USAGE = "usage: unicornish status [--control PATH | --pid FILE] [--json] [--ready]"
-CTL_USAGE = f"usage: unicornish ctl [--control PATH] COMMAND [ARG]  ({COMMANDS_HELP})"
+STATUS_USAGE = "unicornish status [--control PATH | --pid FILE] [--json] [--ready]"
+CTL_USAGE = "unicornish ctl [--control PATH] COMMAND [ARG]"
 
-STATUS_HELP = f"""\
-{STATUS_USAGE}
-
-Show a running master and its workers: pid, age, state, tasks, memory, CPU.
-
-options:
-  --control PATH  ask the master on its control socket (default: ${CONTROL_ENV})
-  --pid FILE      without a control socket: read the process table from the
-                  master the pid file names (state and tasks are then unknown)
-  --json          one JSON object instead of the table
-  --ready         for readiness probes: print `ready` or `not ready: REASON`
-                  (booting, reloading, draining, stopping...) and exit 0 or 1;
-                  needs the control socket (a pid file cannot tell)
-  -h, --help      show this help and exit
-
+STATUS_EXIT_CODES = """\
 exit codes:
   0  running; with --ready: ready
   1  with --ready: running, but not ready
@@ -69,26 +59,7 @@ exit codes:
      master did not answer in time; with --ready, only a pid file was there to read
 """
 
-CTL_HELP = f"""\
-usage: unicornish ctl [--control PATH] COMMAND [ARG]
-
-Send one command to a running master over its control socket; print its JSON reply.
-
-commands:
-  status          the master and its workers
-  scale N         keep exactly N workers (N >= 0)
-  ttin, ttou      one more / one fewer worker
-  reload          re-read the config file and reload the app (as HUP)
-  reopen          reopen the log file (as USR1)
-  stop [--quick]  graceful stop (as QUIT), or a quick stop (as INT)
-  upgrade         re-exec a new master (as USR2)
-  metrics         print the master's Prometheus metrics (the text of /metrics)
-  refork          make the busiest ready worker the mold new workers fork from
-
-options:
-  --control PATH  the master's control socket (default: ${CONTROL_ENV})
-  -h, --help      show this help and exit
-
+CTL_EXIT_CODES = """\
 exit codes:
   0  the master said ok
   1  the master answered with an error
@@ -117,9 +88,8 @@ def request(path: str, payload: dict[str, Any], timeout: float = REPLY_TIMEOUT) 
     deadline = time.monotonic() + timeout
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
-        sock.settimeout(timeout)
         try:
-            sock.connect(path)
+            _connect(sock, path, timeout)
         except FileNotFoundError:
             raise NoAnswer(f"not running: no control socket at {path}") from None
         except ConnectionRefusedError:
@@ -134,10 +104,11 @@ def request(path: str, payload: dict[str, Any], timeout: float = REPLY_TIMEOUT) 
         except OSError as exc:
             why = exc.strerror or exc
             raise NoAnswer(f"not running: cannot connect to {path}: {why}") from None
+        sock.settimeout(max(0.001, deadline - time.monotonic()))
         try:
             sock.sendall((json.dumps(payload) + "\n").encode())
         except (BrokenPipeError, ConnectionResetError):
-            pass  # refused at once (another user, too many clients): its reply waits below
+            pass  # refused at once (another user): its reply waits below
         except OSError as exc:
             raise NoAnswer(f"the master at {path} hung up: {exc.strerror or exc}") from None
         data = bytearray()
@@ -167,6 +138,24 @@ def request(path: str, payload: dict[str, Any], timeout: float = REPLY_TIMEOUT) 
     if not isinstance(reply, dict):
         raise NoAnswer(f"{path} answered something that is not a JSON object", EXIT_UNKNOWN)
     return reply
+
+
+def _connect(sock: socket.socket, path: str, timeout: float) -> None:
+    """connect(), waiting up to `timeout` for room in the master's backlog: with
+    hundreds of clients at once the backlog fills, and a blocking connect() on a
+    unix socket sleeps until the master accepts one (SO_SNDTIMEO bounds the
+    sleep), where a non-blocking one would fail at once with EAGAIN."""
+    sock.settimeout(None)
+    seconds = max(timeout, 0.001)
+    sock.setsockopt(
+        socket.SOL_SOCKET,
+        socket.SO_SNDTIMEO,
+        struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000)),
+    )
+    try:
+        sock.connect(path)
+    except BlockingIOError:  # still no room when SO_SNDTIMEO ran out
+        raise TimeoutError from None
 
 
 # -- what psutil sees from a pid file ----------------------------------------------
@@ -255,7 +244,8 @@ def _sid(pid: int) -> int | None:
 
 
 def _app_from_title(proc: psutil.Process) -> str | None:
-    """`unicornish master [(old)] APP` -> APP."""
+    """`unicornish master [(old)] APP [ADDRESS]` -> APP's short name, as the
+    control socket's `app` shows it (the title has the app as given)."""
     try:
         words = " ".join(proc.cmdline()).split()
     except psutil.Error:
@@ -264,7 +254,7 @@ def _app_from_title(proc: psutil.Process) -> str | None:
         rest = words[2:]
         if rest[0] == "(old)":
             rest = rest[1:]
-        return rest[0] if rest else None
+        return describe(rest[0]) if rest else None
     return None
 
 
@@ -364,58 +354,155 @@ def format_table(status: dict[str, Any], source: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-# -- the commands ----------------------------------------------------------------------
+# -- the command lines ------------------------------------------------------------------
 
 
-def _take_value(args: list[str], i: int, name: str) -> tuple[str, int]:
-    arg = args[i]
-    if arg.startswith(name + "="):
-        value = arg[len(name) + 1 :]
-    elif i + 1 < len(args):
-        value = args[i + 1]
-        i += 1
-    else:
-        raise UsageError(f"argument {name}: expected one argument")
-    if not value:
-        raise UsageError(f"argument {name}: expected a non-empty value")
-    return value, i
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors and help handed back to main() (one line on
+    stderr and exit 2; the help on stdout and exit 0) instead of exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog.removeprefix('unicornish ')}: {message}")
+
+    def print_help(self, file: Any = None) -> NoReturn:
+        raise HelpAsked(self.format_help())
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Any = None, namespace: Any = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        # A sub-command names its own unknown words (`ctl stop: ... --now`); the
+        # top level would only say `ctl: ...`.
+        found, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return found, extras
+
+
+def _path(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("expected a non-empty value")
+    return text
+
+
+def _parser(prog: str, usage: str, description: str, epilog: str) -> Parser:
+    return Parser(
+        prog=prog,
+        usage=usage,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+
+
+def status_parser() -> Parser:
+    parser = _parser(
+        "unicornish status",
+        STATUS_USAGE,
+        "Show a running master and its workers: pid, age, state, tasks, memory, CPU.",
+        STATUS_EXIT_CODES,
+    )
+    parser.add_argument(
+        "--control",
+        metavar="PATH",
+        type=_path,
+        help=f"ask the master on its control socket (default: ${CONTROL_ENV})",
+    )
+    parser.add_argument(
+        "--pid",
+        metavar="FILE",
+        type=_path,
+        help="without a control socket: read the process table from the master the pid "
+        "file names (state and tasks are then unknown)",
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object instead of the table")
+    parser.add_argument(
+        "--ready",
+        action="store_true",
+        help="for readiness probes: print `ready` or `not ready: REASON` (booting, "
+        "reloading, draining, stopping...) and exit 0 or 1; needs the control socket "
+        "(a pid file cannot tell)",
+    )
+    return parser
+
+
+def _word(param: commands.Param) -> Any:
+    def convert(text: str) -> Any:
+        try:
+            return param.from_word(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
+def ctl_parser() -> Parser:
+    """`ctl`'s sub-commands, from the declarations in ctl/commands.py."""
+    parser = _parser(
+        "unicornish ctl",
+        CTL_USAGE,
+        "Send one command to a running master over its control socket; print its JSON reply.\n\n"
+        "commands:\n" + "\n".join(commands.help_lines()),
+        CTL_EXIT_CODES,
+    )
+    parser.add_argument(
+        "--control",
+        metavar="PATH",
+        type=_path,
+        help=f"the master's control socket (default: ${CONTROL_ENV})",
+    )
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", help=argparse.SUPPRESS, parser_class=Parser
+    )
+    for command in commands.COMMANDS:
+        one = sub.add_parser(
+            command.name,
+            prog=f"unicornish ctl {command.name}",
+            usage=f"unicornish ctl [--control PATH] {command.synopsis}",
+            description=command.help,
+            allow_abbrev=False,
+        )
+        for param in command.params:
+            if param.is_flag:
+                one.add_argument(param.word, dest=param.key, action="store_true", help=param.help)
+            else:
+                one.add_argument(param.key, metavar=param.word, type=_word(param), help=param.help)
+    return parser
 
 
 class StatusArgs(NamedTuple):
+    """What `unicornish status ARGS` asks."""
+
     control: str | None
     pid: str | None
     as_json: bool
     ready: bool = False
 
 
-def parse_status(args: list[str]) -> StatusArgs:
-    control = pid = None
-    as_json = ready = False
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg in ("-h", "--help"):
-            raise HelpAsked(STATUS_HELP)
-        if arg == "--json":
-            as_json = True
-        elif arg == "--ready":
-            ready = True
-        elif arg == "--control" or arg.startswith("--control="):
-            control, i = _take_value(args, i, "--control")
-        elif arg == "--pid" or arg.startswith("--pid="):
-            pid, i = _take_value(args, i, "--pid")
-        else:
-            raise UsageError(f"status: unrecognized argument {arg!r}; {STATUS_USAGE}")
-        i += 1
+def status_args(args: list[str]) -> StatusArgs:
+    found = status_parser().parse_args(args)
+    control, pid = found.control, found.pid
     if control is None and pid is None:
         control = os.environ.get(CONTROL_ENV) or None
     if control is None and pid is None:
         raise UsageError(f"status needs --control PATH or --pid FILE (or ${CONTROL_ENV})")
-    return StatusArgs(control, pid, as_json, ready)
+    return StatusArgs(control, pid, found.json, found.ready)
+
+
+def ctl_request(args: list[str]) -> tuple[str, dict[str, Any]]:
+    """The control socket and the request `ctl ARGS` sends."""
+    found = ctl_parser().parse_args(args)
+    control = found.control or os.environ.get(CONTROL_ENV) or None
+    if control is None:
+        raise UsageError(f"ctl needs --control PATH (or ${CONTROL_ENV})")
+    if found.command is None:
+        raise UsageError(f"ctl needs a COMMAND ({commands.SYNOPSIS}); usage: {CTL_USAGE}")
+    command = commands.BY_NAME[found.command]
+    return control, command.request({p.key: getattr(found, p.key) for p in command.params})
 
 
 def status_main(args: list[str]) -> int:
-    control, pid, as_json, ready = parse_status(args)
+    control, pid, as_json, ready = status_args(args)
     status: dict[str, Any] | None = None
     source = ""
     problems: list[NoAnswer] = []
@@ -475,54 +562,19 @@ def report_ready(status: dict[str, Any], from_pid_file: bool, as_json: bool) -> 
     return EXIT_OK if master["ready"] else EXIT_ERROR
 
 
-def parse_ctl(args: list[str]) -> tuple[str, dict[str, Any]]:
-    control = None
-    words: list[str] = []
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg in ("-h", "--help"):  # no command takes it as an argument
-            raise HelpAsked(CTL_HELP)
-        if not words and (arg == "--control" or arg.startswith("--control=")):
-            control, i = _take_value(args, i, "--control")
-        elif not words and arg.startswith("-"):
-            raise UsageError(f"ctl: unrecognized argument {arg!r}; {CTL_USAGE}")
-        else:
-            words.append(arg)
-        i += 1
-    if control is None:
-        control = os.environ.get(CONTROL_ENV) or None
-    if control is None:
-        raise UsageError(f"ctl needs --control PATH (or ${CONTROL_ENV})")
-    if not words:
-        raise UsageError(f"ctl needs a COMMAND; {CTL_USAGE}")
-    command, rest = words[0], words[1:]
-    payload: dict[str, Any] = {"command": command}
-    if command == "scale":
-        if len(rest) != 1 or not rest[0].isdigit():
-            raise UsageError("ctl scale needs one whole number N >= 0")
-        payload["workers"] = int(rest[0])
-    elif command == "stop":
-        if rest not in ([], ["--quick"]):
-            raise UsageError(f"ctl stop takes only --quick, got {' '.join(rest)!r}")
-        payload["quick"] = bool(rest)
-    elif command in ("status", "ttin", "ttou", "reload", "reopen", "upgrade", "metrics", "refork"):
-        if rest:
-            raise UsageError(f"ctl {command} takes no argument, got {' '.join(rest)!r}")
-    else:
-        raise UsageError(f"ctl: unknown command {command!r}; {CTL_USAGE}")
-    return control, payload
-
-
 def ctl_main(args: list[str]) -> int:
-    control, payload = parse_ctl(args)
+    control, payload = ctl_request(args)
     try:
         reply = request(control, payload)
     except NoAnswer as exc:
         sys.stderr.write(f"unicornish: {exc}\n")
         return exc.code
     text = reply.get("text")
-    if payload["command"] == "metrics" and reply.get("ok") is True and isinstance(text, str):
+    if (
+        commands.BY_NAME[payload["command"]].reply_is_text
+        and reply.get("ok") is True
+        and isinstance(text, str)
+    ):
         sys.stdout.write(text)  # raw, as /metrics serves it (for promtool, grep, a file)
         return EXIT_OK
     sys.stdout.write(json.dumps(reply) + "\n")

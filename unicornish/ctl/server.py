@@ -2,31 +2,15 @@
 
 A unix stream socket, created with mode 0600, whose peers are checked with
 SO_PEERCRED: only root and the master's own uid may talk to it; anyone else
-is refused and logged. Everything is non-blocking and driven by the master's
-selector: a client is a buffer in, a buffer out and a deadline, so a slow,
-silent, malformed or oversized client costs the master one bounded recv()
-per wake-up and nothing more.
+is refused and logged. It is served by the bounded client server
+(host/clientserver.py) in the master's loop: a client is a buffer in, a
+buffer out and a deadline, so a slow, silent, malformed or oversized client
+costs the master one bounded recv() per wake-up and nothing more.
 
 Protocol: one request per line, one JSON reply per line, in order, on a
 connection that stays open until the client closes it (or is silent for
-CLIENT_TIMEOUT). A request is a JSON object, or the same words `unicornish
-ctl` takes, for `socat`/`nc -U` users:
-
-    {"command": "status"}                      status
-    {"command": "scale", "workers": 7}         scale 7
-    {"command": "ttin"} / {"command": "ttou"}  ttin / ttou
-    {"command": "reload"}                      reload
-    {"command": "reopen"}                      reopen
-    {"command": "stop"}                        stop
-    {"command": "stop", "quick": true}         stop --quick
-    {"command": "upgrade"}                     upgrade
-    {"command": "metrics"}                     metrics
-    {"command": "refork"}                      refork
-
-Replies: {"ok": true, ...} or {"ok": false, "error": "..."}. Commands run
-the same code as the signals (scale = TTIN/TTOU, reload = HUP, reopen = USR1,
-stop = QUIT/TERM, upgrade = USR2); `metrics` replies with the text that
---metrics serves at /metrics, in {"ok": true, "text": "..."}.
+CLIENT_TIMEOUT). The requests, their replies and what each runs on the master
+are declared once, in ctl/commands.py.
 """
 
 from __future__ import annotations
@@ -34,68 +18,24 @@ from __future__ import annotations
 import json
 import logging
 import os
-import selectors
 import socket
 import stat
 import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, Protocol
 
+from unicornish.ctl import commands as table
+from unicornish.ctl.commands import MAX_LINE, Commands, RequestError, error, parse_request
 from unicornish.errors import StartupError
-from unicornish.host.sockets import accept_some
-from unicornish.master.children import WorkerProc
-from unicornish.master.eventloop import Clients, EventLoop
+from unicornish.host.clientserver import Client, ClientServer, Limits, Loop, SocketPath
 from unicornish.metrics.procstats import StatsReader
-from unicornish.protocol import (
-    MAX_LINE,
-    RequestError,
-    describe_request,
-    parse_request,
-)
-from unicornish.scoreboard import BUSY
+from unicornish.scoreboard import BUSY, Scoreboard
 
-# A client that sends nothing (or reads nothing) for this long is dropped.
-CLIENT_TIMEOUT = 5.0
-# More connections than this at once are refused (each costs an fd).
-MAX_CLIENTS = 64
-# Connections accepted per wake-up, so a flood cannot hog the loop.
-ACCEPTS_PER_WAKE = 16
-# Requests answered per client per wake-up; the rest wait for the next turn.
-LINES_PER_WAKE = 8
-# After accept() fails for lack of fds, stop listening this long (no busy loop).
-ACCEPT_PAUSE = 1.0
-RECV_SIZE = 65536
-
+# Connections waiting for the master to accept them: 500 `status` calls at
+# once wait their turn here instead of being refused (the client waits too).
+BACKLOG = 1024
 _PEERCRED = struct.Struct("3i")
-
-
-class Commands(Protocol):
-    """What the control socket asks of the master: the same code as the signals."""
-
-    @property
-    def stopping(self) -> str | None: ...
-
-    @property
-    def wanted(self) -> int: ...
-
-    def status(self) -> dict[str, Any]: ...
-
-    def stop(self, quick: bool, why: str) -> None: ...
-
-    def scale(self, wanted: int, why: str) -> None: ...
-
-    def step(self, delta: int, why: str) -> None: ...
-
-    def reload(self, why: str) -> str | None: ...
-
-    def reopen_logs(self) -> str | None: ...
-
-    def upgrade(self, why: str) -> tuple[int | None, str | None]: ...
-
-    def metrics_text(self) -> str: ...
-
-    def refork(self) -> str | None: ...
 
 
 # -- creating the socket ------------------------------------------------------
@@ -108,6 +48,8 @@ def _answers(path: str) -> bool:
         probe.connect(path)
     except (ConnectionRefusedError, FileNotFoundError):
         return False
+    except BlockingIOError:
+        return True  # EAGAIN: a master listens there, its backlog full
     except PermissionError:
         raise StartupError(
             f"control socket {path} exists and is not ours (permission denied)"
@@ -150,7 +92,7 @@ def bind(path: str) -> socket.socket:
     try:
         sock.bind(path)
         os.chmod(path, 0o600)
-        sock.listen(16)
+        sock.listen(BACKLOG)
     except OSError as exc:
         sock.close()
         raise StartupError(f"cannot create control socket {path}: {exc.strerror or exc}") from None
@@ -162,8 +104,17 @@ def bind(path: str) -> socket.socket:
 # -- status -------------------------------------------------------------------
 
 
+class Child(Protocol):
+    """What `status` shows of a worker (master/children.py's WorkerProc)."""
+
+    nr: int
+    pid: int
+    board: Scoreboard
+    spawned_at: float
+
+
 def collect_status(
-    master: dict[str, Any], procs: Iterable[WorkerProc], stats: StatsReader
+    master: dict[str, Any], procs: Iterable[Child], stats: StatsReader
 ) -> dict[str, Any]:
     """The JSON of `status`: the master's own figures, then one entry per worker."""
     now = time.monotonic()
@@ -197,105 +148,64 @@ def encode(reply: dict[str, Any]) -> bytes:
     return (json.dumps(reply, separators=(", ", ": ")) + "\n").encode()
 
 
-def error(message: str) -> dict[str, Any]:
-    return {"ok": False, "error": message}
-
-
 # -- the server -----------------------------------------------------------------
 
-
-class Client:
-    __slots__ = ("sock", "pid", "uid", "inbuf", "outbuf", "deadline", "eof", "closing", "events")
-
-    def __init__(self, sock: socket.socket, pid: int, uid: int, deadline: float) -> None:
-        self.sock = sock
-        self.pid = pid
-        self.uid = uid
-        self.inbuf = bytearray()
-        self.outbuf = bytearray()
-        self.deadline = deadline
-        self.eof = False
-        self.closing = False
-        self.events = selectors.EVENT_READ
-
-    def has_line(self) -> bool:
-        return b"\n" in self.inbuf
-
-    @property
-    def closed(self) -> bool:
-        return self.sock.fileno() < 0
+# A client that sends nothing (or reads nothing) for this long is dropped.
+CLIENT_TIMEOUT = 5.0
+# Connections at once (each costs an fd): past this, the one silent longest
+# gives its slot up; while all are being answered, the next wait in the backlog.
+MAX_CLIENTS = 64
+# Requests answered per client per wake-up; the rest wait for the next turn.
+LINES_PER_WAKE = 8
+# Past the limit, a client silent this long gives its slot up: hundreds of
+# `status` calls at once each have the time to send their request.
+GRACE = 1.0
+LIMITS = Limits(
+    "control",
+    max_request=MAX_LINE,
+    timeout=CLIENT_TIMEOUT,
+    idle=True,
+    max_clients=MAX_CLIENTS,
+    grace=GRACE,
+)
 
 
 class ControlServer:
+    """The control socket's conversation: lines of JSON (or words) in, one JSON
+    line out for each, in order; served by a ClientServer in the master's loop."""
+
     def __init__(
         self,
-        loop: EventLoop,
+        loop: Loop,
         log: logging.Logger,
         commands: Commands,
         sock: socket.socket,
         path: str,
     ) -> None:
-        self.loop = loop
         self.commands = commands
-        self.sock = sock
-        self.path = path
-        self.original_path = path
         self.log = log
         self.uid = os.geteuid()
-        self.clients: Clients[Client] = Clients(loop)
-        self.paused_until: float | None = None
-        self.refused_logged_at = -1e9
-        try:
-            st = os.lstat(path)
-            self.inode: tuple[int, int] | None = (st.st_dev, st.st_ino)
-        except OSError:
-            self.inode = None
+        self.file = SocketPath(path)
+        self.server = ClientServer(loop, log, sock, LIMITS, self, self.file)
 
     def install(self) -> None:
-        self.loop.add_reader(self.sock, self._on_accept)
-        self.loop.close_in_child(self.close_in_child)
-
-    # -- the loop's side -----------------------------------------------------------
+        self.server.install()
 
     def tick(self, now: float) -> float | None:
-        """Drop silent clients, listen again after a pause; the next such deadline."""
-        for client in self.clients:
-            if now >= client.deadline:
-                self.log.info(
-                    "control: dropped a client (pid=%d) silent for %gs", client.pid, CLIENT_TIMEOUT
-                )
-                self._close(client)
-        if self.paused_until is not None and now >= self.paused_until:
-            self.paused_until = None
-            try:
-                self.loop.add_reader(self.sock, self._on_accept)
-            except (KeyError, ValueError, OSError):
-                pass
-        deadlines = [c.deadline for c in self.clients]
-        if self.paused_until is not None:
-            deadlines.append(self.paused_until)
-        return min(deadlines) if deadlines else None
+        return self.server.tick(now)
 
-    def _on_accept(self) -> None:
-        starved = accept_some(self.sock, self._admit, ACCEPTS_PER_WAKE)
-        if starved is not None:
-            self.log.error(
-                "control: cannot accept: %s; not listening for %gs", starved.strerror, ACCEPT_PAUSE
-            )
-            self._pause()
+    @property
+    def clients(self) -> list[Client]:
+        return self.server.clients
 
-    def _pause(self) -> None:
-        self.loop.remove(self.sock)
-        self.paused_until = time.monotonic() + ACCEPT_PAUSE
+    # -- the conversation ------------------------------------------------------------
 
-    def _admit(self, conn: socket.socket) -> None:
-        conn.setblocking(False)
+    def admit(self, server: ClientServer, client: Client) -> bool:
         try:
-            raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+            raw = client.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
             pid, uid, gid = _PEERCRED.unpack(raw)
         except OSError:
-            conn.close()
-            return
+            return False
         if uid != 0 and uid != self.uid:
             self.log.warning(
                 "control: refused a connection from pid=%d uid=%d gid=%d: "
@@ -305,76 +215,34 @@ class ControlServer:
                 gid,
                 self.uid,
             )
-            _send_and_close(conn, error("permission denied"))
-            return
-        if len(self.clients) >= MAX_CLIENTS:
-            now = time.monotonic()
-            if now - self.refused_logged_at >= CLIENT_TIMEOUT:
-                self.refused_logged_at = now
-                self.log.warning(
-                    "control: %d connections open; refusing more (pid=%d)", MAX_CLIENTS, pid
-                )
-            _send_and_close(conn, error("too many control connections"))
-            return
-        client = Client(conn, pid, uid, time.monotonic() + CLIENT_TIMEOUT)
-        self.clients.add(client, self._callback(client))
-
-    def _callback(self, client: Client) -> Callable[[], None]:
-        return lambda: self._on_event(client)
-
-    def _on_event(self, client: Client) -> None:
-        if client.outbuf:
-            if not self._send(client):
-                return
-        elif not client.eof and not client.closing and not client.has_line():
-            if not self._recv(client):
-                return
-        self._pump(client)
-
-    def _recv(self, client: Client) -> bool:
-        try:
-            data = client.sock.recv(RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return True
-        except OSError:
-            self._close(client)
+            try:
+                client.sock.send(encode(error("permission denied")))
+            except OSError:
+                pass
             return False
-        if not data:
-            client.eof = True
-        else:
-            client.inbuf += data
-            client.deadline = time.monotonic() + CLIENT_TIMEOUT
+        client.peer = (pid, uid)
         return True
 
-    def _send(self, client: Client) -> bool:
-        try:
-            sent = client.sock.send(client.outbuf)
-        except (BlockingIOError, InterruptedError):
-            return True
-        except OSError:
-            self._close(client)
-            return False
-        if sent:
-            del client.outbuf[:sent]
-            client.deadline = time.monotonic() + CLIENT_TIMEOUT
-        return True
+    def pending(self, client: Client) -> bool:
+        return not client.closing and b"\n" in client.inbuf
 
-    def _pump(self, client: Client) -> None:
+    def timed_out(self, client: Client) -> None:
+        self.log.info(
+            "control: dropped a client (pid=%d) silent for %gs", client.peer[0], CLIENT_TIMEOUT
+        )
+
+    def serve(self, server: ClientServer, client: Client) -> None:
         """Answer complete lines, one reply at a time, while the client reads them."""
         for _ in range(LINES_PER_WAKE):
-            if client.outbuf:
-                if not self._send(client):
-                    return
-                if client.outbuf:
-                    break
-            if client.closing:
-                break
+            if client.outbuf or client.closing or client.closed:
+                return
             newline = client.inbuf.find(b"\n")
             if newline > MAX_LINE or (newline < 0 and len(client.inbuf) > MAX_LINE):
                 client.inbuf.clear()
-                client.outbuf += encode(error(f"request line too long (limit {MAX_LINE} bytes)"))
                 client.closing = True
-                continue
+                too_long = f"request line too long (limit {MAX_LINE} bytes)"
+                server.reply(client, encode(error(too_long)))
+                return
             if newline < 0:
                 if client.eof:
                     # A last request without its newline (printf status | nc -U ...).
@@ -382,168 +250,72 @@ class ControlServer:
                     client.inbuf.clear()
                     client.closing = True
                     if line.strip():
-                        self._answer(client, line)
-                        if client.closed:
-                            return
-                    continue
-                break
+                        self._answer(server, client, line)
+                return
             line = bytes(client.inbuf[:newline])
             del client.inbuf[: newline + 1]
-            self._answer(client, line)
-            if client.closed:
-                return
-        if client.closed:
-            return
-        if client.closing and not client.outbuf:
-            self._close(client)
-            return
-        self._update_events(client)
+            self._answer(server, client, line)
 
-    def _update_events(self, client: Client) -> None:
-        if client.outbuf or (client.has_line() and not client.closing):
-            # Writable fires at once: that is how the rest of a pipelined batch gets its turn.
-            events = selectors.EVENT_WRITE
-        else:
-            events = selectors.EVENT_READ
-        if not self.clients.set_events(client, events, self._callback(client)):
-            self._close(client)
-
-    def _close(self, client: Client) -> None:
-        self.clients.close(client)
-
-    # -- commands ----------------------------------------------------------------------
-
-    def _answer(self, client: Client, line: bytes) -> None:
+    def _answer(self, server: ClientServer, client: Client, line: bytes) -> None:
         try:
             text = line.decode("utf-8").strip()
         except UnicodeDecodeError:
-            client.outbuf += encode(error("bad request: not UTF-8"))
+            server.reply(client, encode(error("bad request: not UTF-8")))
             return
         if not text:
             return
         try:
             command, params = parse_request(text)
         except RequestError as exc:
-            client.outbuf += encode(error(str(exc)))
+            server.reply(client, encode(error(str(exc))))
             return
-        if command != "status":
-            self.log.info(
-                "control: %s from pid=%d uid=%d",
-                describe_request(command, params),
-                client.pid,
-                client.uid,
-            )
+        declared = table.BY_NAME[command]
+        pid, uid = client.peer
+        if declared.logged:
+            self.log.info("control: %s from pid=%d uid=%d", declared.describe(params), pid, uid)
         try:
-            reply = self.run(command, params)
+            reply = table.run(command, params, self.commands, self.log)
         except Exception as exc:  # noqa: BLE001 - a bug in one command must not take the master down
             self.log.exception("control: %s failed", command)
             reply = error(f"internal error: {type(exc).__name__}: {exc}")
-        client.outbuf += encode(reply)
-        if command == "stop" and reply.get("ok"):
+        if declared.last and reply.get("ok"):
             client.closing = True
-        # Send at once: `stop` must be answered before the master exits.
-        self._send(client)
-
-    def run(self, command: str, params: dict[str, Any]) -> dict[str, Any]:
-        m = self.commands
-        if command == "status":
-            return {"ok": True, **m.status()}
-        if command == "stop":
-            m.stop(quick=params["quick"], why="control stop")
-            return {"ok": True, "stopping": m.stopping}
-        if command == "metrics":  # read-only, like status: answered while stopping too
-            try:
-                return {"ok": True, "text": m.metrics_text()}
-            except StartupError as exc:  # prometheus_client is not installed
-                return error(str(exc).replace("--metrics needs", "metrics need"))
-        if m.stopping:
-            return error("master is stopping")
-        if command == "scale":
-            m.scale(params.get("workers", m.wanted), f"control {describe_request(command, params)}")
-            return {"ok": True, "workers_wanted": m.wanted}
-        if command in ("ttin", "ttou"):
-            # As the signals: one more or one fewer (with MIN:MAX, the bounds move too).
-            m.step(1 if command == "ttin" else -1, f"control {command}")
-            return {"ok": True, "workers_wanted": m.wanted}
-        if command == "reload":
-            failure = m.reload(why="control reload")
-            return error(failure) if failure else {"ok": True, "workers_wanted": m.wanted}
-        if command == "reopen":
-            failure = m.reopen_logs()
-            return error(failure) if failure else {"ok": True}
-        if command == "upgrade":
-            pid, refusal = m.upgrade(why="control upgrade")
-            if pid is None:
-                return error(refusal or "upgrade failed; see the master's log")
-            return {"ok": True, "new_master_pid": pid}
-        if command == "refork":
-            failure = m.refork()
-            return error(failure) if failure else {"ok": True}
-        return error(f"unknown command {command!r}")
+        # Sent at once: `stop` must be answered before the master exits.
+        server.reply(client, encode(reply))
 
     # -- USR2 and exit -----------------------------------------------------------------
 
-    def _is_ours(self, path: str) -> bool:
-        try:
-            st = os.lstat(path)
-        except OSError:
-            return False
-        return self.inode == (st.st_dev, st.st_ino)
-
     def move_aside(self) -> None:
         """USR2: PATH becomes PATH.oldbin, so the new master can bind PATH."""
-        aside = self.original_path + ".oldbin"
-        if self.path == self.original_path and self._is_ours(self.path):
-            try:
-                os.rename(self.path, aside)
-                self.path = aside
-            except OSError as exc:
-                self.log.error(
-                    "cannot rename control socket %s: %s", self.path, exc.strerror or exc
-                )
+        if self.file.aside or not self.file.is_ours():
+            return
+        try:
+            self.file.rename(self.file.original + ".oldbin")
+        except OSError as exc:
+            why = exc.strerror or exc
+            self.log.error("cannot rename control socket %s: %s", self.file.path, why)
 
     def move_back(self) -> None:
         """The new master died: take PATH back, unless someone else answers there."""
-        if self.path == self.original_path or not self._is_ours(self.path):
+        if not self.file.aside or not self.file.is_ours():
             return
-        if os.path.lexists(self.original_path):
+        if os.path.lexists(self.file.original):
             try:
-                if _answers(self.original_path):
+                if _answers(self.file.original):
                     return
             except StartupError:
                 return
         try:
-            os.rename(self.path, self.original_path)
-            self.path = self.original_path
+            self.file.rename(self.file.original)
         except OSError as exc:
             self.log.error(
-                "cannot restore control socket %s: %s", self.original_path, exc.strerror or exc
+                "cannot restore control socket %s: %s", self.file.original, exc.strerror or exc
             )
 
     def close(self) -> None:
         """The master exits: flush what can be flushed, close, remove our socket file."""
-        for client in self.clients:
-            if client.outbuf:
-                self._send(client)
-            self._close(client)
-        self.loop.remove(self.sock)
-        self.sock.close()
-        if self._is_ours(self.path):
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
+        self.server.close_all(unlink=True)
 
     def close_in_child(self) -> None:
         """In a new worker: drop our copies of the fds, touching nothing else."""
-        for client in self.clients:
-            client.sock.close()
-        self.sock.close()
-
-
-def _send_and_close(conn: socket.socket, reply: dict[str, Any]) -> None:
-    try:
-        conn.send(encode(reply))
-    except OSError:
-        pass
-    conn.close()
+        self.server.close_in_child()

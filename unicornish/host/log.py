@@ -10,6 +10,7 @@ stalled journald, a `| logger` that stopped reading) stop it: lines to a pipe
 or a socket go through a non-blocking twin of fd 2, and are dropped while it
 is full; the next line that gets through says how many were lost.
 
+Text lines start with the time and the writer's pid, `[TIME #PID] `.
 `--log-format json` writes the same lines as one JSON object each (for log
 shippers): time, level, event, pid, message, plus nr and status where they
 apply. Lifecycle lines carry a short stable `event` key, given by their call
@@ -27,6 +28,7 @@ import socket
 import stat
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 LOGGER_NAME = "unicornish"
@@ -62,8 +64,13 @@ def event(name: str, **fields: Any) -> dict[str, Any] | None:
 
 
 class LineFormatter(logging.Formatter):
+    """`[TIME #PID] message`: the writer's pid, as Unicorn's lines carry it, so the
+    lines of two masters sharing one log during a USR2 (and of their workers)
+    can be told apart."""
+
     def format(self, record: logging.LogRecord) -> str:
-        text = f"[{timestamp(record.created)}] {record.getMessage()}"
+        pid = record.process or os.getpid()
+        text = f"[{timestamp(record.created)} #{pid}] {record.getMessage()}"
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         if record.stack_info:
@@ -249,4 +256,60 @@ def flush_stdio() -> None:
             if stream is not None:
                 stream.flush()
         except Exception:  # noqa: BLE001 - nothing to flush into
+            pass
+
+
+class Throttled:
+    """Logs a line of one kind (`key`) at most once per `every` seconds, saying
+    how many of that kind it did not log in between: for what may repeat on
+    every scrape, request or turn of a loop (a bad value, a failing duty, a
+    client sending garbage)."""
+
+    def __init__(
+        self,
+        log: logging.Logger,
+        every: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.log = log
+        self.every = every
+        self.clock = clock
+        self.seen: dict[str, tuple[float, int]] = {}  # key -> (logged at, not logged since)
+
+    def due(self, key: str) -> int | None:
+        """None while `key` was logged less than `every` ago (counted), else how
+        many of it were left out since."""
+        now = self.clock()
+        last, unsaid = self.seen.get(key, (-self.every, 0))
+        if now - last < self.every:
+            self.seen[key] = (last, unsaid + 1)
+            return None
+        self.seen[key] = (now, 0)
+        return unsaid
+
+    def warn(self, key: str, message: str) -> bool:
+        """True when the line was logged."""
+        unsaid = self.due(key)
+        if unsaid is None:
+            return False
+        more = f" ({unsaid} more like it since)" if unsaid else ""
+        try:
+            self.log.warning("%s%s", message, more)
+        except Exception:  # noqa: BLE001 - a log that cannot be written must not fail the caller
+            pass
+        return True
+
+
+class ErrorLog(Throttled):
+    """A failing step of a loop, logged with its traceback, the same step at most
+    once per `every` seconds."""
+
+    def failed(self, name: str) -> None:
+        unsaid = self.due(name)
+        if unsaid is None:
+            return
+        more = f" ({unsaid} more since)" if unsaid else ""
+        try:
+            self.log.exception("master loop error in %s%s; carrying on", name, more)
+        except Exception:  # noqa: BLE001 - a log that cannot be written must not end us
             pass

@@ -7,12 +7,18 @@ import logging
 import os
 import signal
 import time
+from typing import Protocol
 
 import psutil
 
 from unicornish.host import linux
-from unicornish.master.eventloop import EventLoop
 from unicornish.protocol import describe_status
+
+
+class SignalWait(Protocol):
+    """The master's loop, as far as the last wait for leftovers uses it."""
+
+    def wait_for_signal(self, seconds: float) -> list[int]: ...
 
 
 def become_subreaper(logger: logging.Logger) -> None:
@@ -34,7 +40,7 @@ def reap_orphans(log: logging.Logger) -> bool:
         return False
 
 
-def stop_leftovers(loop: EventLoop, log: logging.Logger, wait: float) -> None:
+def stop_leftovers(loop: SignalWait, log: logging.Logger, wait: float) -> None:
     """TERM to every process of the namespace, then SIGKILL after `wait`."""
     try:
         leftovers = psutil.Process(os.getpid()).children(recursive=True)

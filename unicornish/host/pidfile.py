@@ -129,13 +129,15 @@ def write(path: str, pid: int) -> None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(tmp, flags, 0o644)
     try:
-        os.write(fd, f"{pid}\n".encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
+        try:
+            os.write(fd, f"{pid}\n".encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.rename(tmp, path)
     except OSError:
+        # A full disk fails the write, not the creation: the empty file would
+        # stay beside the pid file for good.
         try:
             os.unlink(tmp)
         except OSError:

@@ -7,7 +7,7 @@ import os
 import select
 import socket
 import time
-from collections.abc import Callable
+from typing import Protocol
 
 from unicornish.host import log
 
@@ -116,18 +116,25 @@ def watchdog_interval() -> float | None:
     return int(usec) / 2e6
 
 
+class Stopping(Protocol):
+    """The master's state, as far as the watchdog reads it."""
+
+    @property
+    def stopping_workers(self) -> bool: ...
+
+
 class Watchdog:
     """WATCHDOG=1 every WATCHDOG_USEC/2, stopping included (a graceful stop can
     outlast the watchdog); not after a hand-over, when the new master pings."""
 
-    def __init__(self, notifier: Notifier, is_stopping: Callable[[], bool]) -> None:
+    def __init__(self, notifier: Notifier, master: Stopping) -> None:
         self.notifier = notifier
-        self.is_stopping = is_stopping
+        self.master = master
         self.interval = watchdog_interval()
         self.next_ping = 0.0
 
     def tick(self, now: float) -> float | None:
-        if self.interval is None or (self.is_stopping() and self.notifier.quiet):
+        if self.interval is None or (self.master.stopping_workers and self.notifier.quiet):
             return None
         if now >= self.next_ping:
             self.notifier.send("WATCHDOG=1")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Sequence
+
 import setproctitle
 
-from unicornish.host import log
+from unicornish.host import log, sockets
 
 
 def _set(full: str, short: str) -> None:
@@ -15,8 +18,17 @@ def _set(full: str, short: str) -> None:
     setproctitle.setthreadtitle(short)
 
 
-def set_master_title(app_name: str, old: bool = False) -> None:
-    _set(f"unicornish master{' (old)' if old else ''} {app_name}", "unicornish")
+def set_master_title(app_spec: str, listeners: Sequence[socket.socket], old: bool = False) -> None:
+    """The app as given (a path or a module: `ps ax | grep myproject` finds the
+    master, which a base name like `app.py` would not) and the first listen
+    address, so two masters of one app on one host can be told apart."""
+    words = [app_spec]
+    for sock in listeners[:1]:
+        try:
+            words.append(sockets.socket_address(sock))
+        except OSError:
+            pass  # closed under us: the app alone still names the master
+    _set(f"unicornish master{' (old)' if old else ''} {' '.join(words)}", "unicornish")
 
 
 def set_worker_title(nr: int, app_name: str) -> None:

@@ -320,6 +320,9 @@ class RequestReader:
         if method == "CONNECT":
             raise HTTPError(501, "method", "CONNECT is not supported")
         url = self._url
+        line = self._limits.line
+        if line and len(method) + len(url) + 10 > line:  # METHOD SP TARGET SP HTTP/x.y
+            raise HTTPError(414, "request_line", "request line too long")
         _check_target(url, method, request)
         if version == "1.1" and self._hosts != 1:
             raise HTTPError(400, "host", "HTTP/1.1 needs exactly one Host")

@@ -359,7 +359,7 @@ class HTTPServer:
             self.conns[conn.fd] = conn
             self.poller.register(conn.fd, _IN)
             self.stats.connections(1)
-            self.worker.board_connections(len(self.conns))
+            self.worker.board.connections[0] = len(self.conns)  # status shows it
             # The first request has the head's deadline from the start.
             self._timer(conn, self.read_timers, self.header_timeout)
             if len(self.conns) >= self.max_connections:
@@ -488,7 +488,7 @@ class HTTPServer:
         conn.fd = -1
         conn.reader.close()
         self.stats.connections(-1)
-        self.worker.board_connections(len(self.conns))
+        self.worker.board.connections[0] = len(self.conns)  # status shows it
         if (
             not self.listening
             and not self.stopping

@@ -38,6 +38,7 @@ from dataclasses import dataclass, replace
 
 from unicornish.config import Settings
 from unicornish.master.children import WorkerTable
+from unicornish.master.state import View
 from unicornish.protocol import MAX_WORKERS
 from unicornish.scoreboard import BOOTING, IDLE
 
@@ -168,6 +169,43 @@ def count_after_reload(settings: Settings, current: int) -> int:
     return policy.clamp(current)
 
 
+def handover(settings: Settings, policy: Policy | None, wanted: int) -> str | None:
+    """USR2: the count the new master should start with, as `N`, or `N,MIN:MAX`
+    when the bounds moved (TTIN/TTOU) or `ctl scale` fixed an adaptive count.
+
+    None when there is nothing to hand over: a fixed count as configured (the
+    new master reads its own configuration, which may be new), or no worker at
+    all (WINCH, `scale 0`: a new master with none could never prove itself ready).
+    """
+    if wanted <= 0:
+        return None
+    moved = policy != policy_of(settings)
+    adaptive = policy is not None and policy.adaptive
+    if not moved and not adaptive and wanted == settings.workers:
+        return None
+    if not moved:
+        return str(wanted)
+    low, high = (policy.low, policy.high) if policy is not None else (wanted, wanted)
+    return f"{wanted},{low}:{high}"
+
+
+def parse_handover(text: str) -> tuple[int, tuple[int, int] | None]:
+    """`N` or `N,MIN:MAX` (handover's form); ValueError when it is anything else."""
+    count, comma, bounds = text.partition(",")
+    numbers = [count, *bounds.split(":")] if comma else [count]
+    if len(numbers) not in (1, 3) or not all(n.isdigit() and len(n) <= 5 for n in numbers):
+        raise ValueError(text)
+    wanted, *rest = (int(n) for n in numbers)
+    if not 0 < wanted <= MAX_WORKERS:
+        raise ValueError(text)
+    if not rest:
+        return wanted, None
+    low, high = rest
+    if not low <= wanted <= high <= MAX_WORKERS:
+        raise ValueError(text)
+    return wanted, (low, high)
+
+
 class Autoscaler:
     """The duty. Its bounds start from the settings and move with TTIN/TTOU;
     `ctl scale N` (and WINCH) fix the count; HUP reads them again."""
@@ -176,21 +214,16 @@ class Autoscaler:
         self,
         table: WorkerTable,
         log: logging.Logger,
-        settings: Settings,
-        wanted: Callable[[], int],
+        view: View,
         scale: Callable[[int], None],
-        is_stopping: Callable[[], bool],
-        is_reloading: Callable[[], bool],
     ) -> None:
         self.table = table
         self.log = log
-        self.wanted = wanted
+        self.view = view
         self.scale = scale
-        self.is_stopping = is_stopping
-        self.is_reloading = is_reloading
         self.policy: Policy | None = None
         self.memory = Memory()
-        self.configure(settings)
+        self.configure(view.settings)
 
     @property
     def adaptive(self) -> bool:
@@ -214,7 +247,7 @@ class Autoscaler:
     def bounds(self) -> tuple[int, int]:
         """For status: a fixed count is its own MIN and MAX."""
         if self.policy is None:
-            wanted = self.wanted()
+            wanted = self.view.wanted
             return wanted, wanted
         return self.policy.low, self.policy.high
 
@@ -233,6 +266,21 @@ class Autoscaler:
         self.memory = Memory()
         return self.policy.clamp(wanted + delta)
 
+    def take_over(self, wanted: int, bounds: tuple[int, int] | None, settings: Settings) -> int:
+        """USR2, in the new master: start from the old master's count (and bounds,
+        when they had moved); the count to want. A HUP configures them again."""
+        if bounds is not None:
+            low, high = bounds
+            if low == high:
+                self.fix()
+            else:
+                base = self.policy or Policy(
+                    low, high, settings.idle_workers, settings.scale_down_after
+                )
+                self.policy = replace(base, low=low, high=high)
+                self.memory = Memory()
+        return self.policy.clamp(wanted) if self.policy is not None else wanted
+
     def fix(self) -> bool:
         """An exact count (`ctl scale N`, WINCH): MIN = MAX = N until the next HUP.
         True when this turned the adaptive count off."""
@@ -242,7 +290,7 @@ class Autoscaler:
         return was
 
     def idle_count(self) -> int:
-        wanted = self.wanted()
+        wanted = self.view.wanted
         return sum(1 for w in self.table.live() if 0 <= w.nr < wanted and w.board.state[0] == IDLE)
 
     def look(self, wanted: int) -> Seen:
@@ -261,14 +309,14 @@ class Autoscaler:
 
     def tick(self, now: float) -> float | None:
         policy = self.policy
-        if policy is None or not policy.adaptive or self.is_stopping():
+        if policy is None or not policy.adaptive or self.view.stopping_workers:
             return None
-        if self.is_reloading():
-            # The count holds while a HUP rolls out (old and new workers side by
+        if self.view.rolling is not None:
+            # The count holds while a HUP (or a refork) rolls out (old and new workers side by
             # side would be miscounted); look again once it is done.
             self.memory = Memory()
             return now + LOOK
-        wanted = self.wanted()
+        wanted = self.view.wanted
         decision = decide(policy, wanted, self.look(wanted), self.memory, now)
         self.memory = decision.memory
         if decision.wanted != wanted:

@@ -1,9 +1,11 @@
-"""The master's records of its children, and the one way to stop one.
+"""The master's record of its children, and the one way to stop one.
 
-A `WorkerProc` is what the master knows of a worker (or a spare): its slot,
-pid, generation, scoreboard page, app-metrics arena and where it is in its life. A
-`WorkerTable` holds them by pid. `Stopper` signals them and is the duty
-that SIGKILLs whoever outlives the wait it was given.
+A `WorkerProc` is what the master knows of a child it forked: its kind
+(worker, spare or mold), slot, pid, generation, scoreboard page, app-metrics
+arena and where it is in its life. `Children` is the one record of them, by
+pid: a child's kind says which `WorkerTable` (the indices the loop asks on
+every turn) holds it, and what its reaping means. `Stopper` signals them and
+is the duty that SIGKILLs whoever outlives the wait it was given.
 """
 
 from __future__ import annotations
@@ -13,10 +15,16 @@ import os
 import signal
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 from unicornish.metrics.appmetrics import Arena
 from unicornish.protocol import signal_name
 from unicornish.scoreboard import BOOTING, Scoreboard
+
+Kind = Literal["worker", "spare", "mold"]
+WORKER: Kind = "worker"
+SPARE: Kind = "spare"  # booted, waiting for a slot (--spares)
+MOLD: Kind = "mold"  # promoted: new workers fork from it (--refork-after)
 
 
 @dataclass(eq=False)
@@ -37,16 +45,17 @@ class WorkerProc:
     from_spare: bool = False  # took its slot as a booted spare
     assign_fd: int | None = None  # a spare's end of the pipe its slot comes through
     arena: Arena | None = None  # its app metrics (shared memory); None once reaped
-    role: str = "worker"  # "mold" once promoted (--refork-after)
+    kind: Kind = WORKER  # changed by `Children` only
 
     @property
     def label(self) -> str:
-        if self.role == "mold":
+        if self.kind == MOLD:
             return "mold"
         return f"worker[{self.nr}]" if self.nr >= 0 else "spare"
 
     @property
     def stopping(self) -> bool:
+        """Asked to stop, not reaped yet."""
         return self.stop_signal is not None
 
     def started_loop(self) -> bool:
@@ -247,12 +256,77 @@ class WorkerTable:
             del self._slots[w.generation]  # an old generation is gone for good
 
 
+class Children:
+    """Every child the master forked and has not reaped, by pid, each of one kind.
+
+    The kinds are kept apart (a table each) because the loop asks about
+    workers on every turn, and a spare or a mold must never count as one;
+    a child changes kind only here (`change_kind`), so the tables and the
+    child's `kind` cannot disagree.
+    """
+
+    def __init__(self, workers: WorkerTable | None = None) -> None:
+        self.workers = workers if workers is not None else WorkerTable()
+        self.spares = WorkerTable()
+        self.molds = WorkerTable()
+        self._tables: dict[Kind, WorkerTable] = {
+            WORKER: self.workers,
+            SPARE: self.spares,
+            MOLD: self.molds,
+        }
+        self._by_pid: dict[int, WorkerProc] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_pid)
+
+    def __iter__(self) -> Iterator[WorkerProc]:
+        return iter(list(self._by_pid.values()))
+
+    def get(self, pid: int) -> WorkerProc | None:
+        return self._by_pid.get(pid)
+
+    def table_of(self, w: WorkerProc) -> WorkerTable:
+        return self._tables[w.kind]
+
+    def tables(self) -> Iterable[WorkerTable]:
+        return self._tables.values()
+
+    def add(self, w: WorkerProc) -> None:
+        self._by_pid[w.pid] = w
+        self.table_of(w).add(w)
+
+    def pop(self, pid: int) -> WorkerProc | None:
+        w = self._by_pid.pop(pid, None)
+        if w is not None:
+            self.table_of(w).pop(pid)
+        return w
+
+    def change_kind(self, w: WorkerProc, kind: Kind, nr: int | None = None) -> None:
+        """A spare takes slot `nr`, a worker becomes the mold."""
+        self.table_of(w).pop(w.pid)
+        w.kind = kind
+        if nr is not None:
+            w.nr = nr
+        self.table_of(w).add(w)
+
+    def served(self) -> list[WorkerProc]:
+        """Workers and molds (a mold counts what it did as a worker); not spares,
+        which have not served yet."""
+        return [*self.workers, *self.molds]
+
+    def live_workers(self) -> list[WorkerProc]:
+        return self.workers.live()
+
+    def spare_count(self) -> int:
+        return len(self.spares)
+
+
 class Stopper:
     """Signals children; the duty that SIGKILLs those past their deadline."""
 
-    def __init__(self, log: logging.Logger, tables: list[WorkerTable]) -> None:
+    def __init__(self, log: logging.Logger, children: Children) -> None:
         self.log = log
-        self.tables = tables
+        self.children = children
 
     def signal(self, w: WorkerProc, signum: int, group: bool = False) -> None:
         try:
@@ -276,30 +350,16 @@ class Stopper:
         self.kill_after(w, now + wait)
 
     def mark_stopping(self, w: WorkerProc, why: str) -> None:
-        table = self._table_of(w)
-        if table is not None:
-            table.mark_stopping(w, why)
-        else:
-            w.stop_signal = why
+        self.children.table_of(w).mark_stopping(w, why)
 
     def kill_after(self, w: WorkerProc, deadline: float) -> None:
         deadline = deadline if w.kill_at is None else min(w.kill_at, deadline)
-        table = self._table_of(w)
-        if table is not None:
-            table.set_kill_at(w, deadline)
-        else:
-            w.kill_at = deadline
-
-    def _table_of(self, w: WorkerProc) -> WorkerTable | None:
-        for table in self.tables:
-            if table.get(w.pid) is w:
-                return table
-        return None
+        self.children.table_of(w).set_kill_at(w, deadline)
 
     def tick(self, now: float) -> float | None:
         """SIGKILL whoever is past its deadline; the next deadline."""
         upcoming: float | None = None
-        for table in self.tables:
+        for table in self.children.tables():
             for w in list(table.deadlines.values()):
                 assert w.kill_at is not None
                 if now < w.kill_at:

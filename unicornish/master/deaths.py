@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from unicornish.host import cgroups
 from unicornish.master.backoff import CRASH_SIGNALS, STABLE_AFTER
 from unicornish.master.children import WorkerProc
+from unicornish.metrics.exposition import COUNTER, Family
 
 TIMEOUT = "timeout"
 OOM = "oom"
@@ -117,15 +117,11 @@ class Deaths:
         self.counts[cause] += 1
         return cause
 
-    def collect(self) -> Iterator[Any]:
-        """prometheus_client's custom-collector protocol (imported here: optional)."""
-        from prometheus_client.core import CounterMetricFamily
-
-        family = CounterMetricFamily(
-            "unicornish_worker_exits",
-            "Workers reaped, by cause of death",
-            labels=["cause"],
-        )
+    def own_families(self) -> Iterator[Family]:
+        family = Family("unicornish_worker_exits", COUNTER, "Workers reaped, by cause of death")
         for cause in CAUSES:
-            family.add_metric([cause], self.counts[cause])
+            family.add(self.counts[cause], _CAUSE, (cause,))
         yield family
+
+
+_CAUSE = ("cause",)

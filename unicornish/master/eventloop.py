@@ -9,15 +9,14 @@ leak into a forked worker registers how to close it in the child.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import select
 import selectors
 import signal
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Generic, Protocol, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any
 
 Callback = Callable[[], None]
 
@@ -127,74 +126,3 @@ class EventLoop:
         must not turn a final wait into a busy loop."""
         self.pause(seconds)
         return self.take_signals()
-
-
-class ErrorLog:
-    """Logs a failing step with its traceback, the same step at most once per
-    `every` seconds (saying how many failures it did not log)."""
-
-    def __init__(self, log: logging.Logger, every: float) -> None:
-        self.log = log
-        self.every = every
-        self.seen: dict[str, tuple[float, int]] = {}
-
-    def failed(self, name: str) -> None:
-        now = time.monotonic()
-        last, suppressed = self.seen.get(name, (-self.every, 0))
-        if now - last < self.every:
-            self.seen[name] = (last, suppressed + 1)
-            return
-        self.seen[name] = (now, 0)
-        more = f" ({suppressed} more since)" if suppressed else ""
-        try:
-            self.log.exception("master loop error in %s%s; carrying on", name, more)
-        except Exception:  # noqa: BLE001 - a log that cannot be written must not end us
-            pass
-
-
-class ClientSocket(Protocol):
-    """What `Clients` needs of a server's client: its socket and the events it
-    is registered for."""
-
-    sock: Any
-    events: int
-
-
-C = TypeVar("C", bound=ClientSocket)
-
-
-class Clients(Generic[C]):
-    """The connections of a server that runs in the master's loop (the control
-    socket, the metrics endpoint), by fd: registered, switched between reading
-    and writing, and closed the same way for both."""
-
-    def __init__(self, loop: EventLoop) -> None:
-        self.loop = loop
-        self.by_fd: dict[int, C] = {}
-
-    def __len__(self) -> int:
-        return len(self.by_fd)
-
-    def __iter__(self) -> Iterator[C]:
-        return iter(list(self.by_fd.values()))
-
-    def add(self, client: C, callback: Callable[[], None]) -> None:
-        self.by_fd[client.sock.fileno()] = client
-        self.loop.add_reader(client.sock, callback)
-
-    def set_events(self, client: C, events: int, callback: Callable[[], None]) -> bool:
-        """False when the socket could not be registered (the caller closes it)."""
-        if events != client.events:
-            client.events = events
-            try:
-                self.loop.set_events(client.sock, events, callback)
-            except (KeyError, ValueError, OSError):
-                return False
-        return True
-
-    def close(self, client: C) -> None:
-        fd = client.sock.fileno()
-        if fd >= 0:
-            self.by_fd.pop(fd, None)
-            self.loop.remove(client.sock)
-        client.sock.close()

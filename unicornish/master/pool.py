@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from unicornish.master.backoff import CrashBackoff
-from unicornish.master.children import Slots, Stopper, WorkerProc, WorkerTable
+from unicornish.master.children import Children, Slots, Stopper, WorkerProc
 from unicornish.master.spawner import Release, Spawner
+from unicornish.master.state import State
 from unicornish.protocol import (
     EXIT_BOOT_FAILED,
     EXIT_UNASKED,
@@ -51,7 +52,7 @@ def plan_slots(
     wanted: int,
     current: Slots,
     old: list[WorkerProc],
-    reloading: bool,
+    rolling: bool,
     not_before: Callable[[int], float],
     now: float,
     batch: int | None = None,
@@ -66,7 +67,7 @@ def plan_slots(
     # beside the old worker of its slot) goes first.
     plan.stop = current.take_extras() + current.above(wanted)
     old_slots = set()
-    if old or reloading:
+    if old or rolling:
         ready_slots = {w.nr for w in current.values() if w.ready_at is not None}
         # No old worker is stopped before one new worker proved the new app boots,
         # not even one above the new count: the reload may yet fail.
@@ -76,7 +77,7 @@ def plan_slots(
                 plan.stop.append(w)
             elif w.nr < wanted:
                 old_slots.add(w.nr)
-        if reloading and not old and all(nr in ready_slots for nr in range(wanted)):
+        if rolling and not old and all(nr in ready_slots for nr in range(wanted)):
             plan.reload_done = True
     empty = current.empty_below(wanted)
     if not empty:
@@ -112,52 +113,54 @@ class SpareSource(Protocol):
 
 
 class Pool:
+    """The owner of the count wanted (`state.wanted`)."""
+
     def __init__(
         self,
-        table: WorkerTable,
+        children: Children,
         spawner: Spawner,
         stopper: Stopper,
         log: logging.Logger,
-        release: Callable[[], Release],
-        is_stopping: Callable[[], bool],
-        wanted: int,
+        state: State,
     ) -> None:
-        self.table = table
+        self.children = children
+        self.table = children.workers
         self.spawner = spawner
         self.stopper = stopper
         self.log = log
-        self.release = release
-        self.is_stopping = is_stopping
-        self.wanted = wanted
+        self.state = state
         self.backoff = CrashBackoff()
         self.rng = random.Random()
         self.spares: SpareSource | None = None
         self.scale_log = ScaleLog(log)
-        self.reloading = False
         # Old workers replaced at a time (None: a quarter of the count, as for HUP).
         self.batch: int | None = None
         self.on_reload_done: Callable[[], None] = lambda: None
         # A worker said it is warm (--refork-after).
         self.on_warm: Callable[[WorkerProc], None] = lambda w: None
 
+    @property
+    def wanted(self) -> int:
+        return self.state.wanted
+
     # -- the duty ---------------------------------------------------------------
 
     def tick(self, now: float) -> float | None:
         """maintain_worker_count: stop the extra, spawn the missing; the next wake-up."""
-        if self.is_stopping():
+        if self.state.stopping_workers:
             return None
         self.notice_ready(now)
-        generation = self.release().generation
-        current = self.table.slots(generation)
-        old = self.table.live_not_of(generation)
+        release = self.state.release
+        current = self.table.slots(release.generation)
+        old = self.table.live_not_of(release.generation)
+        rolling = self.state.rolling is not None
         plan = plan_slots(
-            self.wanted, current, old, self.reloading, self.backoff.not_before, now, self.batch
+            self.wanted, current, old, rolling, self.backoff.not_before, now, self.batch
         )
         for w in plan.stop:
-            self.stopper.stop(w, signal.SIGQUIT, now, self.release().settings.graceful_timeout)
+            self.stopper.stop(w, signal.SIGQUIT, now, release.settings.graceful_timeout)
         if plan.reload_done:
-            self.reloading = False
-            self.on_reload_done()
+            self.on_reload_done()  # the reloader ends the rollout
         next_at = plan.next_at
         if plan.spawn:
             done, failed = self.spawn_missing_workers(plan.spawn)
@@ -175,10 +178,10 @@ class Pool:
         slots whose fork failed)."""
         self.log.info("spawning %d missing workers:", len(nrs))
         started = time.monotonic()
-        release = self.release()
+        release = self.state.release
         failed: list[int] = []
         for nr in nrs:
-            if self.is_stopping():
+            if self.state.stopping_workers:
                 break
             if time.monotonic() - started > SPAWN_SLICE:
                 return False, failed
@@ -187,14 +190,14 @@ class Pool:
         return True, failed
 
     def spawn_worker(self, nr: int, release: Release) -> bool:
-        proc = self.spares.assign(nr, release) if self.spares is not None else None
-        if proc is None:
-            limit = jittered_max_tasks(release.settings.max_tasks, self.rng)
-            proc = self.spawner.spawn(nr, release, limit)
+        if self.spares is not None and self.spares.assign(nr, release) is not None:
+            return True
+        limit = jittered_max_tasks(release.settings.max_tasks, self.rng)
+        proc = self.spawner.spawn(nr, release, limit)
         if proc is None:
             self.backoff.record_exit(nr, time.monotonic(), None, 1, None)
             return False
-        self.table.add(proc)
+        self.children.add(proc)
         return True
 
     def scale(self, wanted: int, why: str | None = None, times: int = 1, note: str = "") -> None:
@@ -204,7 +207,7 @@ class Pool:
             # Whatever a burst changed is said before another change, so that the
             # log reads in the order the count changed.
             self.scale_log.flush()
-        self.wanted = max(0, wanted)
+        self.state.wanted = max(0, wanted)
         if why is not None:
             self.scale_log.changed(time.monotonic(), why, times, self.wanted, note)
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from unicornish.host import daemon
 from unicornish.host.systemd import Notifier
 from unicornish.master.children import WorkerTable
+from unicornish.master.state import View
 
 
 def not_ready_reason(
@@ -56,17 +57,15 @@ class Readiness:
         table: WorkerTable,
         notifier: Notifier,
         log: logging.Logger,
-        wanted: Callable[[], int],
-        not_now: Callable[[], bool],
-        announce: Callable[[list[str]], None],
+        view: View,
         ready_fd: int | None,
     ) -> None:
         self.table = table
         self.notifier = notifier
         self.log = log
-        self.wanted = wanted
-        self.not_now = not_now  # reloading or stopping: not the time to say ready
-        self.announce = announce
+        self.view = view
+        # Says the lines of the first "ready" (the upgrade finishes one with them).
+        self.announce: Callable[[list[str]], None] = lambda lines: None
         self.ready_fd = ready_fd  # -D: the launcher waits here for "ready"
         self.failed = False  # -D: the reason was sent already
         self.announced = False
@@ -79,8 +78,16 @@ class Readiness:
     def ready_slots(self) -> int:
         """Slots served by a ready worker: during a HUP an old and a new worker of
         one slot count once, and a worker above a lowered count not at all."""
-        wanted = self.wanted()
+        wanted = self.view.wanted
         return len({w.nr for w in self.table.live() if w.ready_at is not None and w.nr < wanted})
+
+    def reason(self) -> str | None:
+        """Why this master should get no traffic now (None: it should); for
+        `status` ("ready", "not_ready"), `status --ready` and readiness probes."""
+        view = self.view
+        return not_ready_reason(
+            view.stopping, view.reloading, self.booted, view.wanted, self.ready_slots()
+        )
 
     def status_line(self) -> str:
         return f"STATUS={self.ready_count()} workers running, master pid={os.getpid()}"
@@ -94,7 +101,9 @@ class Readiness:
                     self.last_status = status
                     self.notifier.send(status)
             return None
-        if not self.not_now() and self.ready_count() >= self.wanted():
+        # Not while reloading or stopping (draining included).
+        not_now = self.view.reloading or self.view.stopping is not None
+        if not not_now and self.ready_count() >= self.view.wanted:
             self.announced = True
             self.booted = True
             if self.ready_fd is not None:  # -D: the launching command may now exit 0

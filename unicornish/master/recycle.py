@@ -22,37 +22,29 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import psutil
 
 from unicornish.master.backoff import STABLE_AFTER
 from unicornish.master.children import Stopper, WorkerProc, WorkerTable
+from unicornish.master.state import View
 
 MEMORY_CHECK_INTERVAL = 3.0
 MIB = 1024 * 1024
 
 
+@dataclass(eq=False)
 class MemoryLimit:
-    def __init__(
-        self,
-        table: WorkerTable,
-        stopper: Stopper,
-        log: logging.Logger,
-        limit_mib: Callable[[], float | None],
-        graceful_timeout: Callable[[], float],
-        is_stopping: Callable[[], bool],
-    ) -> None:
-        self.table = table
-        self.stopper = stopper
-        self.log = log
-        self.limit_mib = limit_mib
-        self.graceful_timeout = graceful_timeout
-        self.is_stopping = is_stopping
-        self.next_check: float | None = None
+    table: WorkerTable
+    stopper: Stopper
+    log: logging.Logger
+    view: View
+    next_check: float | None = field(default=None, init=False)
 
     def tick(self, now: float) -> float | None:
-        limit = self.limit_mib()
-        if not limit or self.is_stopping():
+        limit = self.view.settings.max_memory
+        if not limit or self.view.stopping_workers:
             self.next_check = None
             return None
         if self.next_check is None:
@@ -75,7 +67,7 @@ class MemoryLimit:
             limit,
         )
         w.recycled = "max-memory"
-        self.stopper.stop(w, signal.SIGQUIT, now, self.graceful_timeout())
+        self.stopper.stop(w, signal.SIGQUIT, now, self.view.settings.graceful_timeout)
 
 
 def _uss_over(pid: int, limit_bytes: int) -> int | None:
@@ -103,20 +95,20 @@ class GiveUp:
         self,
         table: WorkerTable,
         log: logging.Logger,
-        limit: Callable[[], float | None],
-        wanted: Callable[[], int],
-        grace_from: Callable[[], float],
+        view: View,
         give_up: Callable[[], None],
         now: float,
     ) -> None:
         self.table = table
         self.log = log
-        self.limit = limit
-        self.wanted = wanted
-        self.grace_from = grace_from
+        self.view = view
         self.give_up = give_up
         self.last_ok = now
         self.idle = True
+
+    def limit(self) -> float | None:
+        """Off once the workers are being stopped: their deaths are asked for."""
+        return None if self.view.stopping_workers else self.view.settings.give_up_after
 
     def on_reaped(self, w: WorkerProc, now: float) -> None:
         """A worker that had stayed up kept things healthy until now."""
@@ -126,7 +118,7 @@ class GiveUp:
 
     def tick(self, now: float) -> float | None:
         limit = self.limit()
-        wanted = self.wanted()
+        wanted = self.view.wanted
         if not limit or wanted == 0:
             self.idle = True
             return None
@@ -143,7 +135,7 @@ class GiveUp:
             return None
         if up:
             return min(ready_at + stable for ready_at in up)  # wait for one to prove itself
-        give_up_at = max(self.last_ok, self.grace_from()) + limit
+        give_up_at = max(self.last_ok, self.view.grace_from) + limit
         if now < give_up_at:
             return give_up_at
         self.log.error(

@@ -24,11 +24,13 @@ import time
 from collections.abc import Callable
 
 from unicornish.host import linux
-from unicornish.master.children import Stopper, WorkerProc, WorkerTable
+from unicornish.master.children import MOLD, Children, Stopper, WorkerProc
 from unicornish.master.eventloop import EventLoop
+from unicornish.master.moldlink import MoldLink
 from unicornish.master.spawner import Release
+from unicornish.master.state import View
 from unicornish.protocol import PROMOTE_SIGNAL
-from unicornish.worker.mold import MoldLink, peer_pid
+from unicornish.worker.mold import peer_pid
 
 # Failed promotions in a row after which reforking stops until a HUP.
 MAX_FAILURES = 3
@@ -39,22 +41,22 @@ class Reforker:
         self,
         loop: EventLoop,
         log: logging.Logger,
-        table: WorkerTable,
+        children: Children,
         stopper: Stopper,
         address: str,
-        release: Callable[[], Release],
-        busy: Callable[[], bool],
+        view: View,
         start_generation: Callable[[MoldLink], bool],
     ) -> None:
         self.loop = loop
         self.log = log
-        self.table = table
+        # Its molds (the promoted worker, the mold, the one it replaces) are
+        # children.molds; a promoted worker changes kind there.
+        self.children = children
+        self.table = children.workers
         self.stopper = stopper
         self.address = address
-        self.release = release
-        self.busy = busy  # stopping, or a reload or refork rolling out
+        self.view = view
         self.start_generation = start_generation
-        self.molds = WorkerTable()  # the promoted worker, the mold, the one it replaces
         self.links: dict[int, MoldLink] = {}
         self.listener: socket.socket | None = None
         self.promoting: WorkerProc | None = None
@@ -64,6 +66,13 @@ class Reforker:
         # Workers that said they are warm while no promotion could start (one was
         # under way, or a reload): the next chance goes to them.
         self.warm_pids: set[int] = set()
+
+    def release(self) -> Release:
+        return self.view.release
+
+    def busy(self) -> bool:
+        """Stopping (draining included), or a reload or refork rolling out."""
+        return self.view.rolling is not None or self.view.stopping is not None
 
     # -- promotion ---------------------------------------------------------------------
 
@@ -100,9 +109,7 @@ class Reforker:
         if failure:
             self.log.error("%s", failure)
             return failure
-        self.table.pop(w.pid)
-        w.role = "mold"
-        self.molds.add(w)
+        self.children.change_kind(w, MOLD)
         w.board.promote[0] = 1
         self.stopper.signal(w, PROMOTE_SIGNAL)
         self.promoting = w
@@ -179,11 +186,9 @@ class Reforker:
         self.promotion_failed()
         return None
 
-    def reaped(self, pid: int, status: str) -> WorkerProc | None:
-        """A mold (or promoted worker) exited: None when `pid` is none of ours."""
-        w = self.molds.pop(pid)
-        if w is None:
-            return None
+    def reaped(self, w: WorkerProc, status: str) -> None:
+        """A mold (or promoted worker) exited (it is out of the record already)."""
+        pid = w.pid
         self.log.info("reaped pid=%d mold status=%s", pid, status)
         if w is self.promoting:
             self.log.error(
@@ -198,7 +203,6 @@ class Reforker:
             if link.usable and not w.stopping:
                 self.log.warning("mold pid=%d died; new workers fork from the master", pid)
             link.close()
-        return w
 
     def promotion_failed(self) -> None:
         self.promoting = self.deadline = None
@@ -210,7 +214,7 @@ class Reforker:
     def mold_failed(self, link: MoldLink) -> None:
         """The mold could not fork (dead, hung, fork failed): it is given up."""
         link.close()
-        w = self.molds.get(link.pid)
+        w = self.children.molds.get(link.pid)
         if w is not None and not w.stopping:
             self.stopper.signal(w, signal.SIGKILL, group=True)
             self.stopper.mark_stopping(w, "KILL")
@@ -235,19 +239,15 @@ class Reforker:
 
     def retire(self, link: MoldLink, now: float) -> None:
         link.close()  # EOF on its socket ends the mold, as QUIT does
-        w = self.molds.get(link.pid)
+        w = self.children.molds.get(link.pid)
         if w is not None and not w.stopping:
             self.stopper.stop(w, signal.SIGQUIT, now, self.release().settings.graceful_timeout)
 
     def stop_all(self, now: float, quick: bool, wait: float) -> None:
         """The master stops: the molds get the workers' signal and wait."""
-        for w in self.molds:
+        for w in self.children.molds:
             self.stopper.stop(w, signal.SIGTERM if quick else signal.SIGQUIT, now, wait)
         self.promoting = self.deadline = None
-
-    def reopen_logs(self) -> None:
-        for w in self.molds:
-            self.stopper.signal(w, signal.SIGUSR1)
 
     def close_in_child(self) -> None:
         if self.listener is not None:

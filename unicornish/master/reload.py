@@ -16,33 +16,26 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from unicornish import app as app_module
 from unicornish.app import AppError
-from unicornish.config import Settings, build_settings
+from unicornish.config import OPTIONS, Settings, build_settings
 from unicornish.errors import StartupError
 from unicornish.host import log, pid1, pidfile, privileges
 from unicornish.host.systemd import Notifier, monotonic_usec
 from unicornish.master.autoscale import count_after_reload
 from unicornish.master.children import Stopper, WorkerProc, WorkerTable
+from unicornish.master.moldlink import MoldLink
 from unicornish.master.pool import Pool
 from unicornish.master.spawner import Release
+from unicornish.master.state import RollingReload, State
 from unicornish.worker.kinds import kind_module
-from unicornish.worker.mold import MoldLink
 
 
 class ReloadError(Exception):
     """Why a reload was refused: the old release keeps running."""
-
-
-@dataclass
-class RollingReload:
-    rollback: Release  # the last release proven to work
-    rollback_wanted: int
-    wanted: int  # the count this reload set; a TTIN/TTOU since then is kept on abort
-    kind: str = "reload"  # or "refork": the same release, forked from a mold
 
 
 def build_release(cli_values: dict[str, Any], generation: int) -> tuple[Release, list[str]]:
@@ -98,12 +91,9 @@ def apply_settings(old: Settings, new: Settings, logger: logging.Logger) -> None
             pidfile.remove_if_ours(old.pid, os.getpid())
         if new.pid:
             pidfile.write_logged(new.pid, logger)
-    if new.listen != old.listen:
-        logger.warning("listen addresses changed: they take effect on USR2 (re-exec)")
-    if new.control != old.control:
-        logger.warning("control socket changed: it takes effect on USR2 (re-exec)")
-    if new.metrics != old.metrics:
-        logger.warning("metrics address changed: it takes effect on USR2 (re-exec)")
+    for option in OPTIONS:
+        if option.applied_by == "USR2" and getattr(new, option.name) != getattr(old, option.name):
+            logger.warning("%s", option.hup_warning)
     if new.subreaper and not old.subreaper:
         pid1.become_subreaper(logger)
 
@@ -115,33 +105,31 @@ ABORT_WAIT = 5.0
 
 
 class Reloader:
-    """The release the workers should run, and the reload that changes it.
+    """The owner of the release the workers should run (`state.release`), and
+    of the reload that changes it (`state.rolling`).
 
-    Only one reload is under way at a time (`rolling`): a HUP during one
-    starts the next generation but keeps the rollback point of the first,
-    the last release proven to work.
+    Only one reload is under way at a time: a HUP during one starts the next
+    generation but keeps the rollback point of the first, the last release
+    proven to work.
     """
 
     def __init__(
         self,
-        release: Release,
+        state: State,
         cli_values: dict[str, Any],
         pool: Pool,
         stopper: Stopper,
         notifier: Notifier,
         log: logging.Logger,
         switched: Callable[[Release, Release], None],
-        is_stopping: Callable[[], bool],
     ) -> None:
-        self.current = release
+        self.state = state
         self.cli_values = cli_values
         self.pool = pool
         self.stopper = stopper
         self.notifier = notifier
         self.log = log
         self.switched = switched
-        self.is_stopping = is_stopping
-        self.rolling: RollingReload | None = None
         self.last_at = -RELOAD_COALESCE
         self.pending = False
         # Told "done" or "failed" as each reload ends (the metrics count them).
@@ -152,9 +140,9 @@ class Reloader:
         self.on_reload: Callable[[], None] = lambda: None
         pool.on_reload_done = self.commit
 
-    def reloading(self) -> bool:
-        """A HUP's release is rolling out (a refork is not: the app is the same)."""
-        return self.rolling is not None and self.rolling.kind == "reload"
+    @property
+    def current(self) -> Release:
+        return self.state.release
 
     def hup(self) -> None:
         if time.monotonic() - self.last_at < RELOAD_COALESCE:
@@ -175,7 +163,9 @@ class Reloader:
 
     def reload(self, why: str) -> str | None:
         """HUP and `ctl reload`; returns why the reload was refused, if it was."""
-        if self.is_stopping():
+        if self.state.stopping:  # draining included: no reload on the way out
+            # Every refusal is logged: a HUP that did nothing must say so.
+            self.log.info("%s ignored: master is stopping", why)
             return "master is stopping"
         self.last_at = time.monotonic()
         self.log.info("%s received: reloading config and app", why)
@@ -191,24 +181,24 @@ class Reloader:
             self.log.warning("%s", warning)
         self.on_reload()
         # A HUP during a reload still goes back to the last *proven* release.
-        rolling = self.rolling
+        rolling = self.state.rolling
         rollback = rolling.rollback if rolling else self.current
         rollback_wanted = rolling.rollback_wanted if rolling else self.pool.wanted
         wanted = count_after_reload(release.settings, self.pool.wanted)
-        self.rolling = RollingReload(rollback, rollback_wanted, wanted)
+        self.state.rolling = RollingReload(rollback, rollback_wanted, wanted)
         self.switch_to(release)
         self.pool.scale(wanted)
-        self.pool.reloading = True
         self.pool.batch = None
         return None
 
     def refork(self, mold: MoldLink) -> bool:
         """A generation forked from `mold`, replacing the workers one at a time;
         False when a reload or refork is under way or the master is stopping."""
-        if self.rolling is not None or self.is_stopping():
+        if self.state.rolling is not None or self.state.stopping:
             return False
         current = self.current
-        self.rolling = RollingReload(current, self.pool.wanted, self.pool.wanted, kind="refork")
+        wanted = self.pool.wanted
+        self.state.rolling = RollingReload(current, wanted, wanted, kind="refork")
         self.switch_to(
             replace(
                 current,
@@ -217,17 +207,16 @@ class Reloader:
                 refork_index=current.refork_index + 1,
             )
         )
-        self.pool.reloading = True
         self.pool.batch = 1  # one at a time: each new worker forks from the mold
         return True
 
     def switch_to(self, release: Release) -> None:
-        old, self.current = self.current, release
+        old, self.state.release = self.current, release
         self.switched(old, release)
 
     def commit(self) -> None:
         """Every slot runs the new release."""
-        rolling, self.rolling = self.rolling, None
+        rolling, self.state.rolling = self.state.rolling, None
         self.pool.batch = None
         mold = self.current.mold
         if rolling is not None and rolling.kind == "refork" and mold is not None:
@@ -251,7 +240,7 @@ class Reloader:
 
     def abort(self, failed: WorkerProc, code: int | None, table: WorkerTable) -> None:
         """A new worker died before it was ready: back to the last proven release."""
-        rolling = self.rolling
+        rolling = self.state.rolling
         if rolling is None:
             return
         if rolling.kind == "refork":
@@ -281,8 +270,7 @@ class Reloader:
         self.switch_to(replace(rolling.rollback, generation=generation))
         if self.pool.wanted == rolling.wanted:
             self.pool.scale(rolling.rollback_wanted)
-        self.rolling = None
-        self.pool.reloading = False
+        self.state.rolling = None
         self.pool.batch = None
         if rolling.kind == "refork":
             self.on_settled("refork", "failed", self.current)

@@ -1,7 +1,7 @@
 """How the master stops: INT, TERM, QUIT, `ctl stop`, --give-up-after, -D failures.
 
-`state` goes None -> "draining" (with --drain: not ready, workers still
-serving) -> "graceful" or "quick" (workers are being stopped). A graceful
+`state.stopping` goes None -> "draining" (with --drain: not ready, workers
+still serving) -> "graceful" or "quick" (workers are being stopped). A graceful
 stop with --drain first drains, and the drain duty then stops the workers;
 a second graceful stop during the drain skips the rest of it. A quick stop
 (INT, TERM with --term quick, `ctl stop --quick`) never drains: INT is an
@@ -15,81 +15,91 @@ import logging
 import signal
 import time
 from collections.abc import Callable
+from typing import Protocol
 
-from unicornish.config import Settings
 from unicornish.host.systemd import Notifier
 from unicornish.master.children import Stopper, WorkerTable
 from unicornish.master.drain import Drain, describe_plan
+from unicornish.master.state import DRAINING, GRACEFUL, QUICK, State
 
 # Quick stop (TERM/INT): how long workers get to exit before SIGKILL, at most.
 QUICK_STOP_WAIT = 5.0
 
 
+class Stop(Protocol):
+    """Shutdown.stop, for those that may call it."""
+
+    def __call__(
+        self, quick: bool, why: str, exit_code: int | None = None, received: bool = True
+    ) -> None: ...
+
+
 class Shutdown:
+    """The owner of `state.stopping`."""
+
     def __init__(
         self,
         log: logging.Logger,
         notifier: Notifier,
         stopper: Stopper,
         table: WorkerTable,
-        stop_spares: Callable[[float, bool, float], None],
-        settings: Callable[[], Settings],
+        stop_others: Callable[[float, bool, float], None],
+        state: State,
     ) -> None:
         self.log = log
         self.notifier = notifier
         self.stopper = stopper
         self.table = table
-        self.stop_spares = stop_spares
-        self.settings = settings
-        self.state: str | None = None
+        self.stop_others = stop_others  # spares and molds
+        self.state = state
         self.stop_by: float | None = None  # when the whole stop must be over (pid 1's leftovers)
         self.exit_code = 0
         self.drain = Drain(log, lambda why: self.stop_workers(False, why))
-
-    @property
-    def stopping_workers(self) -> bool:
-        """Workers are being stopped (a drain is not that yet: they still serve)."""
-        return self.state in ("graceful", "quick")
 
     def tick(self, now: float) -> float | None:
         """The drain's end; once it has come, the graceful stop begins."""
         return self.drain.tick(now)
 
-    def stop(self, quick: bool, why: str, exit_code: int | None = None) -> None:
+    def stop(
+        self, quick: bool, why: str, exit_code: int | None = None, received: bool = True
+    ) -> None:
+        """`why`: the signal or command received (`INT`, `control stop`), or with
+        `received=False` what happened (`no worker stayed up for 30s, giving up`)."""
+        said = f"{why} received" if received else why
         if exit_code is not None:
             self.exit_code = exit_code
-        if self.state == "quick" or (self.state == "graceful" and not quick):
+        stopping = self.state.stopping
+        if stopping == QUICK or (stopping == GRACEFUL and not quick):
+            self.log.info("%s: already stopping (%s)", said, stopping)
             return
-        if self.state == "draining":
+        if stopping == DRAINING:
             skipped = "" if quick else " during the drain (rest of it skipped)"
-            self.stop_workers(quick, f"{why} received{skipped}")
+            self.stop_workers(quick, f"{said}{skipped}")
             return
-        settings = self.settings()
+        settings = self.state.settings
         drain, grace = settings.drain, settings.graceful_timeout
         now = time.monotonic()
         if not quick and self.drain.start(now, drain):
-            self.state = "draining"
+            self.state.stopping = DRAINING
             self.stop_by = now + drain + grace
             self.log.info(
-                "%s received: draining for %gs (not ready, still serving), then graceful stop",
-                why,
-                drain,
+                "%s: draining for %gs (not ready, still serving), then graceful stop", said, drain
             )
             self.log.info("%s", describe_plan(drain, grace))
             self.notifier.send("STOPPING=1")
             return
-        self.stop_workers(quick, f"{why} received")
+        self.stop_workers(quick, said)
 
     def stop_workers(self, quick: bool, why: str) -> None:
         """The stop proper: QUIT (graceful) or TERM (quick) to every worker, SIGKILL
         after --graceful-timeout (quick: at most QUICK_STOP_WAIT)."""
         self.drain.cancel()
-        if self.state is None:
+        if self.state.stopping is None:
             self.notifier.send("STOPPING=1")  # after a drain, sent when it began
-        self.state = "quick" if quick else "graceful"
-        self.log.info("%s: %s stop", why, self.state)
+        self.state.stopping = QUICK if quick else GRACEFUL
+        self.log.info("%s: %s stop", why, self.state.stopping)
         now = time.monotonic()
-        grace = self.settings().graceful_timeout
+        grace = self.state.settings.graceful_timeout
         wait = min(QUICK_STOP_WAIT, grace) if quick else grace
         self.stop_by = now + wait
         for w in self.table:
@@ -97,11 +107,11 @@ class Shutdown:
                 self.stopper.stop(w, signal.SIGTERM, now, wait)
             elif not w.stopping:
                 self.stopper.stop(w, signal.SIGQUIT, now, wait)
-        self.stop_spares(now, quick, wait)
+        self.stop_others(now, quick, wait)
 
     def leftovers_wait(self) -> float:
         """As pid 1: how long leftover processes get, within the stop's budget."""
-        wait = min(QUICK_STOP_WAIT, self.settings().graceful_timeout)
+        wait = min(QUICK_STOP_WAIT, self.state.settings.graceful_timeout)
         if self.stop_by is not None:
             # Within --drain + --graceful-timeout, which a container's grace period is
             # set from: the runtime's SIGKILL would cut the leftovers' wait short anyway.

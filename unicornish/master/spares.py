@@ -21,13 +21,13 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable
 
 from unicornish.host import log
 from unicornish.master.backoff import CrashBackoff
-from unicornish.master.children import Stopper, WorkerProc, WorkerTable
+from unicornish.master.children import SPARE, WORKER, Children, Stopper, WorkerProc
 from unicornish.master.pool import jittered_max_tasks
 from unicornish.master.spawner import Release, Spawner
+from unicornish.master.state import View
 from unicornish.protocol import encode_slot
 
 SPARE_SLOT = -1  # the backoff key of spares
@@ -39,36 +39,31 @@ class Spares:
         spawner: Spawner,
         stopper: Stopper,
         backoff: CrashBackoff,
-        workers: WorkerTable,
+        children: Children,
         log: logging.Logger,
-        release: Callable[[], Release],
-        workers_wanted: Callable[[], int],
-        is_stopping: Callable[[], bool],
+        view: View,
     ) -> None:
         self.spawner = spawner
         self.stopper = stopper
         self.backoff = backoff
-        self.workers = workers
+        self.children = children
         self.log = log
-        self.release = release
-        self.workers_wanted = workers_wanted
-        self.is_stopping = is_stopping
-        self.procs = WorkerTable()
+        self.view = view
         self.rng = random.Random()
 
     def _current(self, generation: int) -> list[WorkerProc]:
-        return [p for p in self.procs.live() if p.generation == generation]
+        return [p for p in self.children.spares.live() if p.generation == generation]
 
     # -- the duty -------------------------------------------------------------------
 
     def tick(self, now: float) -> float | None:
         """Retire spares of an old generation; fork missing ones (with backoff)."""
-        release = self.release()
-        for proc in self.procs.live():
+        release = self.view.release
+        for proc in self.children.spares.live():
             if proc.generation != release.generation:
                 self.retire(proc, now, release.settings.graceful_timeout)
         wanted = release.settings.spares
-        if not wanted or self.is_stopping() or self.workers_wanted() == 0:
+        if not wanted or self.view.stopping_workers or self.view.wanted == 0:
             return None
         missing = wanted - len(self._current(release.generation))
         if missing <= 0:
@@ -76,7 +71,7 @@ class Spares:
         not_before = self.backoff.not_before(SPARE_SLOT)
         if not_before > now:
             return not_before
-        if any(w.from_spare and not w.stopping for w in self.workers.booting.values()):
+        if any(w.from_spare and not w.stopping for w in self.children.workers.booting.values()):
             # A spare just took a slot: let it have the CPU until it is ready (its
             # ready report, or the pool's boot check, wakes us); then fork the next.
             return None
@@ -97,11 +92,13 @@ class Spares:
             self.backoff.record_exit(SPARE_SLOT, time.monotonic(), None, 1, None)
             return False
         proc.assign_fd = write_fd
-        self.procs.add(proc)
+        proc.kind = SPARE  # not in the record yet
+        self.children.add(proc)
         return True
 
     def assign(self, nr: int, release: Release) -> WorkerProc | None:
-        """Give slot `nr` to a spare of this release; None when none is there."""
+        """Give slot `nr` to a spare of this release, which becomes the worker of
+        that slot in the record of children; None when none is there."""
         for proc in self._current(release.generation):
             fd = proc.assign_fd
             if fd is None:
@@ -116,11 +113,10 @@ class Spares:
             # more two-humped distribution; a fork respawn does not gain from it).
             os.sched_yield()
             proc.assign_fd = None
-            self.procs.pop(proc.pid)
-            proc.nr = nr
             proc.from_spare = True
             proc.spawned_at = time.monotonic()
             proc.spawned_wall = time.time()
+            self.children.change_kind(proc, WORKER, nr)
             # proc.max_tasks stays the limit the spare was forked with: it counts by it.
             self.log.info(
                 "worker[%d] spawning.. (a spare takes the slot)",
@@ -146,19 +142,14 @@ class Spares:
 
     def stop_all(self, now: float, quick: bool, wait: float) -> None:
         """The master stops: the same signals and waits as its workers get."""
-        for proc in self.procs:
+        for proc in self.children.spares:
             if quick:
                 self.stopper.signal(proc, signal.SIGTERM, group=True)
             self.retire(proc, now, wait)
 
-    def reopen_logs(self) -> None:
-        for proc in self.procs:
-            self.stopper.signal(proc, signal.SIGUSR1)
-
-    def reaped(self, pid: int, text: str, code: int | None, signum: int | None) -> bool:
-        proc = self.procs.pop(pid)
-        if proc is None:
-            return False
+    def reaped(self, proc: WorkerProc, text: str, code: int | None, signum: int | None) -> None:
+        """A spare exited (it is out of the record already)."""
+        pid = proc.pid
         self.log.info(
             "reaped pid=%d spare status=%s",
             pid,
@@ -173,17 +164,16 @@ class Spares:
             # A spare has not served: what it counted (at import) is not kept.
             proc.arena.close()
             proc.arena = None
-        if not proc.stopping and not self.is_stopping():
+        if not proc.stopping and not self.view.stopping_workers:
             # A spare never gets ready as a worker: any death of its own is a crash.
             delay = self.backoff.record_exit(SPARE_SLOT, time.monotonic(), None, code, signum)
             if delay > 0:
                 self.log.warning("spare died; forking the next one in %.2fs", delay)
-        return True
 
     # -- in a forked child ----------------------------------------------------------
 
     def close_in_child(self) -> None:
-        for proc in self.procs:
+        for proc in self.children.spares:
             if proc.assign_fd is not None:
                 try:
                     os.close(proc.assign_fd)

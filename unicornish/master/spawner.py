@@ -23,12 +23,13 @@ from unicornish.host import linux, log, privileges
 from unicornish.host.privileges import Identity
 from unicornish.master.children import WorkerProc
 from unicornish.master.eventloop import EventLoop
+from unicornish.master.moldlink import MoldError, MoldLink
 from unicornish.metrics import appmetrics
 from unicornish.protocol import EXIT_BOOT_FAILED, HANDLED_SIGNALS
 from unicornish.scoreboard import SIZE as BOARD_SIZE
 from unicornish.scoreboard import Scoreboard
-from unicornish.worker.mold import MoldError, MoldLink, run_in_child
 from unicornish.worker.mold import run as run_worker
+from unicornish.worker.mold import run_in_child
 from unicornish.worker.process import Worker
 
 
@@ -259,6 +260,7 @@ class Spawner:
             release.app_name,
             record.max_tasks,
             release.refork_at,
+            release.settings.kind,
             release.settings,
         )
         for hook in release.hooks("before_fork"):

@@ -9,33 +9,26 @@ stack), then SIGKILL of its process group TRACEBACK_GRACE later.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from unicornish.master.children import Stopper, WorkerProc, WorkerTable
+from unicornish.master.state import View
 from unicornish.protocol import TRACEBACK_SIGNAL
 
 # After the traceback signal, how long a stuck worker gets to dump its stack.
 TRACEBACK_GRACE = 0.2
 
 
+@dataclass(eq=False)
 class Timeouts:
-    def __init__(
-        self,
-        table: WorkerTable,
-        stopper: Stopper,
-        log: logging.Logger,
-        timeout: Callable[[], float | None],
-        grace_from: Callable[[], float],
-    ) -> None:
-        self.table = table
-        self.stopper = stopper
-        self.log = log
-        self.timeout = timeout
-        self.grace_from = grace_from
-        # No task can pass its timeout before this (see tick): until then a turn
-        # costs nothing, whatever the number of workers.
-        self.next_scan: float | None = None
-        self.scanned_with: float | None = None
+    table: WorkerTable
+    stopper: Stopper
+    log: logging.Logger
+    view: View
+    # No task can pass its timeout before this (see tick): until then a turn
+    # costs nothing, whatever the number of workers.
+    next_scan: float | None = field(default=None, init=False)
+    scanned_with: float | None = field(default=None, init=False)
 
     def tick(self, now: float) -> float | None:
         """kill_stuck_workers; the next time a task could pass its timeout.
@@ -47,7 +40,8 @@ class Timeouts:
         earliest of these: the table is scanned again then, or when the
         timeout itself changed (HUP), not on every turn.
         """
-        timeout = self.timeout()
+        # Off once the workers are being stopped; a drain still serves: still timed.
+        timeout = None if self.view.stopping_workers else self.view.settings.timeout
         if not timeout:
             self.next_scan = None
             return None
@@ -58,7 +52,7 @@ class Timeouts:
         return self.next_scan
 
     def scan(self, now: float, timeout: float) -> float | None:
-        grace_from = self.grace_from()
+        grace_from = self.view.grace_from
         upcoming: float | None = None
         for w in self.table:
             if w.timed_out or w.killed:

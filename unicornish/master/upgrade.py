@@ -27,11 +27,16 @@ from unicornish.host import listeners as listeners_module
 from unicornish.host import pidfile
 from unicornish.host.listeners import FD_ENV, SYSTEMD_FD_ENV
 from unicornish.host.systemd import Notifier, monotonic_usec
+from unicornish.master.autoscale import parse_handover
+from unicornish.master.state import View
 from unicornish.protocol import HANDLED_SIGNALS, METRICS_FD_ENV
 
-__all__ = ["FD_ENV", "OLD_MASTER_ENV", "Upgrade"]
+__all__ = ["COUNT_ENV", "FD_ENV", "OLD_MASTER_ENV", "Upgrade", "handed_count"]
 
 OLD_MASTER_ENV = "UNICORNISH_OLD_MASTER"
+# The worker count (and bounds) the old master had, handed over as the
+# listeners are: TTIN, TTOU and `ctl scale` met a load that is still there.
+COUNT_ENV = "UNICORNISH_WORKERS"
 
 
 def command_line() -> list[str]:
@@ -65,6 +70,24 @@ def old_master_from_env() -> int | None:
     return pid if pid == os.getppid() else None
 
 
+def handed_count(log: logging.Logger) -> tuple[int, tuple[int, int] | None, int] | None:
+    """The count, bounds and pid of the old master that started us by USR2, or
+    None. Read once, at start (workers must not see it): only from our parent,
+    so a variable left in an environment by hand is never taken for one."""
+    text = os.environ.pop(COUNT_ENV, None)
+    old = os.environ.get(OLD_MASTER_ENV, "")
+    if text is None or not old.isdigit() or int(old) != os.getppid():
+        return None
+    try:
+        wanted, bounds = parse_handover(text)
+    except ValueError:
+        log.warning(
+            "%s=%r from old master pid=%s ignored: not a worker count", COUNT_ENV, text, old
+        )
+        return None
+    return wanted, bounds, int(old)
+
+
 class SocketFile(Protocol):
     """The control socket's file, moved aside while a new master binds its path."""
 
@@ -81,7 +104,7 @@ class Upgrade:
         log: logging.Logger,
         notifier: Notifier,
         listeners: list[socket.socket],
-        pid_path: Callable[[], str | None],
+        view: View,
         status_line: Callable[[], str],
         set_title: Callable[[bool], None],
         before_exec: Callable[[], None],
@@ -89,7 +112,7 @@ class Upgrade:
         self.log = log
         self.notifier = notifier
         self.listeners = listeners
-        self.pid_path = pid_path
+        self.view = view
         self.status_line = status_line
         self.set_title = set_title
         self.before_exec = before_exec
@@ -98,6 +121,8 @@ class Upgrade:
         # then on: the port is never closed, and never busy for the new master).
         self.metrics: SocketFile | None = None
         self.metrics_fd: int | None = None
+        # The count to hand to the new master (autoscale.handover), or None.
+        self.hand_over: Callable[[], str | None] = lambda: None
         # Told "started", "refused" or "failed" for each USR2 (the metrics count them).
         self.on_result: Callable[[str], None] = lambda result: None
         self.my_pid = os.getpid()
@@ -137,7 +162,7 @@ class Upgrade:
             self.log.warning("%s ignored: %s", why, reason)
             self.on_result("refused")
             return None, reason
-        path = self.pid_path()
+        path = self.view.settings.pid
         if path and pidfile.read_pid(path) == self.my_pid:
             try:
                 os.rename(path, path + ".oldbin")
@@ -179,6 +204,10 @@ class Upgrade:
             str(fd) for fd in listeners_module.systemd_fds(self.listeners)
         )
         env[OLD_MASTER_ENV] = str(self.my_pid)
+        count = self.hand_over()
+        env.pop(COUNT_ENV, None)
+        if count is not None:
+            env[COUNT_ENV] = count
         env.pop(METRICS_FD_ENV, None)
         inherit = list(fds)
         if self.metrics_fd is not None:
@@ -202,10 +231,12 @@ class Upgrade:
             _exec_new_master(argv, env, cwd, inherit, mask)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.log.info("USR2: started new master pid=%d: %s", pid, " ".join(argv))
+        if count is not None:
+            self.log.info("USR2: handing the worker count to the new master: %s", count)
         return pid
 
     def _restore_pid_file(self) -> None:
-        path = self.pid_path()
+        path = self.view.settings.pid
         if not path:
             return
         old = path + ".oldbin"

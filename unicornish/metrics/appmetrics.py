@@ -17,10 +17,17 @@ the master already owns each worker's lifetime, so it does the bookkeeping:
 * An increment is a float64 read-add-store into the arena's value area: no
   system call, no lock. One process writes an arena (single writer); a worker
   that updates metrics from several threads must guard the updates itself.
-* `AppMetrics` (in the master) is a prometheus_client custom collector: at
-  scrape time it sums every live worker's arena. When a worker is reaped its
-  counters and histograms are folded into retired totals, so they stay
-  monotonic across deaths, recycles and reloads; gauges sum live workers only.
+* The master (unicornish.metrics.appcollector) sums every live worker's
+  arena at scrape time. When a worker is reaped its counters and histograms
+  are folded into retired totals, so they stay monotonic across deaths,
+  recycles and reloads; gauges sum live workers only.
+
+What the app can get wrong is refused where it does it, with a MetricsError
+(a name, a label or a help text that cannot be exposed, a name whose exposed
+samples would clash with another's, a counter increment that is not a
+number >= 0). The arena is the worker's own memory, which the app can write
+anything into: the master checks what it reads (Decl.parse, Schema) with the
+same rules, and never trusts it.
 
 Label sets are fixed when a metric is declared (`labels={"kind": ["a", "b"]}`
 preallocates every combination), so an update never allocates a slot. A
@@ -48,8 +55,9 @@ import json
 import math
 import mmap
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, cast
 
 MAX_SERIES = 512
@@ -58,6 +66,21 @@ MAX_BUCKETS = 64
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 # Names the master's own metrics use: an app cannot take them.
 RESERVED_PREFIX = "unicornish_"
+# The worker kinds' own metrics (--asgi), declared in a worker's arena like an
+# app's: the only names under the prefix the master reads from an arena.
+BUILTIN_METRICS = frozenset(
+    {
+        "unicornish_http_requests",
+        "unicornish_http_requests_in_flight",
+        "unicornish_websockets_open",
+        # --wsgi's own (worker/wsgi.py)
+        "unicornish_http_request_duration_seconds",
+        "unicornish_http_requests_refused",
+        "unicornish_http_received_bytes",
+        "unicornish_http_sent_bytes",
+        "unicornish_http_connections",
+    }
+)
 
 _MAGIC = 0x4D414E55  # "UNAM"
 _LAYOUT = 1
@@ -67,10 +90,19 @@ SCHEMA_BYTES = _VALUES_AT - _SCHEMA_AT
 ARENA_SIZE = _VALUES_AT + MAX_SLOTS * 8
 
 COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
+_INF = math.inf
 _TYPES = (COUNTER, GAUGE, HISTOGRAM)
 
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+
+# The sample and family names a metric's exposition uses, by type, besides its
+# own name: two metrics must not share any (OpenMetrics reserves `_created`).
+_SUFFIXES = {
+    COUNTER: ("_total", "_created"),
+    GAUGE: (),
+    HISTOGRAM: ("_bucket", "_count", "_sum", "_created"),
+}
 
 
 class MetricsError(ValueError):
@@ -93,7 +125,11 @@ class Arena:
         "values",
         "seen_generation",
         "parsed_to",
+        "parsed",
         "decls",
+        "checked",
+        "bad",
+        "reported",
     )
 
     def __init__(self, fd: int = -1) -> None:
@@ -110,7 +146,11 @@ class Arena:
         # The master's parse cache: the generation it parsed, up to where, and what.
         self.seen_generation = 0
         self.parsed_to = 0
+        self.parsed = b""  # the records parsed: workers of one app have the same
         self.decls: list[Decl] = []
+        self.checked = Schema()
+        self.bad = ""  # why its declarations were refused: none is read from then on
+        self.reported = False  # the master logged `bad`
 
     def keep_from_children(self) -> None:
         """As Scoreboard.keep_from_children: no later child maps this arena."""
@@ -129,8 +169,12 @@ class Arena:
     def declarations(self) -> list[Decl]:
         """What the worker declared; parsed again only when its generation moved.
 
-        The worker is app code and may scribble over its arena: anything that
-        does not parse or does not fit is skipped, never trusted."""
+        The worker is app code and may scribble over its arena: its records are
+        checked by the rules a declaration follows (Decl.parse, Schema), and the
+        first one that breaks one makes the whole arena `bad`: none of its
+        series is read from then on, since none of them can be trusted."""
+        if self.bad:
+            return []
         generation = int(self.generation[0])
         if generation == self.seen_generation or self.magic[0] != _MAGIC:
             return self.decls
@@ -138,11 +182,17 @@ class Arena:
         if end > self.parsed_to:
             chunk = bytes(self.schema[self.parsed_to : end])
             complete = chunk.rfind(b"\n") + 1
-            for line in chunk[:complete].splitlines():
-                decl = Decl.parse(line)
-                if decl is not None and decl.end <= MAX_SLOTS:
+            try:
+                for line in chunk[:complete].splitlines():
+                    decl = Decl.parse(line)
+                    self.checked.add(decl)
                     self.decls.append(decl)
+            except MetricsError as exc:
+                self.bad = str(exc)
+                self.decls = []
+                return []
             self.parsed_to += complete
+            self.parsed += chunk[:complete]
         self.seen_generation = generation
         return self.decls
 
@@ -187,8 +237,9 @@ class Decl:
     def end(self) -> int:
         return self.offset + self.width * len(self.series)
 
-    @property
+    @cached_property
     def shape(self) -> tuple[str, str, tuple[str, ...], tuple[float, ...]]:
+        # Cached: a scrape asks every worker's every declaration for it.
         return (self.name, self.kind, self.labelnames, self.buckets)
 
     def record(self) -> bytes:
@@ -204,32 +255,116 @@ class Decl:
         return json.dumps(fields, separators=(",", ":")).encode() + b"\n"
 
     @staticmethod
-    def parse(line: bytes) -> Decl | None:
+    def parse(line: bytes) -> Decl:
+        """A record read from an arena, checked by the rules a declaration follows
+        (untrusted: the app can write anything there). Raises MetricsError."""
         try:
             raw = json.loads(line)
-            labelnames = tuple(str(n) for n in raw["l"])
-            series = tuple(tuple(str(v) for v in values) for values in raw["s"])
-            decl = Decl(
-                name=str(raw["n"]),
-                kind=str(raw["t"]),
-                help=str(raw["h"]),
-                labelnames=labelnames,
-                series=series,
-                buckets=tuple(float(b) for b in raw["b"]),
-                offset=int(raw["o"]),
+        except (ValueError, RecursionError):
+            raise MetricsError("a declaration record is not JSON") from None
+        if not isinstance(raw, dict) or set(raw) != {"n", "t", "h", "l", "s", "b", "o"}:
+            raise MetricsError("a declaration record has other fields than a declaration's")
+        name, kind = raw["n"], raw["t"]
+        if kind not in _TYPES:
+            raise MetricsError(f"metric {name!r}: unknown type {kind!r}")
+        name = _check_name(name, builtin=True)
+        where = f"metric {name}"
+        help = _check_text(raw["h"], f"{where}: help")
+        labelnames, series = raw["l"], raw["s"]
+        if not _strings(labelnames) or not isinstance(series, list):
+            raise MetricsError(f"{where}: label names or series of the wrong type")
+        for label in labelnames:
+            _check_label_name(label, kind)
+        if len(set(labelnames)) != len(labelnames):
+            raise MetricsError(f"{where}: a label name is given twice")
+        if not labelnames and series != [[]]:
+            raise MetricsError(f"{where}: without labels, it has one series")
+        if not 0 < len(series) <= MAX_SERIES:
+            raise MetricsError(f"{where}: {len(series)} series")
+        for values in series:
+            if not _strings(values) or len(values) != len(labelnames):
+                raise MetricsError(f"{where}: a series without a value for each label")
+            for value in values:
+                _check_text(value, f"{where}: label value")
+        if len({tuple(values) for values in series}) != len(series):
+            raise MetricsError(f"{where}: a series is given twice")
+        buckets, offset = raw["b"], raw["o"]
+        if not isinstance(buckets, list) or not all(_is_number(b) for b in buckets):
+            raise MetricsError(f"{where}: buckets of the wrong type")
+        if kind == HISTOGRAM:
+            bounds = _check_buckets(buckets)
+            if len(bounds) != len(buckets):
+                raise MetricsError(f"{where}: +Inf among the buckets")
+        elif buckets:
+            raise MetricsError(f"{where}: buckets on a {kind}")
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+            raise MetricsError(f"{where}: a bad value slot {offset!r}")
+        return Decl(
+            name,
+            kind,
+            help,
+            tuple(labelnames),
+            tuple(tuple(values) for values in series),
+            tuple(float(b) for b in buckets),
+            offset,
+        )
+
+
+def _strings(items: Any) -> bool:
+    return isinstance(items, list) and all(isinstance(item, str) for item in items)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def exposed_names(name: str, kind: str) -> tuple[str, ...]:
+    """Every name a metric's exposition uses (its family and sample names)."""
+    return (name, *(name + suffix for suffix in _SUFFIXES[kind]))
+
+
+class Schema:
+    """The rules between one process's declarations: each name once, no two
+    metrics whose exposed names clash (`counter("x")` and `gauge("x_total")`),
+    at most MAX_SERIES series and MAX_SLOTS value slots. Kept by a Registry
+    as it declares, and by the master for each arena it reads."""
+
+    __slots__ = ("names", "taken", "series")
+
+    def __init__(self) -> None:
+        self.names: dict[str, Decl] = {}
+        self.taken: dict[str, Decl] = {}  # an exposed name -> the metric using it
+        self.series = 0
+
+    def check(self, decl: Decl) -> None:
+        """Raises MetricsError when `decl` does not fit beside those added."""
+        name = decl.name
+        if name in self.names:
+            raise MetricsError(f"metric {name} is declared twice")
+        for exposed in exposed_names(name, decl.kind):
+            other = self.taken.get(exposed)
+            if other is not None:
+                raise MetricsError(
+                    f"metric {name} ({decl.kind}) clashes with the {other.kind} {other.name}: "
+                    f"both would be exposed as {exposed}"
+                )
+        if self.series + len(decl.series) > MAX_SERIES:
+            raise MetricsError(
+                f"metric {name}: {len(decl.series)} more series would pass the limit of "
+                f"{MAX_SERIES} series per worker ({self.series} declared)"
             )
-        except (ValueError, KeyError, TypeError, RecursionError):
-            return None
-        if (
-            decl.kind not in _TYPES
-            or not _METRIC_NAME.match(decl.name)
-            or not all(_LABEL_NAME.match(n) for n in labelnames)
-            or decl.offset < 0
-            or len(decl.series) > MAX_SERIES
-            or any(len(values) != len(labelnames) for values in decl.series)
-        ):
-            return None
-        return decl
+        if decl.end > MAX_SLOTS:
+            raise MetricsError(
+                f"metric {name}: needs {decl.end - decl.offset} value slots, "
+                f"{max(0, MAX_SLOTS - decl.offset)} are left of {MAX_SLOTS} per worker"
+            )
+
+    def add(self, decl: Decl) -> None:
+        self.check(decl)
+        self.names[decl.name] = decl
+        for exposed in exposed_names(decl.name, decl.kind):
+            self.taken[exposed] = decl
+        self.series += len(decl.series)
 
 
 # -- the app's side: declaring and updating ---------------------------------------------
@@ -246,13 +381,26 @@ class _Series:
         self._i = index
 
 
+def _bad_increment(amount: Any) -> MetricsError:
+    return MetricsError(f"a counter only goes up: inc() needs a finite number >= 0, got {amount!r}")
+
+
+def _not_a_number(method: str, value: Any) -> MetricsError:
+    return MetricsError(f"{method}() needs a number, got {value!r}")
+
+
 class CounterSeries(_Series):
     __slots__ = ()
 
     def inc(self, amount: float = 1.0) -> None:
-        if amount < 0:
-            raise MetricsError("a counter only goes up: inc() needs an amount >= 0")
-        self._values[self._i] += amount
+        # NaN and +Inf would stay in the counter for good: refused with the rest.
+        try:
+            if 0 <= amount < _INF:
+                self._values[self._i] += amount
+                return
+        except (TypeError, OverflowError):
+            pass
+        raise _bad_increment(amount)
 
     def get(self) -> float:
         return float(self._values[self._i])
@@ -267,13 +415,22 @@ class _GaugeUpdates:
     _i: int
 
     def inc(self, amount: float = 1.0) -> None:
-        self._values[self._i] += amount
+        try:
+            self._values[self._i] += amount
+        except (TypeError, OverflowError):
+            raise _not_a_number("inc", amount) from None
 
     def dec(self, amount: float = 1.0) -> None:
-        self._values[self._i] -= amount
+        try:
+            self._values[self._i] -= amount
+        except (TypeError, OverflowError):
+            raise _not_a_number("dec", amount) from None
 
     def set(self, value: float) -> None:
-        self._values[self._i] = value
+        try:
+            self._values[self._i] = value
+        except (TypeError, OverflowError):
+            raise _not_a_number("set", value) from None
 
 
 class GaugeSeries(_Series, _GaugeUpdates):
@@ -293,9 +450,19 @@ class HistogramSeries(_Series):
     def observe(self, value: float) -> None:
         # Buckets are stored one count each (not cumulative): two stores per
         # observation; the master adds them up at scrape time. `le` is inclusive.
+        # The sum is computed first: what is not a number changes nothing, and
+        # NaN, which would stay in the sum for good, is refused.
         values, base, bounds = self._values, self._i, self._bounds
-        values[base + bisect.bisect_left(bounds, value)] += 1.0
-        values[base + len(bounds) + 1] += value
+        at_sum = base + len(bounds) + 1
+        try:
+            total = values[at_sum] + value
+            if value != value:
+                raise ValueError
+            bucket = base + bisect.bisect_left(bounds, value)
+        except (TypeError, ValueError, OverflowError):
+            raise MetricsError(f"observe() needs a number other than NaN, got {value!r}") from None
+        values[bucket] += 1.0
+        values[at_sum] = total
 
     def get(self) -> tuple[list[float], float]:
         """(the count of each bucket, +Inf last, not cumulative; the sum)."""
@@ -381,10 +548,14 @@ class Counter(Metric):
     __slots__ = ()
 
     def inc(self, amount: float = 1.0) -> None:
-        if amount < 0:
-            self._single()  # a metric with labels says so first
-            raise MetricsError("a counter only goes up: inc() needs an amount >= 0")
-        self._values[self._i] += amount
+        try:
+            if 0 <= amount < _INF:
+                self._values[self._i] += amount
+                return
+        except (TypeError, OverflowError):
+            pass
+        self._single()  # a metric with labels says so first
+        raise _bad_increment(amount)
 
     def get(self) -> float:
         return float(self._single().get())
@@ -415,12 +586,37 @@ _CLASSES: dict[str, tuple[type[Metric], type[_Series]]] = {
 }
 
 
-def _check_name(name: Any) -> str:
+def _check_text(text: Any, what: str) -> str:
+    """A help text or label value: a str that UTF-8 can encode. A lone surrogate
+    (what os.fsdecode() makes of a file name's undecodable bytes) cannot be."""
+    if not isinstance(text, str):
+        raise MetricsError(f"{what} must be a string, got {text!r}")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise MetricsError(
+            f"{what} {text!r} is not valid text (a lone surrogate, as os.fsdecode() makes "
+            "of undecodable bytes): encode it first, e.g. with errors='backslashreplace'"
+        ) from None
+    return text
+
+
+def _check_label_name(label: Any, kind: str) -> str:
+    if not isinstance(label, str) or not _LABEL_NAME.match(label) or label.startswith("__"):
+        raise MetricsError(f"bad label name {label!r}")
+    if kind == HISTOGRAM and label == "le":
+        raise MetricsError("a histogram cannot have a label named 'le'")
+    return label
+
+
+def _check_name(name: Any, builtin: bool = False) -> str:
+    """An app's metric name; with `builtin`, one of BUILTIN_METRICS may pass too
+    (what the master reads from an arena, where a worker kind declared it)."""
     if not isinstance(name, str) or not _METRIC_NAME.match(name):
         raise MetricsError(
             f"bad metric name {name!r}: letters, digits, '_' and ':', not starting with a digit"
         )
-    if name.startswith(RESERVED_PREFIX):
+    if name.startswith(RESERVED_PREFIX) and not (builtin and name in BUILTIN_METRICS):
         raise MetricsError(f"bad metric name {name!r}: {RESERVED_PREFIX}* is the master's")
     return name
 
@@ -434,13 +630,10 @@ def _check_labels(labels: Mapping[str, Sequence[Any]] | None, kind: str) -> dict
         )
     checked: dict[str, list[str]] = {}
     for label, values in labels.items():
-        if not isinstance(label, str) or not _LABEL_NAME.match(label) or label.startswith("__"):
-            raise MetricsError(f"bad label name {label!r}")
-        if kind == HISTOGRAM and label == "le":
-            raise MetricsError("a histogram cannot have a label named 'le'")
+        _check_label_name(label, kind)
         if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
             raise MetricsError(f"label {label!r}: give the list of its values, got {values!r}")
-        texts = [str(v) for v in values]
+        texts = [_check_text(str(v), f"label {label!r}: value") for v in values]
         if not texts:
             raise MetricsError(f"label {label!r}: no values given")
         if len(set(texts)) != len(texts):
@@ -475,9 +668,9 @@ class Registry:
     def __init__(self) -> None:
         self._metrics: dict[str, Metric] = {}
         self._decls: list[Decl] = []
+        self._schema = Schema()
         self._all_series: list[_Series] = []
         self._slots = 0
-        self._series = 0
         self._arena: Arena | None = None
         self._local: memoryview[float] | None = None
 
@@ -528,25 +721,15 @@ class Registry:
         labels: Mapping[str, Sequence[Any]] | None,
         buckets: tuple[float, ...],
     ) -> Metric:
-        if not isinstance(help, str):
-            raise MetricsError(f"metric {name}: help must be a string")
+        help = _check_text(help, f"metric {name}: help")
         checked = _check_labels(labels, kind)
         labelnames = tuple(checked)
         series = tuple(itertools.product(*checked.values())) if checked else ((),)
         existing = self._metrics.get(name)
         if existing is not None:
             return _same_again(existing, kind, help, labelnames, series, buckets)
-        if self._series + len(series) > MAX_SERIES:
-            raise MetricsError(
-                f"metric {name}: {len(series)} more series would pass the limit of "
-                f"{MAX_SERIES} series per worker ({self._series} declared)"
-            )
         decl = Decl(name, kind, help, labelnames, series, buckets, self._slots)
-        if decl.end > MAX_SLOTS:
-            raise MetricsError(
-                f"metric {name}: needs {decl.end - self._slots} value slots, "
-                f"{MAX_SLOTS - self._slots} are left of {MAX_SLOTS} per worker"
-            )
+        self._schema.check(decl)
         if self._arena is not None:
             self._arena.append(decl.record(), decl.end)
         values = self._values()
@@ -562,8 +745,8 @@ class Registry:
             by_values[label_values] = one
             self._all_series.append(one)
         self._decls.append(decl)
+        self._schema.add(decl)
         self._slots = decl.end
-        self._series += len(series)
         metric = metric_class(decl, by_values)
         self._metrics[name] = metric
         return metric
@@ -615,121 +798,19 @@ def histogram(
     return REGISTRY.histogram(name, help, labels, buckets)
 
 
-# -- the master's side: the collector -----------------------------------------------------
-
-Shape = tuple[str, str, tuple[str, ...], tuple[float, ...]]
-
-
-@dataclass
-class _Family:
-    shape: Shape
-    help: str
-    series: dict[tuple[str, ...], list[float]]
-
-
-def _add(family: _Family, labelvalues: tuple[str, ...], values: list[float]) -> None:
-    total = family.series.get(labelvalues)
-    if total is None:
-        family.series[labelvalues] = list(values)
-    else:
-        for k, v in enumerate(values):
-            total[k] += v
-
-
-def _read(arena: Arena) -> Iterator[tuple[Decl, tuple[str, ...], list[float]]]:
-    """Every series of an arena with its values (one copy of the value slots)."""
-    decls = arena.declarations()
-    if not decls:
-        return
-    values = arena.snapshot()
-    for decl in decls:
-        width = decl.width
-        for k, labelvalues in enumerate(decl.series):
-            start = decl.offset + k * width
-            chunk = values[start : start + width]
-            if len(chunk) == width:
-                yield decl, labelvalues, chunk
-
-
-class AppMetrics:
-    """The master's collector of the apps' metrics (prometheus_client's custom
-    collector protocol: `collect()` yields metric families).
-
-    `arenas` gives the live workers' arenas (spares are left out: they have not
-    served yet). `retire()` is called when a worker is reaped."""
-
-    def __init__(self, arenas: Callable[[], Iterable[Arena]]) -> None:
-        self.arenas = arenas
-        self.retired: dict[Shape, _Family] = {}
-
-    def retire(self, arena: Arena) -> None:
-        """Fold a reaped worker's final counters and histograms into the retired
-        totals (its gauges die with it), then unmap its arena."""
-        try:
-            for decl, labelvalues, values in _read(arena):
-                if decl.kind == GAUGE:
-                    continue
-                family = self.retired.get(decl.shape)
-                if family is None:
-                    family = self.retired[decl.shape] = _Family(decl.shape, decl.help, {})
-                _add(family, labelvalues, values)
-        finally:
-            arena.close()
-
-    def families(self) -> dict[str, _Family]:
-        """Live workers summed, then the retired totals; a name declared with
-        another shape (type, labels, buckets) than the first one seen is left out."""
-        found: dict[str, _Family] = {}
-        for arena in self.arenas():
-            for decl, labelvalues, values in _read(arena):
-                family = found.get(decl.name)
-                if family is None:
-                    family = found[decl.name] = _Family(decl.shape, decl.help, {})
-                elif family.shape != decl.shape:
-                    continue
-                _add(family, labelvalues, values)
-        for shape, retired in self.retired.items():
-            family = found.get(shape[0])
-            if family is None:
-                family = found[shape[0]] = _Family(shape, retired.help, {})
-            elif family.shape != shape:
-                continue
-            for labelvalues, values in retired.series.items():
-                _add(family, labelvalues, values)
-        return found
-
-    def collect(self) -> Iterator[Any]:
-        # Imported here: prometheus_client is optional (the `metrics` extra).
-        from prometheus_client.core import (
-            CounterMetricFamily,
-            GaugeMetricFamily,
-            HistogramMetricFamily,
-        )
-
-        for name, family in sorted(self.families().items()):
-            _, kind, labelnames, bounds = family.shape
-            metric: Any
-            if kind == COUNTER:
-                metric = CounterMetricFamily(name, family.help, labels=labelnames)
-                for labelvalues, values in family.series.items():
-                    metric.add_metric(labelvalues, values[0])
-            elif kind == GAUGE:
-                metric = GaugeMetricFamily(name, family.help, labels=labelnames)
-                for labelvalues, values in family.series.items():
-                    metric.add_metric(labelvalues, values[0])
-            else:
-                metric = HistogramMetricFamily(name, family.help, labels=labelnames)
-                for labelvalues, values in family.series.items():
-                    cumulative = list(itertools.accumulate(values[: len(bounds) + 1]))
-                    les = [_le(b) for b in bounds] + ["+Inf"]
-                    pairs = list(zip(les, cumulative, strict=True))
-                    metric.add_metric(labelvalues, pairs, values[len(bounds) + 1])
-            yield metric
-
-
-def _le(bound: float) -> str:
-    """As prometheus_client writes `le` (floatToGoString): 1.0, 0.5, 2.5."""
-    return repr(float(bound))
+def builtin_metric(
+    kind: str,
+    name: str,
+    help: str,
+    labels: Mapping[str, Sequence[Any]] | None = None,
+    buckets: Iterable[float] = (),
+) -> Metric:
+    """A worker kind's own metric (unicornish_http_*, for --asgi and --wsgi): declared
+    in the worker's arena like an app's, under the prefix an app cannot take."""
+    if name not in BUILTIN_METRICS:
+        raise MetricsError(f"not a built-in metric: {name!r}")
+    bounds = _check_buckets(buckets) if kind == HISTOGRAM else ()
+    return REGISTRY._declare(kind, name, help, labels, bounds)
 
 
 def _same_again(
@@ -760,17 +841,3 @@ def _same_again(
             f"metric {existing.decl.name} is already declared with another {', '.join(differs)}"
         )
     return existing
-
-
-def declare_own(
-    kind: str,
-    name: str,
-    help: str,
-    labels: Mapping[str, Sequence[Any]] | None = None,
-    buckets: Iterable[float] = (),
-) -> Metric:
-    """One of unicornish's own families that a worker keeps in its arena (the
-    HTTP worker's unicornish_http_*): summed and kept across deaths like the
-    app's, under the name prefix an app cannot take."""
-    bounds = _check_buckets(buckets) if kind == HISTOGRAM else ()
-    return REGISTRY._declare(kind, name, help, labels, bounds)

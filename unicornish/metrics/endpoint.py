@@ -1,14 +1,14 @@
 """The master's HTTP endpoint for Prometheus (`--metrics ADDR`), served from its own loop.
 
-A small HTTP/1.0-1.1 server, written like the control socket (control.py):
-non-blocking, driven by the master's EventLoop, and bounded everywhere, so a
-slow, silent, malformed or oversized client costs the master one bounded
-recv() per wake-up and nothing more:
+A small HTTP/1.0-1.1 conversation, served like the control socket by one
+bounded client server (host/clientserver.py) in the master's loop, so a slow,
+silent, malformed or oversized client costs the master one bounded recv()
+per wake-up and nothing more:
 
-- at most MAX_CLIENTS connections at once: at the limit the server stops
-  accepting, and the next connections wait in the kernel's backlog until a
-  client is done or dropped (a refusal would have to close a socket whose
-  request is unread, which resets the connection: the client sees no reply);
+- at most MAX_CLIENTS connections at once: past that, the one that has waited
+  longest for its request head gives its slot up, so slow clients cannot
+  keep a probe waiting; only while every client is being answered do the
+  next connections wait in the kernel's backlog;
 - a request head (request line and headers) of at most MAX_REQUEST bytes
   (more gets a 431 and the connection is closed);
 - CLIENT_TIMEOUT to send the request and read the reply, from accept on; the
@@ -31,34 +31,39 @@ import errno
 import logging
 import os
 import re
-import selectors
 import socket
 import stat
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from unicornish.errors import StartupError, UsageError
 from unicornish.host import sockets as sockets_module
+from unicornish.host.clientserver import Client, ClientServer, Limits, Loop
 from unicornish.host.listeners import same_address
-from unicornish.master.eventloop import Clients, ErrorLog, EventLoop
+from unicornish.host.log import ErrorLog
 from unicornish.protocol import METRICS_FD_ENV
 
-# More connections than this at once wait in the kernel's backlog (each costs an fd).
+# Connections at once (each costs an fd): past this, the one that has waited
+# longest for its request head gives its slot up (a slowloris cannot starve a
+# probe); while all are being answered, the next wait in the kernel's backlog.
 MAX_CLIENTS = 64
 # The longest request head (request line + headers) we read; more gets a 431.
 MAX_REQUEST = 8 * 1024
 # From accept: time to send the request and read the whole reply.
 CLIENT_TIMEOUT = 5.0
-# Connections accepted per wake-up, so a flood cannot hog the loop.
-ACCEPTS_PER_WAKE = 16
-# After accept() fails for lack of fds, stop listening this long (no busy loop).
-ACCEPT_PAUSE = 1.0
-# A refused client may still be sending: read and drop its bytes this long after
-# our reply, so that closing does not reset the connection before it read the reply.
-LINGER = 1.0
-RECV_SIZE = 16 * 1024
-BACKLOG = 128
+BACKLOG = 1024
+LIMITS = Limits(
+    "metrics",
+    max_request=MAX_REQUEST,
+    timeout=CLIENT_TIMEOUT,
+    max_clients=MAX_CLIENTS,
+    # No grace: a scraper or a probe sends its request as it connects, and with
+    # every slot taken the endpoint is under a flood, where waiting for the
+    # newest connections to speak would keep the probes behind them (300 slow
+    # connections made rounds of 64 that cost /healthz 150 ms with 50 ms).
+    grace=0.0,
+    recv_size=16 * 1024,
+)
 # A failing render is logged at most this often (Prometheus scrapes every few seconds).
 ERROR_LOG_EVERY = 60.0
 
@@ -292,208 +297,82 @@ def describe(sock: socket.socket) -> str:
 # -- the server ----------------------------------------------------------------------
 
 
-class Client:
-    __slots__ = ("sock", "inbuf", "outbuf", "deadline", "replied", "linger", "events")
-
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        self.sock = sock
-        self.inbuf = bytearray()
-        self.outbuf = bytearray()
-        self.deadline = deadline
-        self.replied = False  # the reply is in outbuf: read nothing more but lingering
-        self.linger = False  # bytes may still come that we will not read: drain first
-        self.events = selectors.EVENT_READ
-
-
 class MetricsServer:
+    """HTTP's conversation: one request per connection, answered, then closed;
+    served by a ClientServer in the master's loop."""
+
     def __init__(
         self,
-        loop: EventLoop,
+        loop: Loop,
         log: logging.Logger,
         sock: socket.socket,
         endpoints: Endpoints,
     ) -> None:
-        self.loop = loop
         self.log = log
-        self.sock = sock
         self.endpoints = endpoints
-        self.clients: Clients[Client] = Clients(loop)
-        self.paused_until: float | None = None
-        self.accepting = False
-        self.handed_over = False  # USR2: a new master accepts on the socket now
-        self.refused_logged_at = -1e9
         self.address = describe(sock)
+        self.server = ClientServer(loop, log, sock, LIMITS, self)
+
+    @property
+    def sock(self) -> socket.socket:
+        return self.server.sock
+
+    @property
+    def clients(self) -> list[Client]:
+        return self.server.clients
 
     def install(self) -> None:
-        self._accept_on()
-        self.loop.close_in_child(self.close_in_child)
-
-    def _accept_on(self) -> None:
-        if not self.accepting:
-            self.loop.add_reader(self.sock, self._on_accept)
-            self.accepting = True
-
-    def _accept_off(self) -> None:
-        if self.accepting:
-            self.loop.remove(self.sock)
-            self.accepting = False
-
-    # -- the loop's side -----------------------------------------------------------
+        self.server.install()
 
     def tick(self, now: float) -> float | None:
-        """Drop clients past their deadline, listen again after a pause; the next
-        such deadline, or None when no client is connected (no timer at all)."""
-        for client in self.clients:
-            if now >= client.deadline:
-                self._close(client)
-        if self.paused_until is not None and now >= self.paused_until:
-            self.paused_until = None
-            if not self.handed_over and len(self.clients) < MAX_CLIENTS:
-                self._accept_on()
-        deadlines = [c.deadline for c in self.clients]
-        if self.paused_until is not None:
-            deadlines.append(self.paused_until)
-        return min(deadlines) if deadlines else None
+        return self.server.tick(now)
 
-    def _on_accept(self) -> None:
-        # Not past the limit: a connection once full waits in the kernel's backlog.
-        starved = sockets_module.accept_some(
-            self.sock, self._admit, ACCEPTS_PER_WAKE, lambda: self.accepting
-        )
-        if starved is not None:
-            self.log.error(
-                "metrics: cannot accept: %s; not listening for %gs", starved.strerror, ACCEPT_PAUSE
-            )
-            self._accept_off()
-            self.paused_until = time.monotonic() + ACCEPT_PAUSE
+    # -- the conversation ------------------------------------------------------------
 
-    def _admit(self, conn: socket.socket) -> None:
-        conn.setblocking(False)
-        client = Client(conn, time.monotonic() + CLIENT_TIMEOUT)
-        self.clients.add(client, lambda: self._on_event(client))
-        if len(self.clients) >= MAX_CLIENTS:
-            # Full: the next connections wait in the backlog; the first client
-            # done (or dropped at its deadline) lets them in (_close).
-            self._accept_off()
-            now = time.monotonic()
-            if now - self.refused_logged_at >= CLIENT_TIMEOUT:
-                self.refused_logged_at = now
-                self.log.warning("metrics: %d connections open; the next ones wait", MAX_CLIENTS)
+    def admit(self, server: ClientServer, client: Client) -> bool:
+        return True
 
-    def _on_event(self, client: Client) -> None:
-        if client.outbuf:
-            self._send(client)
-        elif client.replied:
-            self._drain(client)
-        else:
-            self._recv(client)
+    def pending(self, client: Client) -> bool:
+        return False  # a complete request is answered as soon as it is read
 
-    def _recv(self, client: Client) -> None:
-        try:
-            data = client.sock.recv(RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
+    def timed_out(self, client: Client) -> None:
+        pass  # a scraper that gives up, a port scan: not worth a line each
+
+    def serve(self, server: ClientServer, client: Client) -> None:
+        if client.closing:
             return
-        except OSError:
-            self._close(client)
+        if client.eof:  # gone before its request was complete: nothing to answer
+            server.close(client)
             return
-        if not data:  # gone before its request was complete: nothing to answer
-            self._close(client)
-            return
-        client.inbuf += data
         try:
             request = parse_request(bytes(client.inbuf))
         except HttpError as exc:
-            client.linger = True  # we stopped reading: the rest may be on its way
-            self._reply(client, response(exc.status, f"{exc}\n".encode()))
+            client.unread = True  # we stopped reading: the rest may be on its way
+            client.closing = True
+            server.reply(client, response(exc.status, f"{exc}\n".encode()))
             return
         if request is None:
             return
-        client.linger = len(client.inbuf) > request.head_size or has_body(request)
+        client.unread = len(client.inbuf) > request.head_size or has_body(request)
         client.inbuf.clear()
-        self._reply(client, self.endpoints.respond(request))
-
-    def _reply(self, client: Client, data: bytes) -> None:
-        client.replied = True
-        client.outbuf += data
-        self._send(client)
-
-    def _send(self, client: Client) -> None:
-        try:
-            sent = client.sock.send(client.outbuf)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            self._close(client)
-            return
-        del client.outbuf[:sent]
-        if client.outbuf:
-            self._set_events(client, selectors.EVENT_WRITE)
-            return
-        if not client.linger:
-            self._close(client)
-            return
-        # The reply is out; the client may still be sending what we refused to
-        # read. Closing now would reset the connection and could destroy the
-        # reply in flight: say we are done, then drop its bytes until it closes.
-        try:
-            client.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            self._close(client)
-            return
-        client.deadline = min(client.deadline, time.monotonic() + LINGER)
-        self._set_events(client, selectors.EVENT_READ)
-
-    def _drain(self, client: Client) -> None:
-        try:
-            data = client.sock.recv(RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._close(client)
-
-    def _set_events(self, client: Client, events: int) -> None:
-        if not self.clients.set_events(client, events, lambda: self._on_event(client)):
-            self._close(client)
-
-    def _close(self, client: Client) -> None:
-        self.clients.close(client)
-        if len(self.clients) < MAX_CLIENTS and not self.handed_over and self.paused_until is None:
-            self._accept_on()
+        client.closing = True
+        server.reply(client, self.endpoints.respond(request))
 
     # -- USR2 and exit ---------------------------------------------------------------
 
     def move_aside(self) -> None:
         """USR2: the new master inherits the socket and accepts on it; we stop."""
-        self.handed_over = True
-        self._accept_off()
+        self.server.hand_over()
 
     def move_back(self) -> None:
         """The new master died: serve again."""
-        self.handed_over = False
-        if self.paused_until is None:
-            self._accept_on()
+        self.server.take_back()
 
     def close(self, unlink: bool) -> None:
         """The master exits: close every client and the socket; remove a unix
         socket's file unless another master (USR2) serves it."""
-        for client in self.clients:
-            self._close(client)
-        self._accept_off()
-        path = ""
-        if unlink and self.sock.family == socket.AF_UNIX:
-            name = self.sock.getsockname()
-            path = name if isinstance(name, str) else ""
-        self.sock.close()
-        if path:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+        self.server.close_all(unlink)
 
     def close_in_child(self) -> None:
         """In a new worker: drop our copies of the fds, touching nothing else."""
-        for client in self.clients:
-            client.sock.close()
-        self.sock.close()
+        self.server.close_in_child()

@@ -8,8 +8,14 @@ workers) are written here instead: a sample is rendered once into one line,
 the same in both formats (`name{labels} value`), and the label text of a
 series whose labels never change (`{nr="17"}`) is built once per process.
 Only the HELP/TYPE lines differ between the formats, and OpenMetrics ends
-with `# EOF`. Other collectors (app metrics, deaths, any plug-in) still go
-through prometheus_client: see metrics.Exposition.
+with `# EOF`. Every family /metrics serves is written here (the master's,
+the apps' metrics, the deaths by cause): prometheus_client is not needed to
+serve, and stays only as a test oracle (its parsers read our output back).
+
+A scrape must never fail as a whole for one bad value: `write` encodes the
+whole text at once and, only when that fails (a lone surrogate, from
+os.fsdecode() say), encodes series by series and leaves out those that
+cannot be written, reporting how many.
 
 The rules kept here (both checked by promtool and by a real Prometheus in
 tests/test_metrics.py):
@@ -32,6 +38,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
+from typing import NamedTuple
 
 GAUGE, COUNTER, INFO, HISTOGRAM = "gauge", "counter", "info", "histogram"
 EOF = "# EOF\n"
@@ -89,7 +96,8 @@ def number(value: float) -> str:
 
 
 class Family:
-    """One metric family: name, type, help, and its samples as finished lines."""
+    """One metric family: name, type, help, and its series as finished text
+    (one element per series: one line, or a histogram's buckets, count and sum)."""
 
     __slots__ = ("name", "kind", "help", "lines")
 
@@ -129,13 +137,14 @@ class Family:
         """`counts`: one per bucket, +Inf last, not cumulative (as workers store them)."""
         les = [*(number(b) for b in bounds), "+Inf"]
         names = (*labelnames, "le")
-        running = 0.0
+        bucket, lines, running = self.name + "_bucket", [], 0.0
         for le, count in zip(les, counts, strict=True):
             running += count
-            self.add_line(self.name + "_bucket", label_text(names, (*labelvalues, le)), running)
+            lines.append(f"{bucket}{label_text(names, (*labelvalues, le))} {number(running)}\n")
         labels = label_text(labelnames, labelvalues)
-        self.add_line(self.name + "_count", labels, running)
-        self.add_line(self.name + "_sum", labels, total)
+        lines.append(f"{self.name}_count{labels} {number(running)}\n")
+        lines.append(f"{self.name}_sum{labels} {number(total)}\n")
+        self.lines.append("".join(lines))
 
     def header(self, openmetrics: bool) -> str:
         name, kind = self.name, self.kind
@@ -147,11 +156,42 @@ class Family:
         return f"# HELP {name} {escape_help(self.help, openmetrics)}\n# TYPE {name} {kind}\n"
 
 
-def write(families: Iterable[Family], openmetrics: bool) -> str:
-    """The families in one format, without the OpenMetrics `# EOF` (the caller
-    adds it after every collector's text)."""
+class Written(NamedTuple):
+    body: bytes
+    dropped: int  # series left out: their text (or their family's HELP) cannot be encoded
+    example: str  # the first family with something left out, for the log ("" if none)
+
+
+def write(families: Iterable[Family], openmetrics: bool) -> Written:
+    """The families in one format, as UTF-8, without the OpenMetrics `# EOF`
+    (the caller adds it last)."""
+    families = list(families)
     parts: list[str] = []
     for family in families:
         parts.append(family.header(openmetrics))
         parts.extend(family.lines)
-    return "".join(parts)
+    try:
+        return Written("".join(parts).encode(), 0, "")
+    except UnicodeEncodeError:
+        return _write_what_can_be(families, openmetrics)
+
+
+def _write_what_can_be(families: list[Family], openmetrics: bool) -> Written:
+    """The slow way, only after the fast one failed: series by series, leaving
+    out each one (or each family, for its HELP text) that cannot be encoded."""
+    parts: list[bytes] = []
+    dropped, example = 0, ""
+    for family in families:
+        try:
+            parts.append(family.header(openmetrics).encode())
+        except UnicodeEncodeError:
+            dropped += len(family.lines)
+            example = example or family.name
+            continue
+        for text in family.lines:
+            try:
+                parts.append(text.encode())
+            except UnicodeEncodeError:
+                dropped += 1
+                example = example or family.name
+    return Written(b"".join(parts), dropped, example)

@@ -1,20 +1,12 @@
 """The master's own figures for Prometheus, and the exposition of every collector.
 
-The contract with other sources of metrics (app metrics, deaths by cause) is
-prometheus_client's custom-collector protocol: any object with
-`collect() -> Iterable[Metric]`. `Exposition` renders every registered
-collector from a private CollectorRegistry (never the global one, never its
-HTTP server or threads), in the Prometheus text format 0.0.4, or OpenMetrics
-1.0 when the scraper's Accept header asks for it. The master's own families
-(`MasterCollector`, with a few samples per worker) are written by
-unicornish.metrics.exposition instead, ahead of the others: prometheus_client's
-writers cost the master too much per scrape with hundreds of workers (see
-that module).
-
-prometheus_client is an optional extra (`pip install 'unicornish[metrics]'`)
-and costs the master ~70 ms and ~6 MiB RSS to import: this module imports it
-only inside the functions that need it, which run only with --metrics (or
-on a `ctl metrics`), so an idle master without --metrics does not grow.
+The contract with every source of metrics (the master's figures, app metrics,
+deaths by cause) is one method, `own_families() -> Iterable[Family]`, the
+families unicornish.metrics.exposition writes. `Exposition` renders them all,
+in the Prometheus text format 0.0.4, or OpenMetrics 1.0 when the scraper's
+Accept header asks for it. No prometheus_client: it wrote the apps' metrics
+and the deaths until 0.x, and its writers cost more per scrape than ours
+(bench/exposition.py), and a package to install for --metrics.
 
 What is counted where it happens (`Tallies`, fed by small callbacks), and
 what is read at scrape time only: scoreboard states and task counts (shared
@@ -24,18 +16,19 @@ TCP listeners (TCP_INFO). Nothing here runs between scrapes.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Protocol
 
 import psutil
 
-from unicornish.errors import StartupError
+from unicornish.host import log as log_module
 from unicornish.host import sockets as sockets_module
-from unicornish.master.children import WorkerProc, WorkerTable
+from unicornish.host.log import Throttled
 from unicornish.metrics.exposition import (
     COUNTER,
     EOF,
@@ -47,77 +40,108 @@ from unicornish.metrics.exposition import (
     write,
 )
 from unicornish.protocol import TASK_DURATION_BUCKETS
-from unicornish.scoreboard import BOOTING, BUSY, DURATION_SLOTS, IDLE
+from unicornish.scoreboard import BOOTING, BUSY, DURATION_SLOTS, IDLE, Scoreboard
 
-if TYPE_CHECKING:
-    from prometheus_client.metrics_core import Metric
-
-INSTALL_HINT = "pip install 'unicornish[metrics]'"
 OPENMETRICS = "application/openmetrics-text"
+OPENMETRICS_1_0_0 = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 TEXT_0_0_4 = "text/plain; version=0.0.4; charset=utf-8"
 
 RELOAD_RESULTS = ("done", "failed")
 UPGRADE_RESULTS = ("started", "refused", "failed")
 
 
+# What the figures read of the master (its record of children and its count),
+# as protocols: the master's objects fit them, and this layer stays below it.
+
+
+class Child(Protocol):
+    @property
+    def nr(self) -> int: ...  # -1: a spare
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def board(self) -> Scoreboard: ...
+
+    @property
+    def spawned_at(self) -> float: ...
+
+
+class Children(Protocol):
+    def served(self) -> Iterable[Child]:
+        """Workers and molds, stopping ones included."""
+        ...
+
+    def live_workers(self) -> Sequence[Child]: ...
+
+    def spare_count(self) -> int: ...
+
+
+class Count(Protocol):
+    @property
+    def wanted(self) -> int: ...
+
+
 class Collector(Protocol):
-    def collect(self) -> Iterable[Metric]: ...
-
-
-class OwnCollector(Protocol):
-    """A collector of the master's own, written by unicornish.metrics.exposition."""
+    """A source of metric families, written by unicornish.metrics.exposition.
+    One may also have `dropped`: {reason: series it left out so far}."""
 
     def own_families(self) -> Iterable[Family]: ...
 
 
-def load_client() -> None:
-    """Import prometheus_client now (at start, before the master is ready):
-    raises StartupError, with how to install it, when it is missing."""
-    try:
-        import prometheus_client.exposition  # noqa: F401
-        import prometheus_client.openmetrics.exposition  # noqa: F401
-        import prometheus_client.registry  # noqa: F401
-    except ImportError as exc:
-        raise StartupError(
-            f"--metrics needs the prometheus_client package ({exc}); {INSTALL_HINT}"
-        ) from None
+UNWRITABLE = "unwritable"
+DROP_REASONS = (UNWRITABLE, "bad_arena", "bad_value")
 
 
 class Exposition:
-    """The master's own collectors, written here, then a private registry of
-    prometheus_client collectors, and their rendering."""
+    """Every collector's families, rendered in the format a scraper asks for."""
 
-    def __init__(self, collectors: Iterable[Collector | OwnCollector] = ()) -> None:
-        load_client()
-        from prometheus_client.registry import CollectorRegistry
+    def __init__(
+        self, collectors: Iterable[Collector] = (), log: logging.Logger | None = None
+    ) -> None:
+        self.collectors: list[Collector] = list(collectors)
+        self.unwritable = 0  # series left out so far, their text not encodable
+        self.throttled = Throttled(log or log_module.get_logger())
 
-        self.own: list[OwnCollector] = []
-        # auto_describe=False: registering calls nothing of the collector, and two
-        # collectors may share no name check at start (each owns its prefix).
-        self.registry = CollectorRegistry(auto_describe=False)
-        for collector in collectors:
-            self.register(collector)
-
-    def register(self, collector: Collector | OwnCollector) -> None:
-        if hasattr(collector, "own_families"):
-            self.own.append(cast("OwnCollector", collector))
-        else:
-            self.registry.register(collector)
+    def register(self, collector: Collector) -> None:
+        self.collectors.append(collector)
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
-        """(body, content type) for a scraper that sent this Accept header."""
+        """(body, content type) for a scraper that sent this Accept header.
+        A series whose text cannot be written is left out, logged and counted:
+        never the whole scrape."""
         openmetrics = OPENMETRICS in accept
-        own = write((f for c in self.own for f in c.own_families()), openmetrics).encode()
+        written = write((f for c in self.collectors for f in c.own_families()), openmetrics)
+        if written.example:
+            self.unwritable += written.dropped
+            self.throttled.warn(
+                UNWRITABLE,
+                f"metrics: {written.dropped} series left out of a scrape: their text cannot "
+                f"be written (not valid UTF-8), in {written.example} first",
+            )
+        tail = write([self.dropped_family()], openmetrics).body
         if openmetrics:
-            from prometheus_client.openmetrics import exposition as om
+            return written.body + tail + EOF.encode(), OPENMETRICS_1_0_0
+        return written.body + tail, TEXT_0_0_4
 
-            rest = om.generate_latest(self.registry)
-            if not rest.endswith(EOF.encode()):  # a later prometheus_client, other rules
-                rest += EOF.encode()
-            return own + rest, om.CONTENT_TYPE_LATEST
-        from prometheus_client import exposition
-
-        return own + exposition.generate_latest(self.registry), TEXT_0_0_4
+    def dropped_family(self) -> Family:
+        """Written last, so that it counts what this very scrape left out."""
+        counts = dict.fromkeys(DROP_REASONS, 0)
+        counts[UNWRITABLE] = self.unwritable
+        for collector in self.collectors:
+            for reason, n in getattr(collector, "dropped", {}).items():
+                counts[reason] = counts.get(reason, 0) + n
+        family = Family(
+            "unicornish_metrics_dropped_series",
+            COUNTER,
+            "Series left out of scrapes (each scrape counts them again), by reason: text "
+            "that cannot be written, a worker's app metrics memory that breaks a rule, "
+            "a value no counter or histogram can have",
+        )
+        for reason, n in counts.items():
+            family.add(n, _REASON, (reason,))
+        return family
 
 
 # -- what the master counts as it goes --------------------------------------------------
@@ -142,7 +166,7 @@ class Tallies:
     def count(self, what: str, result: str) -> None:
         self.events[(what, result)] = self.events.get((what, result), 0) + 1
 
-    def tasks_by_slot(self, procs: Iterable[WorkerProc]) -> dict[int, int]:
+    def tasks_by_slot(self, procs: Iterable[Child]) -> dict[int, int]:
         """Per slot: the reaped workers' tasks plus the live ones' (stopping included)."""
         totals = dict(self.reaped_tasks)
         for w in procs:
@@ -150,7 +174,7 @@ class Tallies:
                 totals[w.nr] = totals.get(w.nr, 0) + w.board.task_count()
         return totals
 
-    def task_durations(self, procs: Iterable[WorkerProc]) -> list[float]:
+    def task_durations(self, procs: Iterable[Child]) -> list[float]:
         """The reaped workers' buckets and sum plus the live ones' (stopping included)."""
         rows = [w.board.task_durations() for w in procs if w.nr >= 0]
         rows.append(self.reaped_durations)
@@ -266,6 +290,7 @@ class MemoryReader:
 _NR = ("nr",)
 _LISTENER = ("listener",)
 _RESULT = ("result",)
+_REASON = ("reason",)
 
 
 class MasterCollector:
@@ -274,20 +299,16 @@ class MasterCollector:
 
     def __init__(
         self,
-        table: WorkerTable,
-        wanted: Callable[[], int],
-        spares: Callable[[], int],
+        children: Children,
+        count: Count,
         held_back: Callable[[float], int],
         listeners: list[socket.socket],
         tallies: Tallies,
         version: str,
-        molds: WorkerTable | None = None,
     ) -> None:
-        self.table = table
         # A mold's tasks stay in its slot's count until it is reaped, as a worker's do.
-        self.molds = molds if molds is not None else WorkerTable()
-        self.wanted = wanted
-        self.spares = spares
+        self.children = children
+        self.count = count
         self.held_back = held_back
         self.listeners = listeners
         self.tallies = tallies
@@ -304,17 +325,18 @@ class MasterCollector:
             "When the master started, in seconds since the epoch",
             self.start_time,
         )
-        live = self.table.live()
+        live = self.children.live_workers()
         states = [int(w.board.state[0]) for w in live]
         for name, help_text, value in (
-            ("wanted", "Workers the master keeps (after TTIN/TTOU/scale)", self.wanted()),
+            ("wanted", "Workers the master keeps (after TTIN/TTOU/scale)", self.count.wanted),
             ("running", "Workers running and not asked to stop, booting ones included", len(live)),
             ("busy", "Running workers in a task", states.count(BUSY)),
             ("idle", "Running workers between tasks (waiting in accept())", states.count(IDLE)),
             ("booting", "Running workers before their first task", states.count(BOOTING)),
         ):
             yield _one(f"unicornish_workers_{name}", help_text, value)
-        yield _one("unicornish_spares", "Booted standby processes (--spares)", self.spares())
+        spares = self.children.spare_count()
+        yield _one("unicornish_spares", "Booted standby processes (--spares)", spares)
         yield _one(
             "unicornish_crash_backoff_slots",
             "Worker slots held back by the crash-loop backoff right now",
@@ -326,7 +348,7 @@ class MasterCollector:
             "Tasks completed in a worker slot, by all its workers so far",
         )
         name = tasks.sample_name()
-        for nr, total in sorted(self.tallies.tasks_by_slot([*self.table, *self.molds]).items()):
+        for nr, total in sorted(self.tallies.tasks_by_slot(self.children.served()).items()):
             tasks.add_line(name, label_text(_NR, (str(nr),)), total)
         yield tasks
         durations = Family(
@@ -334,7 +356,7 @@ class MasterCollector:
             HISTOGRAM,
             "Time each task took (worker_start calls; waits in accept() and idle() left out)",
         )
-        figures = self.tallies.task_durations([*self.table, *self.molds])
+        figures = self.tallies.task_durations(self.children.served())
         durations.add_histogram(TASK_DURATION_BUCKETS, figures[:-1], figures[-1])
         yield durations
         for what, results, help_text in (
@@ -348,10 +370,10 @@ class MasterCollector:
         yield from self.memory_metrics(live)
         yield from self.listener_metrics()
 
-    def memory_metrics(self, live: list[WorkerProc]) -> Iterator[Family]:
+    def memory_metrics(self, live: Iterable[Child]) -> Iterator[Family]:
         # One series per slot: during a reload an old and a new worker share an nr,
         # and the newest is the one that stays.
-        newest: dict[int, WorkerProc] = {}
+        newest: dict[int, Child] = {}
         for w in live:
             if w.nr >= 0 and (w.nr not in newest or w.spawned_at > newest[w.nr].spawned_at):
                 newest[w.nr] = w
@@ -407,26 +429,19 @@ class Metrics:
 
     def __init__(
         self,
-        collectors: list[Collector | OwnCollector],
+        collectors: list[Collector],
         tallies: Tallies,
         server: Any = None,
     ) -> None:
-        self.collectors = collectors
         self.tallies = tallies
-        self.server = server  # metrics_http.MetricsServer, or None without --metrics
-        self.exposition: Exposition | None = None
+        self.server = server  # endpoint.MetricsServer, or None without --metrics
+        self.exposition = Exposition(collectors)
 
-    def add_collector(self, collector: Collector | OwnCollector) -> None:
-        """Another source of metrics (anything with collect() -> Iterable[Metric])."""
-        self.collectors.append(collector)
-        if self.exposition is not None:
-            self.exposition.register(collector)
+    def add_collector(self, collector: Collector) -> None:
+        """Another source of metrics (anything with own_families())."""
+        self.exposition.register(collector)
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
-        """prometheus_client is imported on first use without --metrics (`ctl
-        metrics`); StartupError says how to install it when it is missing."""
-        if self.exposition is None:
-            self.exposition = Exposition(self.collectors)
         return self.exposition.render(accept)
 
     def text(self) -> str:

@@ -17,26 +17,36 @@ under worker/ with two functions:
         first), or another code from protocol.py. Each unit of work is one
         task on the scoreboard: worker.task_started() / worker.task_done().
 
+Optional, for a kind that needs them:
+
+    check(settings) -> None
+        Runs in the master before the probe forks: raise StartupError with
+        one line (asgi.py: its extra is not installed).
+    NEEDS_LISTENERS = True
+        The master refuses to start without a --listen (or inherited) socket.
+
+`worker.settings` is the release's Settings (the HTTP options, for one).
+
 The option that names the app chooses the kind (config.Option.kind): --app runs
-the task loop (tasks.py). Adding a kind is one module here and one option.
+the task loop (tasks.py), --asgi uvicorn (asgi.py). Adding a kind is one module
+here and one option.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import Any, Protocol, cast
 
 from unicornish.app import App, CompiledApp
-
-if TYPE_CHECKING:
-    from unicornish.worker.process import Worker
 
 
 class WorkerKind(Protocol):
     def load(self, spec: str, compiled: CompiledApp | None) -> App: ...
 
-    def serve(self, worker: Worker, app: App, ready: Callable[[], None]) -> int: ...
+    # `worker` is the process.Worker that runs the kind; typed loosely here because
+    # the worker process imports this seam, and each kind names Worker itself.
+    def serve(self, worker: Any, app: App, ready: Callable[[], None]) -> int: ...
 
 
 def kind_module(module_name: str) -> WorkerKind:

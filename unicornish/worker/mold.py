@@ -9,12 +9,13 @@ shared pages), connects to the master's mold socket and forks on request.
 
 The master stays the only supervisor: the mold forks twice and the middle
 process exits at once, so the new worker is reparented to the master (a
-child subreaper), which reaps, signals and times it like any of its own.
+child subreaper), which reaps, signals and times it like any of its own. It runs
+nothing before the master has its pid (the adoption pipe, `MoldLink.fork`).
 Its heartbeat page and metrics arena are the master's memfds, handed over
 with the request (SCM_RIGHTS): a fork from the mold could not share them.
 
-Both ends of the mold's socket live here: `MoldLink` in the master, `serve`
-and `run` in the worker that becomes the mold.
+This is the worker's side (`run`, and `serve` once it is the mold) and the
+socket's wire format, which the master's end (master/moldlink.py) imports.
 """
 
 from __future__ import annotations
@@ -39,9 +40,11 @@ from unicornish.scoreboard import Scoreboard
 from unicornish.worker.process import Worker
 
 # master -> mold: slot, --max-tasks limit, --refork-after mark; with the fds of
-# the heartbeat page, the metrics arena and, for a spare, its slot pipe.
+# the heartbeat page, the metrics arena, the adoption pipe and, for a spare,
+# its slot pipe.
 REQUEST = struct.Struct("=iqq")
-# mold -> master: the new worker's pid, or -errno.
+# mold -> master: the new worker's pid, or -errno. The same on the adoption pipe,
+# master -> new worker: the pid the master recorded.
 REPLY = struct.Struct("=i")
 # The master waits this long for a mold's answer before it gives up on it.
 FORK_WAIT = 2.0
@@ -57,58 +60,9 @@ WORKER_SIGNALS = (
 )
 
 
-class MoldError(Exception):
-    """The mold cannot fork (dead, hung, or fork failed): fork from the master."""
-
-
-def new_address(master_pid: int) -> str:
-    """Where a promoted worker finds its master: an abstract unix socket (no
-    file to clean up), with a random part so no other process can guess it."""
-    return f"\0unicornish-mold-{master_pid}-{os.urandom(8).hex()}"
-
-
 def peer_pid(sock: socket.socket) -> int:
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     return int(struct.unpack("3i", creds)[0])
-
-
-# -- the master's end ---------------------------------------------------------------
-
-
-class MoldLink:
-    """The master's connection to one mold."""
-
-    def __init__(self, pid: int, sock: socket.socket) -> None:
-        self.pid = pid
-        self.sock = sock
-        self.usable = True  # False once it failed, died or was retired
-        self.forks = 0  # workers it forked for the master
-        sock.setblocking(True)
-        sock.settimeout(FORK_WAIT)
-
-    def fork(self, nr: int, max_tasks: int | None, refork_at: int, fds: list[int]) -> int:
-        """The pid of a new worker forked by the mold; raises MoldError."""
-        try:
-            socket.send_fds(self.sock, [REQUEST.pack(nr, max_tasks or 0, refork_at)], fds)
-            data = b""
-            while len(data) < REPLY.size:
-                chunk = self.sock.recv(REPLY.size - len(data))
-                if not chunk:
-                    raise MoldError("it closed its socket")
-                data += chunk
-        except TimeoutError:
-            raise MoldError(f"no answer in {FORK_WAIT:g}s") from None
-        except OSError as exc:
-            raise MoldError(exc.strerror or str(exc)) from None
-        (pid,) = REPLY.unpack(data)
-        if pid <= 0:
-            raise MoldError(f"fork failed: {os.strerror(-pid) if pid else 'no pid'}")
-        self.forks += 1
-        return pid
-
-    def close(self) -> None:
-        self.usable = False
-        self.sock.close()
 
 
 # -- the mold's end -----------------------------------------------------------------
@@ -204,7 +158,7 @@ class Mold:
         """One fork request; False when the master closed the socket."""
         assert self.sock is not None
         try:
-            data, fds, _flags, _addr = socket.recv_fds(self.sock, REQUEST.size, 3)
+            data, fds, _flags, _addr = socket.recv_fds(self.sock, REQUEST.size, 4)
         except OSError:
             return False
         if len(data) < REQUEST.size:
@@ -226,8 +180,8 @@ class Mold:
     def fork_worker(self, nr: int, max_tasks: int | None, refork_at: int, fds: list[int]) -> int:
         """Fork twice: the middle process exits at once, and the new worker is
         reparented to the master. Returns its pid, or -errno."""
-        if len(fds) < 2:
-            return -22  # EINVAL: no heartbeat page or arena
+        if len(fds) < 3:
+            return -22  # EINVAL: no heartbeat page, arena or adoption pipe
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_SIGNALS)
         try:
@@ -279,6 +233,14 @@ class Mold:
         if self.sock is not None:
             self.sock.close()
         mold.forget()
+        if not adopted(fds[2]):
+            mold.log.info(
+                "worker[%d] pid=%d exits: the master never learnt its pid "
+                "(the mold died or hung while it forked it)",
+                nr,
+                os.getpid(),
+            )
+            return EXIT_OK
         if not wait_for_master(mold.master_pid):
             mold.log.info("worker[%d] master pid=%d is gone", nr, mold.master_pid)
             return EXIT_OK
@@ -288,7 +250,7 @@ class Mold:
             return EXIT_OK
         board = Scoreboard(fds[0])
         arena = appmetrics.Arena(fds[1])
-        assign_fd = os.dup(fds[2]) if len(fds) > 2 else None
+        assign_fd = os.dup(fds[3]) if len(fds) > 3 else None
         for fd in fds:
             os.close(fd)
         appmetrics.REGISTRY.bind(arena)
@@ -325,6 +287,25 @@ def run_in_child(
     finally:
         log.flush_stdio()
         os._exit(code)
+
+
+def adopted(fd: int) -> bool:
+    """Whether the master has our pid: it writes it on the adoption pipe once
+    the mold's answer came, and closes the pipe unwritten when it never will
+    (EOF here; the kernel closes it too if the master dies)."""
+    # The master holds the pipe no longer than FORK_WAIT after its request:
+    # past that (a master stopped in mid-fork), it has given up on us.
+    deadline = time.monotonic() + FORK_WAIT + REPARENT_WAIT
+    data = b""
+    while len(data) < REPLY.size:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            return False
+        chunk = os.read(fd, REPLY.size - len(data))
+        if not chunk:
+            return False
+        data += chunk
+    return int(REPLY.unpack(data)[0]) == os.getpid()
 
 
 def wait_for_master(master_pid: int) -> bool:

@@ -47,6 +47,18 @@ _ACCEPT_CHECK_SECONDS = 1.0
 # accept() failing for lack of fds or memory: wait this long before trying again.
 _ACCEPT_PAUSE_SECONDS = 0.1
 
+# What the current turn of the task loop (tasks.py) was, when a wait in it
+# knows: set by accept() and no_task(), read and reset by the loop after the
+# turn. A turn that only waited is no task: it is not counted, not timed, and
+# does not bring --max-tasks or --refork-after closer.
+# Bits; 0 is by far the most common value, and the loop's only test per turn.
+TURN_TASK = 0  # nothing said: a task, as every turn used to be
+TURN_WAITED = 1  # accept() returned None, or no_task(): a task only with TURN_SERVED
+TURN_SERVED = 2  # accept() returned a connection: a task, whatever came after
+# `stopping` was set: the loop then reads `stopping` itself, so a bit lost to a
+# signal handler running amid a read-modify-write here loses no stop.
+TURN_STOP = 4
+
 
 class Worker:
     """What `worker_start(worker)` receives."""
@@ -61,6 +73,7 @@ class Worker:
         app_name: str,
         max_tasks: int | None = None,
         refork_at: int = 0,
+        kind: str = "unicornish.worker.tasks",
         settings: Settings | None = None,
     ) -> None:
         self.nr = nr
@@ -77,12 +90,13 @@ class Worker:
         self._master_create_time = master_create_time
         self._board = scoreboard
         self._app_name = app_name
-        # Read by the kind's loop on every turn: a plain attribute, not a property.
-        self.stopping = False
-        # The settings of this worker's release: its kind reads its own options there.
-        self.settings = settings if settings is not None else Settings()
+        self._turn: list[int] = [TURN_TASK]  # TURN_*: a list, read by the loop per turn
+        self._stopping = False
         # The module of this worker's kind (worker/kinds.py).
-        self.kind = self.settings.kind
+        self.kind = kind
+        # The settings of this worker's release (HUP makes a new one): what a kind
+        # reads beyond the worker's own fields (the HTTP options, --graceful-timeout).
+        self.settings = settings if settings is not None else Settings()
         self._quit = False  # QUIT (or the master's death), as opposed to a promotion
         self._promote = False
         self._report_fd = -1
@@ -101,7 +115,19 @@ class Worker:
     @property
     def alive(self) -> bool:
         """False once a stop was asked for, or the master is gone."""
-        return not self.stopping
+        return not self._stopping
+
+    @property
+    def stopping(self) -> bool:
+        """True once a stop was asked for (or the master is gone, or a promotion)."""
+        return self._stopping
+
+    @stopping.setter
+    def stopping(self, value: bool) -> None:
+        self._stopping = value
+        if value:
+            # The task loop tests one thing per turn (tasks.py): this makes it look.
+            self._turn[0] |= TURN_STOP
 
     @property
     def tasks(self) -> int:
@@ -121,7 +147,8 @@ class Worker:
         Inside, the worker shows as `idle` (status, --workers MIN:MAX counts
         it as ready for work) and --timeout does not run; leaving it starts
         the task's clock. A stop request does not interrupt the wait: give it
-        a timeout and check `worker.alive`.
+        a timeout and check `worker.alive`. When the wait got nothing, end the
+        turn with `return worker.no_task()`: a turn that only waited is no task.
         """
         board = self._board
         board.state[0] = IDLE
@@ -138,7 +165,8 @@ class Worker:
         """Wait for a connection on any listener; None on stop, master death or timeout.
 
         The wait is not timed by --timeout; the task clock starts when a
-        connection arrives.
+        connection arrives. A turn of the task loop in which accept() returned
+        None, and no earlier call a connection, only waited: it is no task.
         """
         if not self.sockets:
             raise RuntimeError("worker.accept() needs at least one --listen address")
@@ -183,13 +211,21 @@ class Worker:
                 board.state[0] = BUSY
                 board.beat[0] = now = time.monotonic()
                 self._task_start[0] += now - waiting_since
+                self._turn[0] |= TURN_SERVED
                 return conn, addr
             if not self.stopping:
                 self._check_master()
         board.state[0] = BUSY
         board.beat[0] = now = time.monotonic()
         self._task_start[0] += now - waiting_since
+        self._turn[0] |= TURN_WAITED
         return None
+
+    def no_task(self) -> None:
+        """This turn of worker_start only waited (in idle(), say) and got
+        nothing: it is not counted as a task, nor timed, nor does it bring
+        --max-tasks or --refork-after closer. `return worker.no_task()`."""
+        self._turn[0] |= TURN_WAITED
 
     def _accept_paused(self, exc: OSError) -> None:
         if not self._accept_failing:
@@ -385,9 +421,11 @@ class Worker:
         """When the current task started (one item, mutable, for a kind's hot loop)."""
         return self._task_start
 
-    def board_connections(self, count: int) -> None:
-        """The open client connections of an HTTP worker (shown by status)."""
-        self._board.connections[0] = count
+    @property
+    def turn(self) -> list[int]:
+        """What the current turn was (TURN_* bits; one item, mutable, for the task
+        loop, which resets it to TURN_TASK after each turn that set any)."""
+        return self._turn
 
     def report(self, event: int) -> None:
         """Tell the master something (protocol.REPORT_*) over the report pipe."""
@@ -461,6 +499,7 @@ class Worker:
             self._app_name,
             max_tasks,
             refork_at,
+            self.kind,
             self.settings,
         )
 

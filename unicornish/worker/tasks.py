@@ -2,7 +2,9 @@
 
 One call is one task: counted, timed, and watched by --timeout. The app waits
 for its own work (worker.accept() on the listeners, a queue, a sleep) inside
-the call.
+the call. A call that only waited is no task: its accept() returned None, or
+it said so with worker.no_task() (after a wait in worker.idle() that got
+nothing); it is neither counted nor timed.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from collections.abc import Callable
 from unicornish.app import App, CompiledApp, load_app
 from unicornish.protocol import EXIT_OK, EXIT_TASK_FAILED, REPORT_WARM, TASK_DURATION_BUCKETS
 from unicornish.scoreboard import BUSY
-from unicornish.worker.process import Worker, next_mark
+from unicornish.worker.process import TURN_SERVED, TURN_TASK, TURN_WAITED, Worker, next_mark
+
+_WAITED_ONLY = TURN_WAITED | TURN_SERVED
 
 # How often the loop compares os.getppid() with its master: a system call
 # costs as much as the rest of an empty task, so once per millisecond, not per
@@ -41,6 +45,9 @@ def serve(worker: Worker, app: App, ready: Callable[[], None]) -> int:
     smallest = bounds[0]
     bucket_of = bisect.bisect_left  # `le` is inclusive
     started = worker.task_start
+    turn = worker.turn
+    # Reset before `stopping` is read: a stop asked for after this is seen.
+    turn[0] = TURN_TASK  # an accept() in after_fork is no turn of ours
     clock = time.monotonic
     getppid = os.getppid
     master_pid = worker.master_pid
@@ -55,13 +62,33 @@ def serve(worker: Worker, app: App, ready: Callable[[], None]) -> int:
     now = clock()
     check_parent_at = now + _PARENT_CHECK_SECONDS
     try:
-        while not worker.stopping:
+        if worker.stopping:
+            return EXIT_OK
+        # One test per turn, `turn[0]`, for both what the turn was and a stop:
+        # setting `stopping` sets a bit there too. So a stop is seen right
+        # after the turn it came in (or after the bookkeeping of the turn
+        # before), not at the top of the loop.
+        while True:
             beat[0] = started[0] = now
             worker_start(worker)
+            # One clock read per turn: a turn's end is the next one's start.
+            now = clock()
+            if turn[0]:  # seldom: a wait in the turn said what it was, or a stop
+                said = turn[0]
+                turn[0] = TURN_TASK
+                # `stopping` read after the reset: a stop set in between is not lost.
+                if said & _WAITED_ONLY == TURN_WAITED:
+                    if worker.stopping:
+                        break
+                    if now >= check_parent_at:
+                        check_parent_at = now + _PARENT_CHECK_SECONDS
+                        if getppid() != master_pid:
+                            worker.check_master()
+                    continue
+                if worker.stopping:
+                    mark = done + 1  # counted below; the mark's test ends the loop
             done += 1
             tasks[0] = done
-            # One clock read per task: a task's end is the next one's start.
-            now = clock()
             if record:
                 took = now - started[0]
                 # Tiny tasks, where this loop's own cost shows most, skip the search.
@@ -77,6 +104,8 @@ def serve(worker: Worker, app: App, ready: Callable[[], None]) -> int:
                 check_parent_at = now + _PARENT_CHECK_SECONDS
                 if getppid() != master_pid:
                     worker.check_master()
+                    if worker.stopping:
+                        mark = done
             if done == mark:
                 if done == refork_at:
                     worker.report(REPORT_WARM)
@@ -84,6 +113,8 @@ def serve(worker: Worker, app: App, ready: Callable[[], None]) -> int:
                     worker.log.info(
                         "worker[%d] reached --max-tasks after %d tasks", worker.nr, done
                     )
+                    break
+                if worker.stopping:
                     break
                 mark = next_mark(done, limit, refork_at)
     except SystemExit as exc:

@@ -8,7 +8,6 @@ counted, timed by --timeout, and counted towards --max-tasks.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -21,8 +20,12 @@ from typing import IO, Any
 from urllib.parse import unquote_to_bytes
 
 from unicornish.app import App, AppError, CompiledApp, load_module, module_hooks
+from unicornish.host import log
 from unicornish.protocol import EXIT_OK, EXIT_TASK_FAILED
 from unicornish.worker.process import Worker
+
+# The master refuses to start without a listener (worker/kinds.py).
+NEEDS_LISTENERS = True
 
 # A response whose body is at most this big is gathered and written in one
 # go, with a Content-Length we count; a bigger one is streamed.
@@ -48,10 +51,17 @@ _STATUS = re.compile(r"[1-5][0-9][0-9](?: [^\x00-\x08\x0a-\x1f\x7f]*)?\Z")
 _HEAD = re.compile(r"HTTP/1\.1 [^\r\n]*\r\n(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+: [^\x00\r\n]*\r\n)*")
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other")
-STATUSES = (
-    "200 201 204 206 301 302 303 304 307 308 400 401 403 404 405 409 413 422 429 "
-    "500 502 503 504 other"
-).split()
+# The status codes counted under their own label; any other under its class (4xx),
+# as --asgi does (with fewer codes: each is a series per method).
+COMMON_STATUSES = (200, 201, 204, 301, 302, 304, 400, 401, 403, 404, 405, 422, 429, 500, 502, 503)
+STATUSES = (*map(str, COMMON_STATUSES), "1xx", "2xx", "3xx", "4xx", "5xx", "other")
+_KNOWN_METHODS = frozenset(METHODS)
+
+
+def _status_label(code: int) -> str:
+    return str(code) if code in COMMON_STATUSES else f"{code // 100}xx"
+
+
 REFUSALS = (
     "malformed method target version host content_length transfer_encoding trailer "
     "expect request_line field_size field_count head_size body_size timeout"
@@ -429,11 +439,10 @@ class WSGIHandler:
 
     def __init__(self, worker: Worker, app: Callable[..., Any]) -> None:
         from unicornish.http.server import Stats
-        from unicornish.metrics.appmetrics import COUNTER, GAUGE, HISTOGRAM
-        from unicornish.metrics.appmetrics import declare_own as declare
+        from unicornish.metrics.appmetrics import COUNTER, GAUGE, HISTOGRAM, builtin_metric
 
         def own(*args: Any) -> Any:
-            return declare(*args)
+            return builtin_metric(*args)
 
         self.worker = worker
         self.app = app
@@ -441,7 +450,9 @@ class WSGIHandler:
         settings = worker.settings
         self.errors = ErrorStream(worker.log)
         self.script_name = os.environ.get("SCRIPT_NAME", "").rstrip("/")
-        self.trusted = _trust(settings.forwarded_allow_ips)
+        self.trusted = _trust(
+            tuple(item.strip() for item in settings.forwarded_allow_ips.split(",") if item.strip())
+        )
         self.access_log = settings.access_log
         self.base = {
             "wsgi.version": (1, 0),
@@ -459,9 +470,13 @@ class WSGIHandler:
             "HTTP requests answered by the app, by method and status",
             {"method": METHODS, "status": STATUSES},
         )
-        self.request_count: dict[tuple[str, str], Callable[..., None]] = {
-            (m, s): requests.labels(method=m, status=s).inc for m in METHODS for s in STATUSES
+        # (method, status code) -> its series' inc, for every code a response can have.
+        self.request_count: dict[tuple[str, int], Callable[..., None]] = {
+            (m, code): requests.labels(method=m, status=_status_label(code)).inc
+            for m in METHODS
+            for code in range(100, 600)
         }
+        self.other_status = {m: requests.labels(method=m, status="other").inc for m in METHODS}
         self.duration = own(
             HISTOGRAM,
             "unicornish_http_request_duration_seconds",
@@ -544,8 +559,8 @@ class WSGIHandler:
             request.keep_alive = response.keep_alive
             took = time.monotonic() - (request.received or started)
             method = request.method if request.method in _KNOWN_METHODS else "other"
-            status = str(response.code)
-            self.request_count.get((method, status), self.request_count[(method, "other")])()
+            count = self.request_count.get((method, response.code))
+            (count or self.other_status[method])()
             self.duration(took)
             if self.access_log != "off":
                 self.log_access(conn, request, response, took)
@@ -643,33 +658,33 @@ class WSGIHandler:
         return environ
 
     def log_access(self, conn: Any, request: Any, response: Response, took: float) -> None:
+        """The line --asgi writes too: `worker[n] CLIENT "METHOD TARGET HTTP/V" STATUS
+        DURATIONms`, with the `http_request` event for --log-format json."""
         peer = conn.peer
-        remote = peer[0] if isinstance(peer, tuple) and peer else "unix"
+        client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and peer else "unix"
         target = request.target.decode("latin-1")
-        size = response.sent
-        if self.access_log == "json":
-            line = json.dumps(
-                {
-                    "remote": remote,
-                    "method": request.method,
-                    "target": target,
-                    "version": request.version,
-                    "status": response.code,
-                    "bytes": size,
-                    "duration": round(took, 6),
-                    "worker": self.worker.nr,
-                },
-                ensure_ascii=False,
-            )
-        else:
-            line = (
-                f'{remote} "{request.method} {target} HTTP/{request.version}" '
-                f"{response.code} {size} {took:.6f}"
-            )
-        self.worker.log.info("%s", line)
-
-
-_KNOWN_METHODS = frozenset(METHODS)
+        worker = self.worker
+        worker.log.info(
+            'worker[%d] %s "%s %s HTTP/%s" %d %.1fms',
+            worker.nr,
+            client,
+            request.method,
+            target,
+            request.version,
+            response.code,
+            took * 1000,
+            extra=log.event(
+                "http_request",
+                nr=worker.nr,
+                client=client,
+                method=request.method,
+                path=target,
+                http_version=request.version,
+                status=response.code,
+                duration=round(took, 6),
+                bytes=response.sent,
+            ),
+        )
 
 
 _PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
@@ -715,8 +730,9 @@ def _client_address(forwarded_for: str, trusted: Callable[[str], bool]) -> str |
 def _trust(allowed: tuple[str, ...]) -> Callable[[str], bool]:
     if "*" in allowed:
         return lambda address: True
-    if not any("/" in item for item in allowed):
-        # Plain addresses (the default): compared as text, without ipaddress.
+    if all(item == "::1" or ("/" not in item and ":" not in item) for item in allowed):
+        # Plain addresses (the default): compared as text, without ipaddress
+        # (an IPv6 spelling other than ::1 goes the ipaddress way below).
         plain = frozenset(item.lower() for item in allowed)
 
         def trusted_address(address: str) -> bool:

@@ -2,7 +2,7 @@
 """The HTTP worker (--wsgi) against gunicorn (sync, gthread), granian (WSGI) and
 Ruby's Unicorn (Rack), side by side in one run, with wrk as the load.
 
-    bench/.venv/bin/python bench/http.py [--quick] [--out DIR]
+    bench/.venv/bin/python bench/http_wsgi.py [--quick] [--out DIR]
 
 `make bench` runs it after bench/run.py. Rows (requests/s unless said):
 
@@ -466,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peers", default=",".join(PEERS))
     args = ap.parse_args(argv)
     if not shutil.which("wrk"):
-        print("bench/http.py: wrk not installed (bash bench/setup.sh installs it); skipped")
+        print("bench/http_wsgi.py: wrk not installed (bash bench/setup.sh installs it); skipped")
         return 0
     peers = [p for p in args.peers.split(",") if p]
     started = time.monotonic()
@@ -485,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     with open("/proc/loadavg") as f:
         load = f.read().split()[0]
     text = (
-        f"`bench/.venv/bin/python bench/http.py{' --quick' if args.quick else ''}` on "
+        f"`bench/.venv/bin/python bench/http_wsgi.py{' --quick' if args.quick else ''}` on "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, "
         f"load average {load} at the end, wrk -t1 -c64 "
         f"({'3' if args.quick else '8'} s per figure)\n\n" + markdown(table, peers) + "\n"
