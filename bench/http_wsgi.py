@@ -14,11 +14,13 @@ Ruby's Unicorn (Rack), side by side in one run, with wrk as the load.
                         that never ends, as a share of the figure without them
   idle                  1000 idle keep-alive connections parked in one worker:
                         its wake-ups per second (voluntary context switches) over 5 s
-  rss                   the RSS of one worker after the keep-alive run (MiB)
+  cpu per request       the serving processes' CPU time over the run / the requests
+                        (steadier than a rate when other work shares the machine)
+  rss, pss              the RSS and PSS of one worker after the keep-alive run (MiB)
 
 Unicorn answers one request per connection (no keep-alive); its keep-alive
 rows are what wrk gets from it so. granian is the ceiling (Rust); the gap to
-it is reported as a ratio. Writes bench/results/http.md and http.json.
+it is reported as a ratio. Writes bench/results/http_wsgi.md and http_wsgi.json.
 """
 
 from __future__ import annotations
@@ -300,6 +302,16 @@ def park_idle(port: int, n: int) -> list[socket.socket]:
     return socks
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, its threads included (granian's)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def switches(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -353,6 +365,7 @@ def measure(peers: list[str], quick: bool, log: Callable[[str], None]) -> Table:
             p99: dict[str, object] = {}
             rss: dict[str, object] = {}
             pss: dict[str, object] = {}
+            cpu: dict[str, object] = {}
             for peer in peers:
                 try:
                     server = start(peer, app, workers, tmp)
@@ -364,7 +377,12 @@ def measure(peers: list[str], quick: bool, log: Callable[[str], None]) -> Table:
                     continue
                 try:
                     wrk(server.port, 1.0, close=close)  # warm up
+                    pids = server.worker_pids()
+                    before = sum(cpu_seconds(p) for p in pids)
                     result = wrk(server.port, seconds, close=close)
+                    used = sum(cpu_seconds(p) for p in pids) - before
+                    served = result.rps * seconds
+                    cpu[peer] = round(1e6 * used / served, 1) if served else "n/a"
                     rps[peer] = round(result.rps)
                     p99[peer] = round(result.p99_ms, 2)
                     if result.errors:
@@ -378,6 +396,7 @@ def measure(peers: list[str], quick: bool, log: Callable[[str], None]) -> Table:
                     server.stop()
             table.add(name, "req/s", rps)
             table.add(name + ": p99", "ms", p99)
+            table.add(name + ": workers' CPU per request", "us", cpu)
             if rss:
                 table.add(name + ": RSS per worker", "MiB", rss)
                 table.add(name + ": PSS per worker", "MiB", pss)
@@ -447,7 +466,7 @@ def markdown(table: Table, peers: list[str]) -> str:
         ]
         gran = values.get("granian")
         if isinstance(mine, (int, float)) and guns:
-            best = max(guns) if unit in ("req/s", "%") else min(guns)
+            best = max(guns) if unit in ("req/s", "%") else min(guns)  # us, ms, MiB: lower
             cells.append(f"{mine / best:.2f}x" if best else "-")
         else:
             cells.append("-")
@@ -492,9 +511,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(text)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "http.md"), "w") as f:
+    with open(os.path.join(args.out, "http_wsgi.md"), "w") as f:
         f.write(text)
-    with open(os.path.join(args.out, "http.json"), "w") as f:
+    with open(os.path.join(args.out, "http_wsgi.json"), "w") as f:
         json.dump({"rows": table.rows}, f, indent=1, default=str)
     return 0
 

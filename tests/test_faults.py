@@ -633,6 +633,9 @@ def test_deadlines_never_read_the_wall_clock():
         # cpu percent = cpu time / (now - psutil's create_time), which is wall-clock based
         "metrics/procstats.py: now = time.time() if now is None else now",
         "ctl/client.py: now = time.time()",
+        # the Date header of --wsgi's responses (RFC 9110: the wall clock)
+        "http/server.py: now = int(time.time())",
+        "http/server.py: t = time.gmtime(seconds)",
     )
     suspicious = [
         u

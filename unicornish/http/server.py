@@ -559,11 +559,8 @@ class HTTPServer:
                 self._listen(True)
 
     def _read_timed_out(self, conn: Conn) -> None:
-        if conn.reader.between_requests and not conn.served and conn.state == IDLE:
-            self._close(conn)
-            return
-        if conn.reader.between_requests and conn.state != READING:
-            self._close(conn)
+        if conn.reader.between_requests:
+            self._close(conn)  # nothing of a request came (a new connection): no answer owed
             return
         self._refuse(conn, HTTPError(408, "timeout", "request not read in time"))
         if conn.fd >= 0:
