@@ -54,6 +54,8 @@ VALID: list[tuple[str, bytes]] = [
         b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n"
         b'3;a="b c"\r\nabc\r\n0\r\n\r\n',
     ),
+    # RFC 9112 asks for at least 8000 bytes of request line: served.
+    ("request line of 8000 bytes", b"GET /" + b"a" * 7980 + b" HTTP/1.1\r\n" + H + b"\r\n"),
 ]
 
 CL = b"Content-Length: "

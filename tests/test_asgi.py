@@ -64,9 +64,13 @@ def test_http_streaming_websocket_and_lifespan(start: Any, app_dir: Path, tmp_pa
         assert ws.recv(timeout=5).endswith(" ping")
         # The metrics while it is open: one WebSocket, requests by status.
         text = run_ctl(control, "metrics")
-    assert re.search(r'^unicornish_http_requests_total\{status="200"\} [3-9]', text, re.M), text
-    assert re.search(r'^unicornish_http_requests_total\{status="404"\} 1\.0', text, re.M)
-    assert re.search(r'^unicornish_http_requests_total\{status="4xx"\} 1\.0', text, re.M)
+    ok = r'^unicornish_http_requests_total\{method="GET",status="200"\} [3-9]'
+    assert re.search(ok, text, re.M), text
+    missing = r'^unicornish_http_requests_total\{method="GET",status="404"\} 1\.0'
+    assert re.search(missing, text, re.M)
+    teapot = r'^unicornish_http_requests_total\{method="GET",status="4xx"\} 1\.0'
+    assert re.search(teapot, text, re.M)
+    assert re.search(r"^unicornish_http_request_duration_seconds_count [3-9]", text, re.M), text
     assert re.search(r"^unicornish_websockets_open 1\.0", text, re.M), text
     assert re.search(r"^unicornish_http_requests_in_flight 0\.0", text, re.M)
     # One request, one task: the master's task figures count them.

@@ -15,7 +15,14 @@ from typing import Any, NoReturn
 
 from unicornish import __version__
 from unicornish import app as app_module
-from unicornish.config import APP_OPTIONS, OPTIONS, Option, Settings, build_settings
+from unicornish.config import (
+    APP_OPTIONS,
+    OPTIONS,
+    Option,
+    Settings,
+    build_settings,
+    one_of,
+)
 from unicornish.errors import StartupError, UsageError
 from unicornish.host import log, pidfile, privileges
 from unicornish.host import sockets as sockets_module
@@ -85,7 +92,7 @@ def parse_cli(argv: list[str]) -> dict[str, Any]:
     if values.get("metrics"):
         sockets_module.parse_address(values["metrics"], "--metrics")
     if not any(option.name in values for option in APP_OPTIONS) and "config" not in values:
-        flags = " or ".join(option.flag_name for option in APP_OPTIONS)
+        flags = one_of(option.flag_name for option in APP_OPTIONS)
         raise UsageError(f"the following arguments are required: {flags}")
     return values
 

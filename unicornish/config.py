@@ -239,11 +239,26 @@ def access_log_format(value: Any) -> str:
 
 
 def address_list(value: Any) -> str:
-    """--forwarded-allow-ips: comma-separated IPs or networks, or '*'."""
-    items = [part.strip() for part in text(value).split(",")]
-    if not all(items):
-        raise ValueError(f"must be IP addresses separated by commas, or '*', got {value!r}")
-    return ",".join(items)
+    """--forwarded-allow-ips: addresses or networks (CIDR), comma-separated, or *;
+    each checked and spelt one way, joined by commas (as uvicorn takes them)."""
+    import ipaddress
+
+    what = f"must be IP addresses or networks separated by commas, or *, got {value!r}"
+    items = value if isinstance(value, (list, tuple)) else text(value).split(",")
+    out = []
+    for item in items:
+        item = str(item).strip()
+        if not item:
+            raise ValueError(what)
+        if item != "*":
+            try:
+                network = ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(what) from None
+            # One spelling per address (::1, not 0:0:0:0:0:0:0:1): workers compare text.
+            item = str(network.network_address) if "/" not in item else str(network)
+        out.append(item)
+    return ",".join(out)
 
 
 def wsgi_spec(value: Any) -> str:
@@ -860,16 +875,22 @@ def build_settings(cli_values: dict[str, Any]) -> tuple[Settings, list[str]]:
     settings = Settings().with_values(merged)
     settings = replace(settings, hooks=hooks)
     given = [each for each in APP_OPTIONS if getattr(settings, each.name)]
-    flags = " or ".join(each.flag_name for each in APP_OPTIONS)
+    flags = one_of(each.flag_name for each in APP_OPTIONS)
     if not given:
         if config_path:
-            names = " or ".join(each.name for each in APP_OPTIONS)
-            raise StartupError(f"no app: give {flags} or set {names} in {config_path}")
+            names = one_of(each.name for each in APP_OPTIONS)
+            raise StartupError(f"no app: give {flags}, or set {names} in {config_path}")
         raise StartupError(f"no app: give {flags}")
     if len(given) > 1:
         both = " and ".join(each.flag_name for each in given)
         raise StartupError(f"give one app, not {both}")
     return settings, warnings
+
+
+def one_of(words: Iterable[str]) -> str:
+    """`a, b or c`: the choices a message offers."""
+    *first, last = list(words)
+    return f"{', '.join(first)} or {last}" if first else last
 
 
 def settings_fields(settings: Settings, names: Iterable[str]) -> dict[str, Any]:

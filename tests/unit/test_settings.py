@@ -26,7 +26,7 @@ def test_command_line_alone_gives_the_defaults_for_the_rest():
 
 
 def test_no_app_anywhere():
-    with pytest.raises(StartupError, match=r"^no app: give --app or --asgi or --wsgi$"):
+    with pytest.raises(StartupError, match=r"^no app: give --app, --asgi or --wsgi$"):
         build_settings({"workers": 2})
 
 
@@ -35,7 +35,7 @@ def test_no_app_in_the_config_either(tmp_path):
     with pytest.raises(StartupError) as caught:
         build_settings({"config": path})
     assert str(caught.value) == (
-        f"no app: give --app or --asgi or --wsgi or set app or asgi or wsgi in {path}"
+        f"no app: give --app, --asgi or --wsgi, or set app, asgi or wsgi in {path}"
     )
 
 

@@ -28,6 +28,7 @@ from unicornish.host import log
 from unicornish.metrics import appmetrics
 from unicornish.protocol import REPORT_WARM, TASK_DURATION_BUCKETS
 from unicornish.scoreboard import BUSY, IDLE
+from unicornish.worker import httpmetrics
 from unicornish.worker.process import Worker
 
 Scope = MutableMapping[str, Any]
@@ -36,21 +37,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-# The status codes counted under their own label; any other under its class (4xx).
-COMMON_STATUSES = (
-    200, 201, 202, 204, 206, 301, 302, 303, 304, 307, 308,
-    400, 401, 403, 404, 405, 406, 408, 409, 410, 413, 414, 415, 422, 429, 431,
-    500, 501, 502, 503, 504,
-)  # fmt: skip
-STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "other")
 GOING_AWAY = 1001
 _CLOSE_HEADER = (b"connection", b"close")
-
-
-def status_label(status: int) -> str:
-    if status in COMMON_STATUSES:
-        return str(status)
-    return f"{status // 100}xx" if 100 <= status <= 599 else "other"
 
 
 class Retired(OSError):
@@ -64,14 +52,8 @@ class _Metrics:
     """unicornish_http_* in the worker's arena, summed by the master."""
 
     def __init__(self) -> None:
-        requests = appmetrics.builtin_metric(
-            appmetrics.COUNTER,
-            "unicornish_http_requests",
-            "HTTP requests answered, by status (a common code, else its class: 4xx)",
-            {"status": [*map(str, COMMON_STATUSES), *STATUS_CLASSES]},
-        )
-        self.by_status = {code: requests.labels(status_label(code)) for code in range(100, 600)}
-        self.other = requests.labels("other")
+        self.count_request = httpmetrics.request_counter()
+        self.duration = httpmetrics.request_duration()
         self.in_flight = cast(
             appmetrics.Gauge,
             appmetrics.builtin_metric(
@@ -216,7 +198,8 @@ class Requests:
             took = time.monotonic() - started
             board.durations[bisect.bisect_left(TASK_DURATION_BUCKETS, took)] += 1.0
             board.duration_sum[0] += took
-            metrics.by_status.get(status, metrics.other).inc()
+            metrics.count_request(scope["method"], status)
+            metrics.duration(took)
             metrics.in_flight.set(self.in_flight)
         if self.access != "off":
             self.log_access(scope, started, status)

@@ -22,6 +22,7 @@ from urllib.parse import unquote_to_bytes
 from unicornish.app import App, AppError, CompiledApp, load_module, module_hooks
 from unicornish.host import log
 from unicornish.protocol import EXIT_OK, EXIT_TASK_FAILED
+from unicornish.worker import httpmetrics
 from unicornish.worker.process import Worker
 
 # The master refuses to start without a listener (worker/kinds.py).
@@ -50,40 +51,10 @@ _STATUS = re.compile(r"[1-5][0-9][0-9](?: [^\x00-\x08\x0a-\x1f\x7f]*)?\Z")
 # a value without CR, LF or NUL, CRLF.
 _HEAD = re.compile(r"HTTP/1\.1 [^\r\n]*\r\n(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+: [^\x00\r\n]*\r\n)*")
 
-METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other")
-# The status codes counted under their own label; any other under its class (4xx),
-# as --asgi does (with fewer codes: each is a series per method).
-COMMON_STATUSES = (200, 201, 204, 301, 302, 304, 400, 401, 403, 404, 405, 422, 429, 500, 502, 503)
-STATUSES = (*map(str, COMMON_STATUSES), "1xx", "2xx", "3xx", "4xx", "5xx", "other")
-_KNOWN_METHODS = frozenset(METHODS)
-
-
-def _status_label(code: int) -> str:
-    return str(code) if code in COMMON_STATUSES else f"{code // 100}xx"
-
-
 REFUSALS = (
     "malformed method target version host content_length transfer_encoding trailer "
     "expect request_line field_size field_count head_size body_size timeout"
 ).split()
-DURATION_BUCKETS = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-)
 
 
 # -- loading --------------------------------------------------------------------
@@ -439,7 +410,7 @@ class WSGIHandler:
 
     def __init__(self, worker: Worker, app: Callable[..., Any]) -> None:
         from unicornish.http.server import Stats
-        from unicornish.metrics.appmetrics import COUNTER, GAUGE, HISTOGRAM, builtin_metric
+        from unicornish.metrics.appmetrics import COUNTER, GAUGE, builtin_metric
 
         def own(*args: Any) -> Any:
             return builtin_metric(*args)
@@ -464,26 +435,8 @@ class WSGIHandler:
             "wsgi.input_terminated": True,
             "SCRIPT_NAME": self.script_name,
         }
-        requests = own(
-            COUNTER,
-            "unicornish_http_requests",
-            "HTTP requests answered by the app, by method and status",
-            {"method": METHODS, "status": STATUSES},
-        )
-        # (method, status code) -> its series' inc, for every code a response can have.
-        self.request_count: dict[tuple[str, int], Callable[..., None]] = {
-            (m, code): requests.labels(method=m, status=_status_label(code)).inc
-            for m in METHODS
-            for code in range(100, 600)
-        }
-        self.other_status = {m: requests.labels(method=m, status="other").inc for m in METHODS}
-        self.duration = own(
-            HISTOGRAM,
-            "unicornish_http_request_duration_seconds",
-            "Time from a request's complete head to the end of its response",
-            None,
-            DURATION_BUCKETS,
-        ).observe
+        self.count_request = httpmetrics.request_counter()
+        self.duration = httpmetrics.request_duration()
         refused = own(
             COUNTER,
             "unicornish_http_requests_refused",
@@ -558,9 +511,7 @@ class WSGIHandler:
                 request.body.close()
             request.keep_alive = response.keep_alive
             took = time.monotonic() - (request.received or started)
-            method = request.method if request.method in _KNOWN_METHODS else "other"
-            count = self.request_count.get((method, response.code))
-            (count or self.other_status[method])()
+            self.count_request(request.method, response.code)
             self.duration(took)
             if self.access_log != "off":
                 self.log_access(conn, request, response, took)
