@@ -403,7 +403,8 @@ class HTTPServer:
             conn.unreadable = True
         if reader.continue_wanted:
             reader.continue_wanted = False
-            self.send(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
+            if not reader.between_requests:  # its body is still to come: ask for it
+                self.send(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
         done = len(reader.done)
         if not more or done >= PIPELINE_DEPTH:
             # An error or an upgrade: nothing after it is read. Or enough queued.

@@ -279,7 +279,9 @@ class Response:
         """The status line and fields, with our framing, Date, Server, Connection."""
         if self.server.stopping or self.server.worker.stopping:
             self.keep_alive = False  # a stop came while the app ran: this is the last
-        lines = ["HTTP/1.1 ", self.status or "500 Internal Server Error", "\r\n"]
+        status = self.status or "500 Internal Server Error"
+        # "200" alone is a valid WSGI status; the status line needs the space anyway.
+        lines = ["HTTP/1.1 ", status if len(status) > 3 else status + " ", "\r\n"]
         fields = 0
         has_date = has_server = False
         for name, value in self.headers:
