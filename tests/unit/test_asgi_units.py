@@ -12,8 +12,8 @@ import pytest
 
 from unicornish import config
 from unicornish.app import AppError, load_callable, split_spec
-from unicornish.worker.asgi_requests import Requests, last_line
 from unicornish.worker.httpmetrics import status_label
+from unicornish.worker.middleware import Requests, last_line
 
 
 @pytest.mark.parametrize(

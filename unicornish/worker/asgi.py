@@ -16,7 +16,7 @@ adds is the master's protocol:
   open WebSockets get until shortly before --graceful-timeout, when the
   WebSockets still open are closed with 1001 (going away); then the lifespan
   shutdown. TERM and INT exit at once (process.py).
-* Per-request bookkeeping (scoreboard, metrics, limits): asgi_requests.py.
+* Per-request bookkeeping (scoreboard, metrics, limits): middleware.py.
 
 uvicorn and the parts of it used here are imported only in a worker of this
 kind: the core keeps its two dependencies (`pip install 'unicornish[asgi]'`).
@@ -40,7 +40,7 @@ from unicornish.host import log
 from unicornish.host.sockets import BACKLOG
 from unicornish.protocol import EXIT_BOOT_FAILED, EXIT_OK
 from unicornish.scoreboard import IDLE
-from unicornish.worker.asgi_requests import ASGIApp, Requests
+from unicornish.worker.middleware import ASGIApp, Requests
 from unicornish.worker.process import Worker
 
 EXTRA_HINT = "--asgi needs uvicorn: pip install 'unicornish[asgi]'"
@@ -108,7 +108,7 @@ def uvicorn_config(settings: Settings, app: ASGIApp) -> Any:
         lifespan=settings.lifespan,  # type: ignore[arg-type]
         log_config=None,
         access_log=False,  # our own (--access-log), with the worker's number
-        proxy_headers=False,  # applied in asgi_requests, unix-socket peers trusted
+        proxy_headers=False,  # applied in middleware.py, unix-socket peers trusted
         forwarded_allow_ips=settings.forwarded_allow_ips,
         root_path=settings.root_path or "",
         limit_concurrency=settings.limit_concurrency,

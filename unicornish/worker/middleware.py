@@ -1,4 +1,4 @@
-"""What --asgi adds around the app, per request: the master's bookkeeping.
+"""The ASGI middleware --asgi puts between uvicorn and the app: the master's bookkeeping.
 
 uvicorn runs the protocol; this ASGI layer between uvicorn and the app keeps
 the scoreboard and the metrics, applies the shared HTTP limits, marks
