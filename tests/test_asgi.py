@@ -30,6 +30,7 @@ from helpers import (
     run_cli,
     start_asgi,
     wait_until,
+    worker_children,
     wrk,
     wrk_result,
 )
@@ -374,6 +375,8 @@ def test_refork_from_a_warm_asgi_worker(start: Any, app_dir: Path) -> None:
         assert get(port, "/")[0] == 200
     run.wait_log(r"refork done: 2 workers forked from mold pid=\d+", timeout=30)
     molded = {int(p) for p in re.findall(r"spawned pid=(\d+) \(from mold", run.log())}
+    # The workers they replace got QUIT; one may still accept until its next tick.
+    wait_until(lambda: set(worker_children(run.pid)) <= molded, 10, "the old workers gone")
     seen = {json.loads(get(port, "/info")[1])["pid"] for _ in range(20)}
     assert seen and seen <= molded
     with ws_client.connect(f"ws://127.0.0.1:{port}/ws") as ws:

@@ -399,7 +399,7 @@ def test_bad_wsgi_specs_fail_before_any_fork(tmp_path: Path) -> None:
     for spec, message in (
         ("nosuchmodule:app", "app module not found: nosuchmodule"),
         ("flask_app:nosuch", "has no 'nosuch'"),
-        ("notcallable", "application is not a WSGI callable"),
+        ("notcallable", "application is not callable (got int)"),
         ("broken:app", "ModuleNotFoundError"),
         ("flask_app:app:x", "must be MODULE:NAME"),
     ):

@@ -14,7 +14,7 @@ which also re-exports these names for tests that import them from there.
 """
 
 from .apps import BROKEN_APP, loop_app, slow_boot_app, slow_task_app, write_app
-from .asgi import APP_DIR, WRK, copy_asgi_app, get, start_asgi, wrk, wrk_result
+from .asgi import APP_DIR, copy_asgi_app, get, start_asgi, wrk, wrk_result
 from .cgroups import (
     LAUNCHER,
     MIB,
@@ -57,7 +57,7 @@ from .processes import (
     wait_until,
     worker_children,
 )
-from .wsgi import Load, LoadResult, exchange, listening_port, statuses, wsgi_site
+from .wsgi import WRK, Load, LoadResult, exchange, listening_port, statuses, wsgi_site
 
 __all__ = [
     "Load",

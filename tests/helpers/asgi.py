@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from .processes import ROOT, Run
+from .wsgi import Load
 
 APP_DIR = ROOT / "tests" / "asgiapp"
-WRK = shutil.which("wrk")
 
 
 def copy_asgi_app(tmp_path: Path) -> Path:
@@ -38,21 +38,8 @@ def start_asgi(start: Any, app_dir: Path, port: int, *args: str, **kw: Any) -> R
 
 
 def wrk(port: int, seconds: float, path: str = "/") -> subprocess.Popen[str]:
-    assert WRK, "wrk is needed (make's TOOLS_STAMP installs it)"
-    return subprocess.Popen(
-        [
-            WRK,
-            "-t2",
-            "-c16",
-            f"-d{seconds:g}s",
-            "--timeout",
-            "10s",
-            f"http://127.0.0.1:{port}{path}",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    """wrk with 16 keep-alive connections, in the background (the WSGI tests' Load)."""
+    return Load(port, seconds, 16, path).proc
 
 
 def wrk_result(proc: subprocess.Popen[str], timeout: float = 60) -> str:

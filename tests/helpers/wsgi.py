@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .asgi import WRK
 from .processes import ROOT
+
+# wrk, the load generator (make check installs it with the other system tools).
+WRK = shutil.which("wrk")
 
 WSGI_APPS = ROOT / "tests" / "wsgi_apps"
 

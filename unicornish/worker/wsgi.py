@@ -19,7 +19,7 @@ from io import BytesIO
 from typing import IO, Any
 from urllib.parse import unquote_to_bytes
 
-from unicornish.app import App, AppError, CompiledApp, load_module, module_hooks
+from unicornish.app import App, AppError, CompiledApp, load_callable, module_hooks
 from unicornish.host import log
 from unicornish.protocol import EXIT_OK, EXIT_TASK_FAILED
 from unicornish.worker import httpmetrics
@@ -68,30 +68,13 @@ def load(spec: str, compiled: CompiledApp | None) -> App:
         import httptools  # noqa: F401 - the parser: said now, not in each worker
     except ImportError:
         raise AppError("--wsgi needs httptools: pip install 'unicornish[wsgi]'") from None
-    module_spec, _sep, name = spec.partition(":")
-    name = name or "application"
-    factory = name.endswith("()")
-    if factory:
-        name = name[:-2]
     cwd = os.getcwd()
     if not sys.path or sys.path[0] != cwd:
         if cwd in sys.path:
             sys.path.remove(cwd)
         sys.path.insert(0, cwd)
-    module = load_module(module_spec, compiled)
-    if not hasattr(module, name):
-        raise AppError(f"app {module_spec} has no {name!r}")
-    target = getattr(module, name)
-    if factory:
-        if not callable(target):
-            raise AppError(f"app {spec}: {name} is not callable")
-        try:
-            target = target()
-        except BaseException as exc:  # noqa: BLE001 - the user's factory can raise anything
-            raise AppError(f"app {spec}: {name}() raised {type(exc).__name__}: {exc}") from exc
-    if not callable(target):
-        raise AppError(f"app {spec}: {name} is not a WSGI callable")
-    return App(spec=spec, module=module, entry=target, hooks=module_hooks(module_spec, module))
+    module, target = load_callable(spec, "application", compiled)
+    return App(spec=spec, module=module, entry=target, hooks=module_hooks(spec, module))
 
 
 # -- serving --------------------------------------------------------------------
