@@ -1,3 +1,3 @@
 """HTTP/1.1 for the HTTP worker kinds: strict request parsing (parser.py) and
 the one-thread connection loop that buffers requests and writes responses
-(connections.py). Imported only by a worker that serves HTTP."""
+(server.py). Imported only by a worker that serves HTTP."""
