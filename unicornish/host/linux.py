@@ -4,7 +4,6 @@ liveness check that sees through zombies."""
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 import psutil
@@ -18,7 +17,9 @@ _libc: ctypes.CDLL | None = None
 def _prctl(option: int, arg: int) -> bool:
     global _libc
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        # The interpreter's own symbols include libc's: no ctypes.util.find_library,
+        # which runs `ldconfig -p` in a child and imports shutil and subprocess.
+        _libc = ctypes.CDLL(None, use_errno=True)
     return int(_libc.prctl(option, arg, 0, 0, 0)) == 0
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 
 import psutil
 
@@ -107,6 +106,8 @@ def check_writable(path: str) -> None:
     """
     directory = os.path.dirname(os.path.abspath(path))
     try:
+        import tempfile  # only here: it imports shutil, random and more
+
         fd, probe = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
     except OSError as exc:
         raise StartupError(f"cannot write pid file {path}: {exc.strerror or exc}") from None
