@@ -14,26 +14,32 @@ import psutil
 import pytest
 from helpers import let_pass, run_cli, wait_until, write_app
 
+# Each line is one write(2): two workers' print()s interleave their text and
+# their newline when Python's stdout is unbuffered (PYTHONUNBUFFERED).
 APP = """
 import os, time
+def say(line):
+    os.write(1, (line + "\\n").encode())
 def after_fork(worker):
-    print(f"app after_fork {worker.nr} {os.getpid()}", flush=True)
+    say(f"app after_fork {worker.nr} {os.getpid()}")
 def worker_exit(worker):
-    print(f"app worker_exit {worker.nr} {os.getpid()}", flush=True)
+    say(f"app worker_exit {worker.nr} {os.getpid()}")
 def before_fork(worker):
-    print(f"app before_fork {worker.nr} {os.getpid()}", flush=True)
+    say(f"app before_fork {worker.nr} {os.getpid()}")
 def worker_start(worker):
     time.sleep(0.05)
 """
 
 HOOKS = """
 import os
+def say(line):
+    os.write(1, (line + "\\n").encode())
 def after_fork(worker):
-    print(f"config after_fork {worker.nr} {os.getpid()}", flush=True)
+    say(f"config after_fork {worker.nr} {os.getpid()}")
 def worker_exit(worker):
-    print(f"config worker_exit {worker.nr} {os.getpid()}", flush=True)
+    say(f"config worker_exit {worker.nr} {os.getpid()}")
 def before_fork(worker):
-    print(f"config before_fork {worker.nr} {os.getpid()}", flush=True)
+    say(f"config before_fork {worker.nr} {os.getpid()}")
 """
 
 
