@@ -6,11 +6,10 @@ responses `connection: close` while the worker drains, and closes open
 WebSockets with 1001 when the worker retires. It is plain ASGI, so it works
 the same with each of uvicorn's HTTP and WebSocket implementations.
 
-One HTTP request is one task on the scoreboard. The fields are written
-directly rather than through worker.task_started()/task_done(): those keep
-one start time and one heartbeat per worker, while an event loop has many
-requests in flight at once. Each request keeps its own start time for the
-duration histogram; the heartbeat is the event loop's tick (asgi.py), and the
+One HTTP request is one task on the scoreboard, counted by worker.task_done()
+with the request's own duration: worker.task_started() is not used, as it
+keeps one start time and one heartbeat per worker while an event loop has
+many requests in flight at once. The heartbeat is the event loop's tick (asgi.py), and the
 worker is BUSY while at least one request is in flight, IDLE otherwise.
 Open WebSockets are not requests: they are counted on their own and do not
 keep a worker busy.
@@ -19,14 +18,12 @@ keep a worker busy.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, cast
 
 from unicornish.host import log
 from unicornish.metrics import appmetrics
-from unicornish.protocol import REPORT_WARM, TASK_DURATION_BUCKETS
 from unicornish.scoreboard import BUSY, IDLE
 from unicornish.worker import httpmetrics
 from unicornish.worker.process import Worker
@@ -97,9 +94,6 @@ class Requests:
         # Every response says `connection: close` (keepalive 0, or draining).
         self.closing = settings.keepalive == 0
         self.in_flight = 0
-        self.done = int(self.board.tasks[0])
-        self.limit = worker.max_tasks or 0
-        self.refork_at = worker.refork_at
         # --max-tasks reached: the server stops taking work (asgi.py reads it).
         self.exhausted = False
         self.websockets: dict[int, asyncio.Future[None]] = {}
@@ -187,29 +181,20 @@ class Requests:
         await send({"type": "http.response.body", "body": body})
 
     def finished(self, scope: Scope, started: float, status: int) -> None:
-        board = self.board
         self.in_flight -= 1
         if not self.in_flight:
-            board.state[0] = IDLE
-        self.done = done = self.done + 1
-        board.tasks[0] = done
+            self.board.state[0] = IDLE
         metrics = self.metrics
+        took = None
         if metrics is not None:
             took = time.monotonic() - started
-            board.durations[bisect.bisect_left(TASK_DURATION_BUCKETS, took)] += 1.0
-            board.duration_sum[0] += took
             metrics.count_request(scope["method"], status)
             metrics.duration(took)
             metrics.in_flight.set(self.in_flight)
         if self.access != "off":
             self.log_access(scope, started, status)
-        if done == self.refork_at:
-            self.worker.report(REPORT_WARM)
-        if self.limit and done >= self.limit and not self.exhausted:
+        if self.worker.task_done(took, "requests"):
             self.exhausted = True
-            self.worker.log.info(
-                "worker[%d] reached --max-tasks after %d requests", self.worker.nr, done
-            )
 
     def log_access(self, scope: Scope, started: float, status: int) -> None:
         took = time.monotonic() - started

@@ -438,21 +438,24 @@ class Worker:
         board.beat[0] = self._task_start[0] = now = time.monotonic()
         return now
 
-    def task_done(self) -> bool:
+    def task_done(self, took: float | None = None, unit: str = "tasks") -> bool:
         """A unit of work ended: count it, time it, say warm at --refork-after.
-        True when --max-tasks is reached: take no more work."""
+        `took`: its duration, where the kind times each unit itself (an event
+        loop has many in flight); else since task_started(). True when
+        --max-tasks is reached: take no more work."""
         board = self._board
         done = int(board.tasks[0]) + 1
         board.tasks[0] = done
         if board.record_durations:
-            took = time.monotonic() - self._task_start[0]
+            if took is None:
+                took = time.monotonic() - self._task_start[0]
             board.durations[bisect.bisect_left(TASK_DURATION_BUCKETS, took)] += 1.0
             board.duration_sum[0] += took
         if done == self.refork_at:
             self._report(REPORT_WARM)
         if self.max_tasks and done >= self.max_tasks:
             if done == self.max_tasks:
-                self.log.info("worker[%d] reached --max-tasks after %d tasks", self.nr, done)
+                self.log.info("worker[%d] reached --max-tasks after %d %s", self.nr, done, unit)
             return True
         return False
 
