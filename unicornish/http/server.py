@@ -38,6 +38,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from unicornish.host.log import Throttled
 from unicornish.host.sockets import OUT_OF_RESOURCES
 from unicornish.http.parser import HTTPError, Limits, Request, RequestReader
 from unicornish.scoreboard import BUSY as BUSY_STATE
@@ -196,7 +197,7 @@ class HTTPServer:
         self.write_timers: dict[Conn, float] = {}
         self.linger_timers: dict[Conn, float] = {}
         self.accept_paused_until = 0.0
-        self._logged: dict[str, float] = {}
+        self._throttle = Throttled(worker.log, LOG_EVERY_SECONDS)
         self._date_second = -1
         self._date = b""
         self._pidfd = -1
@@ -729,9 +730,7 @@ class HTTPServer:
 
     def note(self, cause: str, message: str) -> None:
         """Log a problem caused by the network at most once per cause per 10 s."""
-        now = self.clock()
-        if now - self._logged.get(cause, -LOG_EVERY_SECONDS) >= LOG_EVERY_SECONDS:
-            self._logged[cause] = now
+        if self._throttle.due(cause) is not None:
             self.log.warning("worker[%d] %s", self.worker.nr, message)
 
 
