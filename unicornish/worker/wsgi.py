@@ -406,9 +406,8 @@ class WSGIHandler:
         settings = worker.settings
         self.errors = ErrorStream(worker.log)
         self.script_name = os.environ.get("SCRIPT_NAME", "").rstrip("/")
-        self.trusted = _trust(
-            tuple(item.strip() for item in settings.forwarded_allow_ips.split(",") if item.strip())
-        )
+        # Checked and spelt one way by the option's converter (config.address_list).
+        self.trusted = _trust(tuple(settings.forwarded_allow_ips.split(",")))
         self.access_log = settings.access_log
         self.base = {
             "wsgi.version": (1, 0),
