@@ -697,7 +697,10 @@ def test_wall_clock_jumps_do_not_trigger_or_delay_timeouts(start, app_file, tmp_
     (tmp_path / "stick").unlink()
     run.wait_ready(2, 10)
     assert run.count("timed out") == 1
-    assert "master was suspended" not in run.log()
+    # The jumps (hours) never read as a suspension. A machine busy enough to wake
+    # the master over a second late is a real one (seconds), logged as such.
+    suspensions = re.findall(r"master was suspended for ([\d.]+)s", run.log())
+    assert all(float(seconds) < 60 for seconds in suspensions), suspensions
 
 
 def test_worker_out_of_fds_in_accept_does_not_spin(start, app_file, tmp_path):

@@ -37,6 +37,7 @@ class EventLoop:
         self._signals: list[int] = []
         self._child_closes: list[Callback] = []
         self.suspended_at = 0.0  # when a suspension (SIGSTOP, a laptop lid) last ended
+        self.suspended_for = 0.0  # and how much later than meant the master woke
 
     # -- fds --------------------------------------------------------------------
 
@@ -108,8 +109,10 @@ class EventLoop:
             wait = math.ceil(wait * 1000) / 1000
         events = self.selector.select(wait)
         woke = time.monotonic()
-        if woke - (now + wait) > OVERSLEEP:
+        late = woke - (now + wait)
+        if late > OVERSLEEP:
             self.suspended_at = woke
+            self.suspended_for = late
         for key, _mask in events:
             key.data()
 

@@ -129,7 +129,10 @@ class Master:
         self.loop.wait(wake)
         if self.loop.suspended_at != before:
             self.state.grace_from = self.loop.suspended_at
-            self.log.warning("master was suspended; busy workers get a fresh --timeout")
+            self.log.warning(
+                "master was suspended for %.1fs; busy workers get a fresh --timeout",
+                self.loop.suspended_for,
+            )
 
     def start(self) -> None:
         linux.load()
